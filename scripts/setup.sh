@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install every Debian package ember needs to build, run and test. Idempotent: a second run
+# only checks. Needs root (apt-get); prints what it installs.
+set -euo pipefail
+
+PACKAGES=(
+	# build
+	build-essential pkg-config clang llvm bpftool libbpf-dev
+	# libraries
+	libelf-dev libdw-dev libiberty-dev zlib1g-dev libmicrohttpd-dev libcurl4-openssl-dev
+	libjansson-dev libsqlite3-dev libzstd-dev libssl-dev
+	# tests and tools
+	libcmocka-dev sqlite3 zstd curl jq procps psmisc
+	clickhouse-server clickhouse-client
+	linux-perf bpftrace nodejs chromium
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+	exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+	echo "setup: missing packages: ${missing[*]}; run as root (sudo) to install them" >&2
+	exit 1
+fi
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "setup: done"
