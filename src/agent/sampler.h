@@ -1,0 +1,73 @@
+/*
+ * sampler — the kernel side of on-CPU profiling: loads src/bpf/oncpu.bpf.c, opens one
+ * software cpu-clock perf event per online CPU at the chosen frequency (all tasks, idle
+ * excluded), and drains the counts the BPF program aggregates in the kernel.
+ *
+ * Counts live in two map sets (A/B). sampler_drain() flips the set BPF writes to, waits for
+ * programs still running on the old set, reads and deletes every entry of the old set, and
+ * hands each one to the callback. No sample is lost or counted twice across flips.
+ *
+ * The user stack has one seam: sample_rec.uframes are either raw addresses from a
+ * frame-pointer walk (unwind = SAMPLER_UNWIND_FP) or, once DWARF unwinding lands, frames
+ * encoded as object id + offset (uframes_encoded = 1). Nothing outside sampler and symbolize
+ * needs to know which.
+ *
+ * Threading: one thread owns a sampler. Map sizes are set from frequency × CPUs before load.
+ */
+#ifndef EMBER_AGENT_SAMPLER_H
+#define EMBER_AGENT_SAMPLER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SAMPLER_MAX_FRAMES 127
+
+enum sampler_unwind { SAMPLER_UNWIND_FP, SAMPLER_UNWIND_DWARF };
+
+struct sampler_opts {
+	int frequency;                /* Hz, 1..1000, default 99 */
+	enum sampler_unwind unwind;
+	uint32_t only_tgid;           /* 0: all processes; else this process (ember record -p) */
+	double flush_seconds;         /* expected drain period, sizes the maps; default 1 */
+};
+
+/* One aggregated key of one drain period. Pointers are valid during the callback only. */
+struct sample_rec {
+	uint32_t tgid;
+	uint32_t tid;
+	char comm[16];        /* the sampled thread's comm */
+	uint64_t count;       /* samples */
+	uint32_t n_kframes;   /* 0 when the sample had no kernel stack */
+	const uint64_t *kframes; /* innermost first */
+	uint32_t n_uframes;   /* 0 for kernel threads */
+	const uint64_t *uframes; /* leaf first */
+	int uframes_encoded;  /* 0: raw addresses; 1: object id << 40 | offset */
+	int ustack_error;     /* negative errno from the user stack walk, 0 if fine */
+};
+
+struct sampler_stats {
+	uint64_t samples;         /* seen by BPF */
+	uint64_t idle_skipped;
+	uint64_t kstack_errors;   /* other than -EFAULT */
+	uint64_t ustack_errors;
+	uint64_t stack_collisions; /* -EEXIST from bpf_get_stackid */
+	uint64_t map_full_drops;   /* counts map full */
+	uint64_t lost;             /* samples that reached no map at all */
+	uint64_t drains;
+	uint64_t bpf_run_ns;       /* from bpf_enable_stats, 0 if unavailable */
+	uint64_t bpf_run_cnt;
+};
+
+struct sampler;
+
+typedef void (*sampler_cb)(void *arg, const struct sample_rec *rec);
+
+int sampler_open(const struct sampler_opts *opts, struct sampler **out);
+/* Flips the map sets and calls cb for every entry of the set that was active. */
+int sampler_drain(struct sampler *s, sampler_cb cb, void *arg);
+void sampler_get_stats(struct sampler *s, struct sampler_stats *st);
+/* Nanoseconds to add to a bpf_ktime_get_ns() value to get unix time. */
+int64_t sampler_boot_offset_ns(void);
+void sampler_close(struct sampler *s);
+
+#endif

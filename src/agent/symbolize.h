@@ -1,0 +1,63 @@
+/*
+ * symbolize — addresses to DeepFlow's frame labels (DESIGN.md "Folded stacks and frame labels").
+ *
+ * Kernel: /proc/kallsyms → "[k] name". User: /proc/PID/maps, then the ELF symbol tables of the
+ * mapped file (.symtab, else .dynsym, else the separate debug file found by build-id or
+ * .gnu_debuglink under /usr/lib/debug), reached through /proc/PID/root and /proc/PID/map_files;
+ * JIT code through /tmp/perf-PID.map (also inside the process's root). Labels:
+ *   "[l] sym"  shared library (path contains ".so")     "sym"  executable or JIT map
+ *   "[/path]"  known file, no symbol                   "[unknown] 0x%016lx"  nothing known
+ *   "[unknown start_thread?]" unresolved outermost frame; ';' in a symbol becomes ':';
+ *   C++ and Rust names demangled (libiberty).
+ *
+ * Caches: ELF symbol tables keyed by build-id (else device+inode+mtime), per-process mappings
+ * keyed by (pid, start time); both bounded (LRU) by sym_opts. A process that exited keeps its
+ * last mappings until sym_process_forget() so its drained samples still symbolize.
+ *
+ * Threading: one thread uses a symbolizer; no locking inside.
+ */
+#ifndef EMBER_AGENT_SYMBOLIZE_H
+#define EMBER_AGENT_SYMBOLIZE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/strbuf.h"
+
+struct sym_opts {
+	size_t max_files;     /* ELF symbol tables kept, default 256 */
+	size_t max_processes; /* process mapping sets kept, default 4096 */
+	const char *proc_root; /* "/proc" unless testing */
+};
+
+struct sym_stats {
+	uint64_t files_loaded, file_cache_hits, file_evictions;
+	uint64_t procs_loaded, proc_evictions;
+	uint64_t frames, frames_unknown;
+};
+
+struct symbolizer;
+
+int sym_open(const struct sym_opts *opts, struct symbolizer **out);
+void sym_close(struct symbolizer *sym);
+
+/*
+ * Appends the labels of a user stack to out, outermost first, separated by ';' (and a leading
+ * ';' when out is non-empty). ips are leaf first, raw virtual addresses of process tgid.
+ * Returns the number of frames appended.
+ */
+int sym_append_user(struct symbolizer *sym, uint32_t tgid, const uint64_t *ips, size_t n,
+		    struct strbuf *out);
+/* Same for kernel addresses, innermost first in ips, appended outermost first as "[k] name". */
+int sym_append_kernel(struct symbolizer *sym, const uint64_t *ips, size_t n, struct strbuf *out);
+
+/* The process's mappings changed (exec, dlopen) or it is new: re-read /proc/PID/maps lazily. */
+void sym_process_invalidate(struct symbolizer *sym, uint32_t tgid);
+/* The process exited and its samples were drained: drop what was kept for it. */
+void sym_process_forget(struct symbolizer *sym, uint32_t tgid);
+void sym_get_stats(struct symbolizer *sym, struct sym_stats *st);
+
+/* Label helpers, exposed for tests: a demangled, ';'-free copy of name (caller frees). */
+char *sym_clean_name(const char *name);
+
+#endif

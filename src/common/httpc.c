@@ -1,0 +1,118 @@
+/*
+ * httpc — see httpc.h. A fresh easy handle per request keeps calls independent across threads;
+ * connection reuse is not worth the shared state at one request per second per agent.
+ */
+#include "common/httpc.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static pthread_once_t httpc_once = PTHREAD_ONCE_INIT;
+
+static void httpc_global_init(void)
+{
+	curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+struct httpc_ctx {
+	const struct httpc_req *req;
+	struct httpc_resp *resp;
+	size_t max;
+	int overflow;
+};
+
+static size_t httpc_write(char *data, size_t size, size_t nmemb, void *arg)
+{
+	struct httpc_ctx *c = arg;
+	size_t n = size * nmemb;
+
+	if (c->req->on_data)
+		return c->req->on_data(c->req->arg, data, n) ? 0 : n;
+	if (c->resp->body.len + n > c->max) {
+		c->overflow = 1;
+		return 0;
+	}
+	sb_append(&c->resp->body, data, n);
+	return n;
+}
+
+static size_t httpc_header(char *data, size_t size, size_t nmemb, void *arg)
+{
+	struct httpc_ctx *c = arg;
+	size_t n = size * nmemb;
+
+	if (n > 12 && strncasecmp(data, "Retry-After:", 12) == 0)
+		c->resp->retry_after = strtol(data + 12, NULL, 10);
+	return n;
+}
+
+static int httpc_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+	struct httpc_ctx *c = arg;
+
+	return c->req->should_abort && c->req->should_abort(c->req->arg);
+}
+
+int httpc_do(const struct httpc_req *req, struct httpc_resp *resp, char *err, size_t errlen)
+{
+	struct httpc_ctx ctx = {req, resp, req->max_response ? req->max_response : 64u << 20, 0};
+	struct curl_slist *hdrs = NULL;
+	CURL *h;
+	CURLcode rc;
+	int ret = 0;
+
+	pthread_once(&httpc_once, httpc_global_init);
+	resp->status = 0;
+	resp->retry_after = -1;
+	sb_reset(&resp->body);
+	h = curl_easy_init();
+	if (!h) {
+		snprintf(err, errlen, "curl_easy_init failed");
+		return -ENOMEM;
+	}
+	for (const char *const *p = req->headers; p && *p; p++)
+		hdrs = curl_slist_append(hdrs, *p);
+	hdrs = curl_slist_append(hdrs, "Expect:");
+	curl_easy_setopt(h, CURLOPT_URL, req->url);
+	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : 30000L);
+	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, httpc_write);
+	curl_easy_setopt(h, CURLOPT_WRITEDATA, &ctx);
+	curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, httpc_header);
+	curl_easy_setopt(h, CURLOPT_HEADERDATA, &ctx);
+	if (req->should_abort) {
+		curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, httpc_progress);
+		curl_easy_setopt(h, CURLOPT_XFERINFODATA, &ctx);
+		curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+	}
+	if (req->body) {
+		curl_easy_setopt(h, CURLOPT_POSTFIELDS, req->body);
+		curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+	}
+	if (req->method)
+		curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, req->method);
+	rc = curl_easy_perform(h);
+	if (rc != CURLE_OK) {
+		if (ctx.overflow) {
+			snprintf(err, errlen, "%s: response larger than %zu bytes", req->url, ctx.max);
+			ret = -EFBIG;
+		} else {
+			snprintf(err, errlen, "%s: %s", req->url, curl_easy_strerror(rc));
+			ret = rc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT
+			      : rc == CURLE_ABORTED_BY_CALLBACK || rc == CURLE_WRITE_ERROR ? -ECANCELED
+											 : -ECONNREFUSED;
+		}
+	} else {
+		curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &resp->status);
+	}
+	curl_slist_free_all(hdrs);
+	curl_easy_cleanup(h);
+	return ret;
+}

@@ -1,0 +1,38 @@
+/*
+ * httpc — a small blocking HTTP client over libcurl, for the agent's uploader, `ember import`,
+ * `ember query` and the ClickHouse store. One call = one request; no shared state except libcurl's
+ * global init (done once, thread-safe via pthread_once).
+ */
+#ifndef EMBER_COMMON_HTTPC_H
+#define EMBER_COMMON_HTTPC_H
+
+#include <stddef.h>
+
+#include "common/strbuf.h"
+
+struct httpc_req {
+	const char *method;          /* "GET", "POST"; default POST when body != NULL, else GET */
+	const char *url;
+	const char *body;            /* may be NULL */
+	size_t body_len;
+	const char *const *headers;  /* NULL-terminated "Name: value" list, may be NULL */
+	long timeout_ms;             /* whole request; 0 = 30 s */
+	size_t max_response;         /* bytes kept of the response body; 0 = 64 MiB */
+	/* Optional: called with each received chunk instead of buffering; return non-zero to abort. */
+	int (*on_data)(void *arg, const char *data, size_t len);
+	void *arg;
+	/* Optional: polled about every 100 ms; return non-zero to abort the transfer. */
+	int (*should_abort)(void *arg);
+};
+
+struct httpc_resp {
+	long status;             /* HTTP status, 0 if no response */
+	struct strbuf body;      /* caller frees with sb_free */
+	long retry_after;        /* seconds from Retry-After, or -1 */
+};
+
+/* Returns 0 when an HTTP response arrived (any status), or a negative errno with a message in
+ * err (connection refused, timeout, aborted). */
+int httpc_do(const struct httpc_req *req, struct httpc_resp *resp, char *err, size_t errlen);
+
+#endif
