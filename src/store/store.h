@@ -35,6 +35,10 @@ struct store_query {
 	int gauge;                  /* 1: latest value per (stack, agent, process), then summed */
 	uint64_t max_stacks;        /* at most this many distinct stacks are returned */
 	double max_seconds;         /* engine-side time limit; 0 = none */
+	/* Optional: polled while the query runs; non-zero cancels it (the engine stops the
+	 * statement server-side, e.g. ClickHouse KILL QUERY) and the call returns -ECANCELED. */
+	int (*should_abort)(void *arg);
+	void *abort_arg;
 };
 
 /* One executed statement, for the API's debug object. */
