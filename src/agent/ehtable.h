@@ -1,0 +1,84 @@
+/*
+ * ehtable — the compact DWARF unwind table of one ELF object (design/dwarf-unwinding.md §2.1–2.2).
+ *
+ * Built with elfutils libdw from .eh_frame (dwarf_getcfi_elf); an object without .eh_frame uses
+ * .debug_frame of its separate debug file (build-id path or .gnu_debuglink under
+ * /usr/lib/debug). Every CFI row is classified into the 8-byte struct unw_row of src/bpf/unwind.h,
+ * gaps between FDEs become NONE rows, equal neighbours are merged, and a 4 KiB bucket index is
+ * put in front: the result is one contiguous slot image that BPF and the plain-C walker read
+ * as is. Tables are immutable once built and keyed by GNU build-id (else dev, inode, size,
+ * mtime), so one table serves every process that maps the object.
+ *
+ * Cache: ehtable_save/ehtable_load write and read one table file (checked by magic, version,
+ * length and checksum); ehtable_cache_get/put keep them in a directory by identity, bounded by
+ * a byte budget (oldest files removed first).
+ *
+ * Threading: a table is read-only after build and may be shared between threads; building
+ * takes no locks and uses no globals. The caller frees with ehtable_free.
+ */
+#ifndef EMBER_AGENT_EHTABLE_H
+#define EMBER_AGENT_EHTABLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bpf/unwind.h"
+
+#define EHTABLE_MAX_ROWS (4u << 20)	/* rows per object; libLLVM needs ~0.95 M */
+#define EHTABLE_ID_MAX 40		/* identity bytes: build-id (≤ 40) or file facts */
+#define EHTABLE_CACHE_MAX_BYTES (64u << 20) /* default on-disk cache budget */
+
+enum ehtable_source { EHTABLE_SRC_EH_FRAME, EHTABLE_SRC_DEBUG_FRAME };
+
+struct ehtable {
+	uint8_t id[EHTABLE_ID_MAX]; /* build-id, or {dev, ino, size, mtime} when id_is_build_id=0 */
+	uint32_t id_len;
+	int id_is_build_id;
+	enum ehtable_source source;
+	uint64_t *slots; /* header, index, rows: the image BPF reads */
+	uint32_t n_slots;
+	uint32_t kind_rows[UNW_KIND_COUNT]; /* merged rows per enum unw_kind */
+	uint32_t cfi_rows;		    /* rows before merging (CFI rows plus gap rows) */
+	uint64_t build_ns;		    /* CPU-independent wall time of the build */
+};
+
+/* Builds the table of the ELF object at path (or open fd, when path is NULL; fd is not closed). */
+int ehtable_build(const char *path, struct ehtable **out);
+int ehtable_build_fd(int fd, const char *path_for_debuglink, struct ehtable **out);
+void ehtable_free(struct ehtable *t);
+
+static inline const struct unw_table_hdr *ehtable_hdr(const struct ehtable *t)
+{
+	return (const struct unw_table_hdr *)t->slots;
+}
+static inline const struct unw_bucket *ehtable_buckets(const struct ehtable *t)
+{
+	return (const struct unw_bucket *)(t->slots + UNW_HDR_SLOTS);
+}
+static inline const struct unw_row *ehtable_rows(const struct ehtable *t)
+{
+	return (const struct unw_row *)(t->slots + UNW_HDR_SLOTS + ehtable_hdr(t)->n_buckets);
+}
+static inline size_t ehtable_size_bytes(const struct ehtable *t)
+{
+	return (size_t)t->n_slots * sizeof(uint64_t);
+}
+
+/* The row that applies at va (last row with pc <= va), or NULL when va is outside the table. */
+const struct unw_row *ehtable_lookup(const struct ehtable *t, uint64_t va);
+
+/* Reads the identity of an object without building its table (for cache lookups). */
+int ehtable_identify(const char *path, uint8_t id[EHTABLE_ID_MAX], uint32_t *id_len,
+		     int *is_build_id);
+/* Lower-case hex of the identity, for file names and logs; buf needs 2*EHTABLE_ID_MAX+1. */
+void ehtable_id_hex(const struct ehtable *t, char *buf, size_t size);
+const char *ehtable_kind_name(unsigned kind);
+
+int ehtable_save(const struct ehtable *t, const char *path);
+int ehtable_load(const char *path, struct ehtable **out);
+/* Looks up dir/<hex id>.ehtab; -ENOENT when absent or unusable. */
+int ehtable_cache_get(const char *dir, const uint8_t *id, uint32_t id_len, struct ehtable **out);
+/* Stores t in dir, then removes the oldest files until the directory holds ≤ max_bytes. */
+int ehtable_cache_put(const char *dir, const struct ehtable *t, uint64_t max_bytes);
+
+#endif
