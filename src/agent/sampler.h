@@ -43,6 +43,8 @@ struct sample_rec {
 	const uint64_t *uframes; /* leaf first */
 	int uframes_encoded;  /* 0: raw addresses; 1: object id << 40 | offset */
 	int ustack_error;     /* negative errno from the user stack walk, 0 if fine */
+	int kstack_error;     /* negative errno from the kernel stack walk; 0 if fine or if the
+			       * sample hit user mode (no kernel stack is not an error) */
 };
 
 struct sampler_stats {
@@ -56,6 +58,8 @@ struct sampler_stats {
 	uint64_t drains;
 	uint64_t bpf_run_ns;       /* from bpf_enable_stats, 0 if unavailable */
 	uint64_t bpf_run_cnt;
+	uint64_t drain_mismatch;   /* |BPF-counted - drained| samples: must stay 0 */
+	uint64_t last_drain_ns;    /* wall time of the last sampler_drain(), callbacks included */
 };
 
 struct sampler;
@@ -69,5 +73,9 @@ void sampler_get_stats(struct sampler *s, struct sampler_stats *st);
 /* Nanoseconds to add to a bpf_ktime_get_ns() value to get unix time. */
 int64_t sampler_boot_offset_ns(void);
 void sampler_close(struct sampler *s);
+
+/* Parses a kernel CPU list ("0-3,5\n") into online[0..n); returns the CPU count or -errno.
+ * Exposed for tests. */
+int sampler_parse_cpu_list(const char *text, unsigned char *online, size_t n);
 
 #endif
