@@ -57,7 +57,7 @@ $(BUILD)/libember.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/obj/%.o: src/%.c $(BPF_SKEL) $(wildcard src/*/*.h)
+$(BUILD)/obj/%.o: src/%.c $(BPF_SKEL) $(BUILD)/web_index.h $(wildcard src/*/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
@@ -69,6 +69,12 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libember.a
 $(BUILD)/workloads/%: tests/workloads/%.c
 	@mkdir -p $(dir $@)
 	$(CLANG) -O2 -g -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer -pthread -o $@ $< -ldl
+
+# The page is compiled into the binary: web/index.html becomes a byte array.
+$(BUILD)/web_index.h: web/index.html
+	@mkdir -p $(dir $@)
+	{ echo 'static const unsigned char web_index_html[] = {'; \
+	  od -An -v -tx1 $< | sed 's/ *\([0-9a-f][0-9a-f]\)/0x\1,/g'; echo '};'; } > $@
 
 $(BUILD)/vmlinux.h:
 	@mkdir -p $(dir $@)

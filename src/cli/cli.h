@@ -1,0 +1,27 @@
+/*
+ * cli — ember's command line. main.c dispatches to one function per subcommand; each parses
+ * its own flags (getopt_long) and returns the process exit code (0 ok, 1 failure, 2 usage).
+ */
+#ifndef EMBER_CLI_CLI_H
+#define EMBER_CLI_CLI_H
+
+#include <stdint.h>
+
+int cli_server(int argc, char **argv);
+int cli_import(int argc, char **argv);
+int cli_query(int argc, char **argv);
+int cli_agent(int argc, char **argv);
+int cli_run(int argc, char **argv);
+int cli_record(int argc, char **argv);
+
+/* "90", "30s", "10m", "72h", "7d" → seconds. Returns 0 or -EINVAL. */
+int cli_parse_duration(const char *text, int64_t *seconds);
+/* "1048576", "64k", "16M", "1G" → bytes. */
+int cli_parse_size(const char *text, uint64_t *bytes);
+/* Strict integer parse in [min, max]. */
+int cli_parse_int(const char *text, int64_t min, int64_t max, int64_t *out);
+
+/* Blocks until SIGINT or SIGTERM. */
+void cli_wait_for_signal(void);
+
+#endif
