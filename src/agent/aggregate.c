@@ -1,0 +1,448 @@
+/*
+ * aggregate — see aggregate.h. One hash table of rows per window, keyed by (tgid, folded stack);
+ * Total rows use tgid 0. Rows, their strings and the flushed row array live in a window arena:
+ * two arenas alternate, so the rows handed to the sink stay valid while the next window fills
+ * the other arena, and a flush frees the window before last in one step.
+ */
+#define LOG_MODULE "aggregate"
+#include "agent/aggregate.h"
+
+#include <errno.h>
+#include <regex.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+
+#define AGG_ARENA_CHUNK (256u << 10)
+#define AGG_MIN_BUCKETS 1024u
+
+struct agg_chunk {
+	struct agg_chunk *next;
+	size_t used, cap;
+	char data[];
+};
+
+struct agg_arena {
+	struct agg_chunk *head;
+};
+
+struct agg_entry {
+	struct agg_entry *next;
+	uint64_t hash;
+	uint32_t tgid; /* 0 for Total */
+	uint64_t samples;
+	int64_t start_ms;
+	char app[16];
+	const char *container;
+	const char *stack;
+	size_t stack_len;
+};
+
+struct aggregate {
+	int frequency;
+	int64_t us_per_sample;
+	size_t max_rows;
+	int has_regex;
+	regex_t regex;
+	char *host, *agent, *host_ip;
+	struct symbolizer *sym;
+	struct procinfo *procs;
+
+	struct agg_arena arenas[2];
+	int cur; /* arena of the window being filled */
+	struct agg_entry **buckets;
+	size_t n_buckets;
+	size_t n_entries;
+	struct strbuf scratch;
+	struct aggregate_stats stats;
+};
+
+static void *agg_arena_alloc(struct agg_arena *a, size_t size)
+{
+	struct agg_chunk *c = a->head;
+	size_t off;
+
+	size = (size + 15) & ~(size_t)15;
+	if (!c || c->cap - c->used < size) {
+		size_t cap = size > AGG_ARENA_CHUNK ? size : AGG_ARENA_CHUNK;
+
+		c = malloc(sizeof(*c) + cap);
+		if (!c)
+			abort(); /* as strbuf: callers bound their use, running out is a bug */
+		c->used = 0;
+		c->cap = cap;
+		c->next = a->head;
+		a->head = c;
+	}
+	off = c->used;
+	c->used += size;
+	return c->data + off;
+}
+
+static char *agg_arena_strdup(struct agg_arena *a, const char *s, size_t len)
+{
+	char *p = agg_arena_alloc(a, len + 1);
+
+	memcpy(p, s, len);
+	p[len] = '\0';
+	return p;
+}
+
+static void agg_arena_free(struct agg_arena *a)
+{
+	struct agg_chunk *c = a->head, *next;
+
+	for (; c; c = next) {
+		next = c->next;
+		free(c);
+	}
+	a->head = NULL;
+}
+
+/* Copies at most size - 1 bytes of src (which need not be terminated) and terminates dst. */
+static void agg_copy_str(char *dst, const char *src, size_t size)
+{
+	size_t n = strnlen(src, size - 1);
+
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
+static uint64_t agg_hash(uint32_t tgid, const char *s, size_t len)
+{
+	uint64_t h = 0xcbf29ce484222325ull ^ tgid;
+
+	for (size_t i = 0; i < len; i++) {
+		h ^= (unsigned char)s[i];
+		h *= 0x100000001b3ull;
+	}
+	return h;
+}
+
+static char *agg_strdup_or_empty(const char *s)
+{
+	char *d = strdup(s ? s : "");
+
+	if (!d)
+		abort();
+	return d;
+}
+
+int aggregate_new(const struct aggregate_opts *opts, struct aggregate **out)
+{
+	struct aggregate *agg;
+	int ret;
+
+	*out = NULL;
+	if (opts->frequency <= 0 || opts->frequency > 1000000 || !opts->sym || !opts->procs) {
+		log_error("bad options: frequency %d Hz, symbolizer %p, procinfo %p",
+			  opts->frequency, (void *)opts->sym, (void *)opts->procs);
+		return -EINVAL;
+	}
+	agg = calloc(1, sizeof(*agg));
+	if (!agg)
+		return -ENOMEM;
+	if (opts->process_regex) {
+		ret = regcomp(&agg->regex, opts->process_regex, REG_EXTENDED | REG_NOSUB);
+		if (ret) {
+			char msg[128];
+
+			regerror(ret, &agg->regex, msg, sizeof(msg));
+			log_error("process regex '%s': %s", opts->process_regex, msg);
+			free(agg);
+			return -EINVAL;
+		}
+		agg->has_regex = 1;
+	}
+	agg->frequency = opts->frequency;
+	/* ⌊10⁹/f⌋/1000 as DeepFlow computes it equals ⌊10⁶/f⌋. */
+	agg->us_per_sample = 1000000 / opts->frequency;
+	agg->max_rows = opts->max_rows ? opts->max_rows : AGGREGATE_DEFAULT_MAX_ROWS;
+	agg->host = agg_strdup_or_empty(opts->host);
+	agg->agent = agg_strdup_or_empty(opts->agent);
+	agg->host_ip = agg_strdup_or_empty(opts->host_ip);
+	agg->sym = opts->sym;
+	agg->procs = opts->procs;
+	agg->n_buckets = AGG_MIN_BUCKETS;
+	agg->buckets = calloc(agg->n_buckets, sizeof(*agg->buckets));
+	if (!agg->buckets) {
+		aggregate_free(agg);
+		return -ENOMEM;
+	}
+	*out = agg;
+	return 0;
+}
+
+void aggregate_free(struct aggregate *agg)
+{
+	if (!agg)
+		return;
+	if (agg->has_regex)
+		regfree(&agg->regex);
+	agg_arena_free(&agg->arenas[0]);
+	agg_arena_free(&agg->arenas[1]);
+	free(agg->buckets);
+	free(agg->host);
+	free(agg->agent);
+	free(agg->host_ip);
+	sb_free(&agg->scratch);
+	free(agg);
+}
+
+static void agg_grow(struct aggregate *agg)
+{
+	size_t n = agg->n_buckets * 2;
+	struct agg_entry **b = calloc(n, sizeof(*b));
+
+	if (!b)
+		return; /* longer chains, still correct */
+	for (size_t i = 0; i < agg->n_buckets; i++) {
+		struct agg_entry *e = agg->buckets[i], *next;
+
+		for (; e; e = next) {
+			next = e->next;
+			e->next = b[e->hash & (n - 1)];
+			b[e->hash & (n - 1)] = e;
+		}
+	}
+	free(agg->buckets);
+	agg->buckets = b;
+	agg->n_buckets = n;
+}
+
+/* Adds samples to the row (tgid, stack), creating it unless the window is full. */
+static void agg_insert(struct aggregate *agg, uint32_t tgid, const char *stack, size_t len,
+		       const char *app, int64_t start_ms, const char *container, uint64_t samples)
+{
+	uint64_t h = agg_hash(tgid, stack, len);
+	struct agg_arena *arena = &agg->arenas[agg->cur];
+	struct agg_entry *e;
+
+	for (e = agg->buckets[h & (agg->n_buckets - 1)]; e; e = e->next) {
+		if (e->hash == h && e->tgid == tgid && e->stack_len == len &&
+		    memcmp(e->stack, stack, len) == 0) {
+			e->samples += samples;
+			return;
+		}
+	}
+	if (agg->n_entries >= agg->max_rows) {
+		if (agg->stats.rows_dropped++ == 0)
+			log_warn("more than %zu rows in one window; dropping the rest (counted)",
+				 agg->max_rows);
+		agg->stats.samples_dropped += samples;
+		return;
+	}
+	if (agg->n_entries >= agg->n_buckets)
+		agg_grow(agg);
+	e = agg_arena_alloc(arena, sizeof(*e));
+	e->hash = h;
+	e->tgid = tgid;
+	e->samples = samples;
+	e->start_ms = start_ms;
+	agg_copy_str(e->app, app, sizeof(e->app));
+	e->container = container[0] ? agg_arena_strdup(arena, container, strlen(container)) : "";
+	e->stack = agg_arena_strdup(arena, stack, len);
+	e->stack_len = len;
+	e->next = agg->buckets[h & (agg->n_buckets - 1)];
+	agg->buckets[h & (agg->n_buckets - 1)] = e;
+	agg->n_entries++;
+}
+
+/* A comm as a frame label: ';' would split the frame, so it becomes ':' (as in symbols). */
+static void agg_put_comm(struct strbuf *sb, const char *prefix, const char *comm)
+{
+	size_t start;
+
+	sb_puts(sb, prefix);
+	start = sb->len;
+	sb_append(sb, comm, strnlen(comm, 15));
+	for (size_t i = start; i < sb->len; i++) {
+		if (sb->buf[i] == ';')
+			sb->buf[i] = ':';
+	}
+}
+
+/*
+ * The process's comm (procinfo; else the sampled comm, right for a main thread and the best
+ * guess for a thread of a vanished process), its start time and container. Returns whether
+ * procinfo knew the process.
+ */
+static int agg_process_facts(struct aggregate *agg, const struct sample_rec *rec, char comm[16],
+			     int64_t *start_ms, char container[65])
+{
+	const struct proc_facts *f = procinfo_get(agg->procs, rec->tgid);
+	int known = f && f->comm[0];
+
+	agg_copy_str(comm, known ? f->comm : rec->comm, 16);
+	*start_ms = known ? f->start_time_ms : 0;
+	agg_copy_str(container, known ? f->container_id : "", 65);
+	return known;
+}
+
+void aggregate_process_comm(struct aggregate *agg, const struct sample_rec *rec, char comm[16])
+{
+	char container[65];
+	int64_t start_ms;
+
+	agg_process_facts(agg, rec, comm, &start_ms, container);
+}
+
+void aggregate_build_stack(struct aggregate *agg, const struct sample_rec *rec,
+			   struct strbuf *out)
+{
+	int uerr = rec->ustack_error || (rec->n_uframes && rec->uframes_encoded);
+
+	agg_put_comm(out, rec->tid == rec->tgid ? "[p] " : "[t] ", rec->comm);
+	if (uerr && rec->kstack_error) {
+		sb_puts(out, ";[stack trace lost]");
+		return;
+	}
+	/* Encoded (DWARF) frames need sym support that does not exist yet: an error, not garbage. */
+	if (uerr)
+		sb_puts(out, ";[user stack trace error]");
+	else if (rec->n_uframes)
+		sym_append_user(agg->sym, rec->tgid, rec->uframes, rec->n_uframes, out);
+	if (rec->kstack_error)
+		sb_puts(out, ";[kernel stack trace error]");
+	else if (rec->n_kframes)
+		sym_append_kernel(agg->sym, rec->kframes, rec->n_kframes, out);
+}
+
+void aggregate_add(void *arg, const struct sample_rec *rec)
+{
+	struct aggregate *agg = arg;
+	struct strbuf *sb = &agg->scratch;
+	char pcomm[16], container[65];
+	int64_t start_ms;
+	int known;
+
+	agg->stats.samples += rec->count;
+	if (rec->ustack_error)
+		agg->stats.ustack_errors += rec->count;
+	if (rec->kstack_error)
+		agg->stats.kstack_errors += rec->count;
+
+	known = agg_process_facts(agg, rec, pcomm, &start_ms, container);
+
+	/* Total: every process, two levels at most; a vanished process keeps only its thread. */
+	sb_reset(sb);
+	if (rec->tid == rec->tgid) {
+		agg_put_comm(sb, "[p] ", pcomm);
+	} else if (known) {
+		agg_put_comm(sb, "[p] ", pcomm);
+		agg_put_comm(sb, ";[t] ", rec->comm);
+	} else {
+		agg_put_comm(sb, "[t] ", rec->comm);
+	}
+	agg_insert(agg, 0, sb->buf, sb->len, "Total", 0, "", rec->count);
+
+	if (agg->has_regex && regexec(&agg->regex, pcomm, 0, NULL, 0) != 0)
+		return;
+	sb_reset(sb);
+	aggregate_build_stack(agg, rec, sb);
+	agg_insert(agg, rec->tgid, sb->buf, sb->len, pcomm, start_ms, container, rec->count);
+}
+
+static int64_t agg_now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int aggregate_flush(struct aggregate *agg, int64_t window_start, aggregate_sink_fn sink,
+		    void *arg)
+{
+	struct agg_arena *arena = &agg->arenas[agg->cur];
+	struct profile_row *rows;
+	int64_t now_us = agg_now_us();
+	size_t n = 0;
+	int ret;
+
+	rows = agg_arena_alloc(arena, (agg->n_entries ? agg->n_entries : 1) * sizeof(*rows));
+	for (size_t i = 0; i < agg->n_buckets; i++) {
+		for (struct agg_entry *e = agg->buckets[i]; e; e = e->next) {
+			struct profile_row *r = &rows[n++];
+
+			memset(r, 0, sizeof(*r));
+			r->time = window_start;
+			r->app_service = e->app;
+			r->app_instance = e->app;
+			r->profile_location_str = e->stack;
+			r->profile_value = (int64_t)e->samples * agg->us_per_sample;
+			r->profile_value_unit = "microseconds";
+			r->profile_event_type = "on-cpu";
+			r->profile_language_type = "eBPF";
+			r->profile_create_timestamp = now_us;
+			r->process_id = e->tgid;
+			r->process_start_time = e->start_ms;
+			r->host = agg->host;
+			r->agent = agg->agent;
+			r->host_ip = agg->host_ip;
+			r->container_id = e->container;
+			r->pod_cluster = r->pod_ns = r->pod_node = r->pod = r->pod_group = "";
+			r->trace_id = r->span_name = r->profile_id = "";
+			r->compression_algo = "";
+		}
+	}
+	ret = sink(arg, rows, n);
+	agg->stats.rows_flushed += n;
+
+	/* The flushed arena stays alive for the caller; the one before it is released. */
+	agg->cur ^= 1;
+	agg_arena_free(&agg->arenas[agg->cur]);
+	memset(agg->buckets, 0, agg->n_buckets * sizeof(*agg->buckets));
+	agg->n_entries = 0;
+	return ret;
+}
+
+static int agg_cmp_entry(const void *a, const void *b)
+{
+	const struct agg_entry *x = *(const struct agg_entry *const *)a;
+	const struct agg_entry *y = *(const struct agg_entry *const *)b;
+	int c = strcmp(x->app, y->app);
+
+	return c ? c : strcmp(x->stack, y->stack);
+}
+
+int aggregate_write_folded(struct aggregate *agg, FILE *out, enum aggregate_value unit)
+{
+	struct agg_entry **v;
+	size_t n = 0;
+	int ret = 0;
+
+	v = malloc((agg->n_entries ? agg->n_entries : 1) * sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (size_t i = 0; i < agg->n_buckets; i++) {
+		for (struct agg_entry *e = agg->buckets[i]; e; e = e->next) {
+			if (e->tgid)
+				v[n++] = e;
+		}
+	}
+	qsort(v, n, sizeof(*v), agg_cmp_entry);
+	for (size_t i = 0; i < n; i++) {
+		uint64_t value = v[i]->samples;
+
+		if (unit == AGGREGATE_VALUE_US)
+			value *= (uint64_t)agg->us_per_sample;
+		/* The process name is the root, as in the API's tree (app_service above the stack). */
+		sb_reset(&agg->scratch);
+		agg_put_comm(&agg->scratch, "", v[i]->app);
+		if (fprintf(out, "%s;%s %llu\n", agg->scratch.buf, v[i]->stack,
+			    (unsigned long long)value) < 0) {
+			ret = -EIO;
+			break;
+		}
+	}
+	free(v);
+	return ret;
+}
+
+void aggregate_get_stats(struct aggregate *agg, struct aggregate_stats *st)
+{
+	*st = agg->stats;
+}
