@@ -76,6 +76,13 @@ $(BUILD)/web_index.h: web/index.html
 	{ echo 'static const unsigned char web_index_html[] = {'; \
 	  od -An -v -tx1 $< | sed 's/ *\([0-9a-f][0-9a-f]\)/0x\1,/g'; echo '};'; } > $@
 
+# Test tools (perf.data replay and friends): each tests/tools/*.c links with libember.a.
+TOOL_BIN  := $(patsubst tests/tools/%.c,$(BUILD)/tools/%,$(wildcard tests/tools/*.c))
+all: $(TOOL_BIN)
+$(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libember.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libember.a $(LIBS)
+
 $(BUILD)/vmlinux.h:
 	@mkdir -p $(dir $@)
 	$(BPFTOOL) btf dump file /sys/kernel/btf/vmlinux format c > $@

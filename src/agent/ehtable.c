@@ -611,6 +611,39 @@ static int ehtable_open_debug(Elf *elf, const uint8_t *bid, uint32_t bid_len, in
 	return -ENOENT;
 }
 
+static void ehtable_read_loads(Elf *elf, struct ehtable *t)
+{
+	size_t n = 0;
+
+	if (elf_getphdrnum(elf, &n) != 0)
+		return;
+	for (size_t i = 0; i < n && t->n_loads < EHTABLE_MAX_LOADS; i++) {
+		GElf_Phdr ph;
+
+		if (!gelf_getphdr(elf, (int)i, &ph) || ph.p_type != PT_LOAD)
+			continue;
+		t->loads[t->n_loads++] = (struct ehtable_load){
+			.offset = ph.p_offset, .vaddr = ph.p_vaddr, .filesz = ph.p_filesz,
+			.flags = ph.p_flags,
+		};
+	}
+}
+
+int ehtable_bias(const struct ehtable *t, uint64_t map_start, uint64_t pgoff, uint64_t *bias)
+{
+	for (uint32_t i = 0; i < t->n_loads && i < EHTABLE_MAX_LOADS; i++) {
+		const struct ehtable_load *l = &t->loads[i];
+		uint64_t page_off = l->offset & ~4095ull;
+
+		/* file offset o is at va o - offset + vaddr, and at map_start + o - pgoff */
+		if (pgoff >= page_off && pgoff < l->offset + l->filesz) {
+			*bias = map_start - pgoff + l->offset - l->vaddr;
+			return 0;
+		}
+	}
+	return -ENOENT;
+}
+
 /* ---- build ------------------------------------------------------------------------------- */
 
 static int ehtable_from_cfi(Elf *elf, Dwarf_CFI *cfi, bool eh_frame, struct ehtable *t)
@@ -659,6 +692,7 @@ int ehtable_build_fd(int fd, const char *path, struct ehtable **out)
 	rc = ehtable_elf_identity(elf, fd, t->id, &t->id_len, &t->id_is_build_id);
 	if (rc)
 		goto out;
+	ehtable_read_loads(elf, t);
 
 	rc = -ENODATA;
 	Dwarf_CFI *cfi = ehtable_find_section(elf, ".eh_frame") ? dwarf_getcfi_elf(elf) : NULL;
@@ -765,6 +799,9 @@ struct ehtable_file_hdr {
 	uint32_t n_slots;
 	uint32_t reserved;
 	uint64_t build_ns;
+	uint32_t n_loads;
+	uint32_t reserved2;
+	struct ehtable_load loads[EHTABLE_MAX_LOADS];
 	uint64_t checksum; /* FNV-1a over this header (checksum 0) and the slots */
 };
 
@@ -821,6 +858,8 @@ int ehtable_save(const struct ehtable *t, const char *path)
 	fh.cfi_rows = t->cfi_rows;
 	fh.n_slots = t->n_slots;
 	fh.build_ns = t->build_ns;
+	fh.n_loads = t->n_loads;
+	memcpy(fh.loads, t->loads, sizeof(fh.loads));
 	fh.checksum = ehtable_checksum(&fh, t->slots);
 	f = fopen(path, "wbe");
 	if (!f)
@@ -867,6 +906,8 @@ int ehtable_load(const char *path, struct ehtable **out)
 	memcpy(t->kind_rows, fh.kind_rows, sizeof(t->kind_rows));
 	t->cfi_rows = fh.cfi_rows;
 	t->build_ns = fh.build_ns;
+	t->n_loads = fh.n_loads < EHTABLE_MAX_LOADS ? fh.n_loads : EHTABLE_MAX_LOADS;
+	memcpy(t->loads, fh.loads, sizeof(t->loads));
 	rc = ehtable_validate(t);
 out:
 	fclose(f);

@@ -28,7 +28,15 @@
 #define EHTABLE_ID_MAX 40		/* identity bytes: build-id (≤ 40) or file facts */
 #define EHTABLE_CACHE_MAX_BYTES (64u << 20) /* default on-disk cache budget */
 
+#define EHTABLE_MAX_LOADS 8		/* PT_LOAD segments remembered for load-bias lookups */
+
 enum ehtable_source { EHTABLE_SRC_EH_FRAME, EHTABLE_SRC_DEBUG_FRAME };
+
+struct ehtable_load {
+	uint64_t offset, vaddr, filesz; /* p_offset, p_vaddr, p_filesz */
+	uint32_t flags;			/* p_flags (PF_X ...) */
+	uint32_t reserved;
+};
 
 struct ehtable {
 	uint8_t id[EHTABLE_ID_MAX]; /* build-id, or {dev, ino, size, mtime} when id_is_build_id=0 */
@@ -39,7 +47,9 @@ struct ehtable {
 	uint32_t n_slots;
 	uint32_t kind_rows[UNW_KIND_COUNT]; /* merged rows per enum unw_kind */
 	uint32_t cfi_rows;		    /* rows before merging (CFI rows plus gap rows) */
-	uint64_t build_ns;		    /* CPU-independent wall time of the build */
+	uint64_t build_ns;		    /* monotonic wall time the build took */
+	uint32_t n_loads;
+	struct ehtable_load loads[EHTABLE_MAX_LOADS];
 };
 
 /* Builds the table of the ELF object at path (or open fd, when path is NULL; fd is not closed). */
@@ -66,6 +76,12 @@ static inline size_t ehtable_size_bytes(const struct ehtable *t)
 
 /* The row that applies at va (last row with pc <= va), or NULL when va is outside the table. */
 const struct unw_row *ehtable_lookup(const struct ehtable *t, uint64_t va);
+
+/*
+ * The load bias of a mapping of this object at map_start with file offset pgoff (from the
+ * PT_LOAD segment holding pgoff): va = pc - bias. -ENOENT when no segment holds pgoff.
+ */
+int ehtable_bias(const struct ehtable *t, uint64_t map_start, uint64_t pgoff, uint64_t *bias);
 
 /* Reads the identity of an object without building its table (for cache lookups). */
 int ehtable_identify(const char *path, uint8_t id[EHTABLE_ID_MAX], uint32_t *id_len,
