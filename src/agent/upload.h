@@ -27,6 +27,7 @@ struct upload_opts {
 	const char *spool_dir;   /* NULL: memory only */
 	size_t spool_bytes;      /* default 256 MiB */
 	double max_backoff_s;    /* default 30 */
+	double close_grace_s;    /* upload_close tries to deliver this long; default 3 */
 };
 
 struct upload_stats {
@@ -34,6 +35,7 @@ struct upload_stats {
 	uint64_t batches_dropped, rows_dropped; /* bound reached */
 	uint64_t queued_batches, queued_bytes, spooled_batches, spooled_bytes;
 	int server_ok;
+	uint64_t batches_duplicate; /* acknowledged as already stored (a resend) */
 };
 
 struct uploader;
@@ -44,6 +46,8 @@ int upload_submit(struct uploader *u, const struct profile_row *rows, size_t n);
 /* Waits up to timeout_s for the queue to empty (used at shutdown and by tests). 0 when empty. */
 int upload_flush(struct uploader *u, double timeout_s);
 void upload_get_stats(struct uploader *u, struct upload_stats *st);
+/* Stops the sender after up to close_grace_s of delivery; what is left goes to the spool (or is
+ * dropped and logged without spool_dir). */
 void upload_close(struct uploader *u);
 
 #endif
