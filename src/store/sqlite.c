@@ -799,17 +799,18 @@ static int sq_sample_put(struct sq_db *d, const struct profile_row *r, int64_t s
 
 /* The batch transaction; the caller holds d->wlock. */
 static int sq_insert_locked(struct sq_db *d, const char *batch_id, const struct profile_row *rows,
-			    size_t n, int *duplicate, const char **what)
+			    size_t n, int *duplicate, char *err, size_t errlen)
 {
+	const char *what;
 	int64_t in_us = sq_now_ns(CLOCK_REALTIME) / 1000, stack_id = 0;
 	sqlite3_stmt *bget = d->wstmt[W_BATCH_GET], *bput = d->wstmt[W_BATCH_PUT];
 	int rc;
 
-	*what = "BEGIN";
+	what = "BEGIN";
 	rc = sq_step_done(d->wstmt[W_BEGIN]);
 	if (rc != SQLITE_OK)
 		return rc;
-	*what = "batch lookup";
+	what = "batch lookup";
 	sqlite3_bind_text(bget, 1, batch_id, -1, SQLITE_STATIC);
 	rc = sqlite3_step(bget);
 	sqlite3_reset(bget);
@@ -821,28 +822,29 @@ static int sq_insert_locked(struct sq_db *d, const char *batch_id, const struct 
 	if (rc != SQLITE_DONE)
 		goto rollback;
 	for (size_t i = 0; i < n; i++) {
-		*what = "stack";
+		what = "stack";
 		rc = sq_stack_id(d, rows[i].profile_location_str, &stack_id);
 		if (rc != SQLITE_OK)
 			goto rollback;
-		*what = "row";
+		what = "row";
 		rc = sq_sample_put(d, &rows[i], stack_id, in_us);
 		if (rc != SQLITE_OK)
 			goto rollback;
 	}
-	*what = "batch record";
+	what = "batch record";
 	sqlite3_bind_text(bput, 1, batch_id, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(bput, 2, (int64_t)n);
 	sqlite3_bind_int64(bput, 3, in_us);
 	rc = sq_step_done(bput);
 	if (rc != SQLITE_OK)
 		goto rollback;
-	*what = "COMMIT";
+	what = "COMMIT";
 	rc = sq_step_done(d->wstmt[W_COMMIT]);
 	if (rc != SQLITE_OK)
 		goto rollback;
 	return SQLITE_OK;
 rollback:
+	snprintf(err, errlen, "%s: %s", what, sqlite3_errmsg(d->w.db));
 	sq_step_done(d->wstmt[W_ROLLBACK]);
 	/* Stacks stored by this transaction are gone again; the cache must forget them. */
 	sq_cache_clear(d);
@@ -854,7 +856,6 @@ static int sq_insert(struct store *s, int org, const char *batch_id, const struc
 {
 	struct sq_store *st = (struct sq_store *)s;
 	char err[sizeof(s->errmsg)];
-	const char *what = "";
 	struct sq_db *d;
 	int rc;
 
@@ -874,11 +875,12 @@ static int sq_insert(struct store *s, int org, const char *batch_id, const struc
 	if (rc)
 		return rc;
 	pthread_mutex_lock(&d->wlock);
-	rc = sq_insert_locked(d, batch_id, rows, n, duplicate, &what);
+	rc = sq_insert_locked(d, batch_id, rows, n, duplicate, err, sizeof(err));
 	if (rc != SQLITE_OK) {
-		sq_set_err(st, "sqlite %.200s: batch '%s' (%zu rows): %s: %s", d->path, batch_id, n,
-			   what, sqlite3_errmsg(d->w.db));
-		log_warn("%s", s->errmsg);
+		sq_set_err(st, "sqlite %.200s: batch '%.128s' (%zu rows): %.200s", d->path,
+			   batch_id, n, err);
+		log_warn("sqlite %s: batch '%s' (%zu rows) not stored: %s", d->path, batch_id, n,
+			 err);
 		rc = sq_errno(rc);
 		/* The rows passed validation, so an SQL error here is ours, not the client's. */
 		if (rc == -EINVAL)
