@@ -1,24 +1,400 @@
 /*
- * ember agent / run / record — wired up once the agent modules land (sampler, aggregate).
+ * ember agent / run / record.
+ *
+ * agent: profile this host and send rows to a server. run: the same plus an in-process server
+ * on the embedded store, the agent sending to it over loopback (the same path as a fleet).
+ * record: one process (and its threads), no server: folded stacks to a file or stdout.
  */
+#define LOG_MODULE "cli"
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "agent/agent.h"
+#include "agent/aggregate.h"
+#include "agent/procinfo.h"
+#include "agent/sampler.h"
+#include "agent/symbolize.h"
 #include "cli/cli.h"
+#include "cli/server_flags.h"
+#include "common/log.h"
+
+enum agent_flag {
+	AF_SERVER = 2000,
+	AF_FREQUENCY,
+	AF_PROCESS_REGEX,
+	AF_UNWIND,
+	AF_SPOOL_DIR,
+	AF_SPOOL_SIZE,
+	AF_HOST,
+	AF_ORG,
+};
+
+static const struct option agent_options[] = {
+	{"server", required_argument, NULL, AF_SERVER},
+	{"frequency", required_argument, NULL, AF_FREQUENCY},
+	{"process-regex", required_argument, NULL, AF_PROCESS_REGEX},
+	{"unwind", required_argument, NULL, AF_UNWIND},
+	{"spool-dir", required_argument, NULL, AF_SPOOL_DIR},
+	{"spool-size", required_argument, NULL, AF_SPOOL_SIZE},
+	{"host", required_argument, NULL, AF_HOST},
+	{"org", required_argument, NULL, AF_ORG},
+};
+#define N_AGENT_OPTIONS (sizeof(agent_options) / sizeof(agent_options[0]))
+
+static void agent_flags_usage(FILE *f, int with_server)
+{
+	if (with_server)
+		fprintf(f, "  --server URL           where to send rows, e.g. http://HOST:20416\n");
+	fprintf(f,
+		"  --frequency HZ         samples per second per CPU, 1..1000 (default 99)\n"
+		"  --process-regex RE     processes (comm, POSIX ERE) that get full stacks; others\n"
+		"                         appear only in Total (default: all)\n"
+		"  --unwind dwarf|fp      user stacks from .eh_frame or frame pointers (default fp\n"
+		"                         until DWARF unwinding is built in)\n"
+		"  --spool-dir DIR        keep undelivered rows on disk while the server is down\n"
+		"  --spool-size SIZE      spool bound, oldest dropped beyond it (default 256M)\n"
+		"  --host NAME            host label (default: hostname)\n"
+		"  --org N                X-Org-Id to send with (default 1)\n");
+}
+
+static int parse_unwind(const char *arg, enum sampler_unwind *out)
+{
+	if (strcmp(arg, "fp") == 0)
+		*out = SAMPLER_UNWIND_FP;
+	else if (strcmp(arg, "dwarf") == 0)
+		*out = SAMPLER_UNWIND_DWARF;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+/* 0 handled, 1 not an agent flag, -1 bad value. */
+static int agent_flags_parse(int opt, const char *arg, struct agent_opts *o)
+{
+	int64_t v;
+	uint64_t u;
+
+	switch (opt) {
+	case AF_SERVER: o->server_url = arg; return 0;
+	case AF_FREQUENCY:
+		if (cli_parse_int(arg, 1, 1000, &v) < 0)
+			break;
+		o->frequency = (int)v;
+		return 0;
+	case AF_PROCESS_REGEX: o->process_regex = arg; return 0;
+	case AF_UNWIND:
+		if (parse_unwind(arg, &o->unwind) < 0)
+			break;
+		return 0;
+	case AF_SPOOL_DIR: o->spool_dir = arg; return 0;
+	case AF_SPOOL_SIZE:
+		if (cli_parse_size(arg, &u) < 0)
+			break;
+		o->spool_bytes = u;
+		return 0;
+	case AF_HOST: o->host = arg; return 0;
+	case AF_ORG:
+		if (cli_parse_int(arg, 1, 9999, &v) < 0)
+			break;
+		o->org = (int)v;
+		return 0;
+	default:
+		return 1;
+	}
+	for (size_t i = 0; i < N_AGENT_OPTIONS; i++)
+		if (agent_options[i].val == opt)
+			fprintf(stderr, "ember: invalid value '%s' for --%s\n", arg,
+				agent_options[i].name);
+	return -1;
+}
+
+static void block_signals(void)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+static int agent_or_run(int argc, char **argv, int with_server)
+{
+	struct option longopts[N_AGENT_OPTIONS + 16];
+	struct server_opts so;
+	struct agent_opts ao = {.frequency = 99, .unwind = SAMPLER_UNWIND_FP};
+	struct server *srv = NULL;
+	struct agent *agent = NULL;
+	char url[64];
+	size_t n = 0;
+	int opt, rc;
+
+	server_opts_defaults(&so);
+	for (size_t i = 0; i < N_AGENT_OPTIONS; i++)
+		if (!with_server || agent_options[i].val != AF_SERVER)
+			longopts[n++] = agent_options[i];
+	if (with_server)
+		for (const struct option *o = server_long_options; o->name; o++)
+			longopts[n++] = *o;
+	else
+		longopts[n++] = (struct option){"log-level", required_argument, NULL, SF_LOG_LEVEL};
+	longopts[n++] = (struct option){"help", no_argument, NULL, 'h'};
+	longopts[n] = (struct option){NULL, 0, NULL, 0};
+
+	while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+		if (opt == 'h') {
+			printf("usage: ember %s [FLAGS]\n", with_server ? "run" : "agent");
+			agent_flags_usage(stdout, !with_server);
+			if (with_server)
+				server_flags_usage(stdout);
+			return 0;
+		}
+		rc = agent_flags_parse(opt, optarg, &ao);
+		if (rc == 1)
+			rc = server_flags_parse(opt, optarg, &so);
+		if (rc != 0) {
+			if (rc > 0) {
+				agent_flags_usage(stderr, !with_server);
+				if (with_server)
+					server_flags_usage(stderr);
+			}
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "ember: unexpected argument '%s'\n", argv[optind]);
+		return 2;
+	}
+	if (!with_server && !ao.server_url) {
+		fprintf(stderr, "ember agent: --server URL is required (e.g. http://127.0.0.1:20416)\n");
+		return 2;
+	}
+	block_signals();
+	if (with_server) {
+		if (server_start(&so, &srv) < 0)
+			return 1;
+		snprintf(url, sizeof(url), "http://127.0.0.1:%u", server_port(srv));
+		ao.server_url = url;
+	}
+	if (agent_start(&ao, &agent) < 0) {
+		server_stop(srv);
+		return 1;
+	}
+	cli_wait_for_signal();
+	log_info("signal received, shutting down");
+	agent_stop(agent);
+	server_stop(srv);
+	return 0;
+}
 
 int cli_agent(int argc, char **argv)
 {
-	fprintf(stderr, "ember agent: not available in this build yet\n");
-	return 1;
+	return agent_or_run(argc, argv, 0);
 }
 
 int cli_run(int argc, char **argv)
 {
-	fprintf(stderr, "ember run: not available in this build yet\n");
-	return 1;
+	return agent_or_run(argc, argv, 1);
+}
+
+/* ---- record ----------------------------------------------------------------------------- */
+
+static volatile sig_atomic_t record_stop;
+
+static void record_on_signal(int sig)
+{
+	record_stop = 1;
+}
+
+static void record_usage(FILE *f)
+{
+	fprintf(f,
+		"usage: ember record [-F HZ] [-d SECONDS] [-p PID | -- CMD ARGS...] [-o FILE]\n"
+		"                    [--value samples|us] [--unwind dwarf|fp]\n"
+		"Profiles one process (or runs CMD and profiles it) and writes folded stacks\n"
+		"('comm;frame;...;frame VALUE' lines, flamegraph.pl's input). Without -d it stops\n"
+		"when the process exits or on Ctrl-C.\n");
+}
+
+/* Starts CMD held at a pipe until sampling runs; returns its pid or -errno. */
+static pid_t record_spawn(char **argv, int *go_fd)
+{
+	int fds[2];
+	pid_t pid;
+
+	if (pipe2(fds, O_CLOEXEC) < 0)
+		return -errno;
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		char c;
+
+		close(fds[1]);
+		if (read(fds[0], &c, 1) != 1)
+			_exit(127);
+		execvp(argv[0], argv);
+		fprintf(stderr, "ember record: cannot run %s: %s\n", argv[0], strerror(errno));
+		_exit(127);
+	}
+	close(fds[0]);
+	*go_fd = fds[1];
+	return pid;
 }
 
 int cli_record(int argc, char **argv)
 {
-	fprintf(stderr, "ember record: not available in this build yet\n");
-	return 1;
+	static const struct option longopts[] = {
+		{"frequency", required_argument, NULL, 'F'},
+		{"duration", required_argument, NULL, 'd'},
+		{"pid", required_argument, NULL, 'p'},
+		{"output", required_argument, NULL, 'o'},
+		{"value", required_argument, NULL, 'v'},
+		{"unwind", required_argument, NULL, 'u'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	struct sampler_opts so = {.frequency = 99, .unwind = SAMPLER_UNWIND_FP, .flush_seconds = 0.2};
+	struct aggregate_opts ao = {0};
+	enum aggregate_value unit = AGGREGATE_VALUE_SAMPLES;
+	struct sampler *sampler = NULL;
+	struct symbolizer *sym = NULL;
+	struct procinfo *procs = NULL;
+	struct aggregate *agg = NULL;
+	const char *output = NULL;
+	int64_t duration = 0, pid = 0, v;
+	struct timespec start, now, tick = {0, 200 * 1000 * 1000};
+	int opt, go_fd = -1, ret = 1, status = 0, child_done = 0;
+	pid_t child = 0;
+	FILE *out = stdout;
+
+	while ((opt = getopt_long(argc, argv, "+F:d:p:o:h", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 'F':
+			if (cli_parse_int(optarg, 1, 1000, &v) < 0) {
+				fprintf(stderr, "ember record: -F wants 1..1000 Hz\n");
+				return 2;
+			}
+			so.frequency = (int)v;
+			break;
+		case 'd':
+			if (cli_parse_duration(optarg, &duration) < 0 || duration <= 0) {
+				fprintf(stderr, "ember record: -d wants seconds (or 10s, 2m)\n");
+				return 2;
+			}
+			break;
+		case 'p':
+			if (cli_parse_int(optarg, 1, INT32_MAX, &pid) < 0) {
+				fprintf(stderr, "ember record: -p wants a pid\n");
+				return 2;
+			}
+			break;
+		case 'o': output = optarg; break;
+		case 'v':
+			if (strcmp(optarg, "us") == 0)
+				unit = AGGREGATE_VALUE_US;
+			else if (strcmp(optarg, "samples") != 0) {
+				fprintf(stderr, "ember record: --value is samples or us\n");
+				return 2;
+			}
+			break;
+		case 'u':
+			if (parse_unwind(optarg, &so.unwind) < 0) {
+				fprintf(stderr, "ember record: --unwind is dwarf or fp\n");
+				return 2;
+			}
+			break;
+		case 'h': record_usage(stdout); return 0;
+		default: record_usage(stderr); return 2;
+		}
+	}
+	if ((pid != 0) == (optind < argc)) {
+		fprintf(stderr, "ember record: give either -p PID or -- CMD ARGS...\n");
+		record_usage(stderr);
+		return 2;
+	}
+	if (pid && kill((pid_t)pid, 0) < 0 && errno == ESRCH) {
+		fprintf(stderr, "ember record: no process %" PRId64 "\n", pid);
+		return 1;
+	}
+	if (optind < argc) {
+		child = record_spawn(argv + optind, &go_fd);
+		if (child < 0) {
+			fprintf(stderr, "ember record: cannot start %s: %s\n", argv[optind],
+				strerror(-child));
+			return 1;
+		}
+		pid = child;
+	}
+	so.only_tgid = (uint32_t)pid;
+	if (sym_open(&(struct sym_opts){0}, &sym) < 0 || procinfo_open(0, NULL, &procs) < 0)
+		goto out;
+	ao.frequency = so.frequency;
+	ao.sym = sym;
+	ao.procs = procs;
+	if (aggregate_new(&ao, &agg) < 0)
+		goto out;
+	if (sampler_open(&so, &sampler) < 0) {
+		fprintf(stderr, "ember record: cannot start sampling (root, BPF and perf events needed)\n");
+		goto out;
+	}
+	signal(SIGINT, record_on_signal);
+	signal(SIGTERM, record_on_signal);
+	if (child && write(go_fd, "g", 1) != 1)
+		goto out;
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	while (!record_stop) {
+		nanosleep(&tick, NULL);
+		sampler_drain(sampler, aggregate_add, agg);
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (duration && now.tv_sec - start.tv_sec >= duration)
+			break;
+		if (child && waitpid(child, &status, WNOHANG) == child) {
+			child_done = 1;
+			break;
+		}
+		if (!child && kill((pid_t)pid, 0) < 0 && errno == ESRCH)
+			break;
+	}
+	sampler_drain(sampler, aggregate_add, agg);
+	if (output && !(out = fopen(output, "w"))) {
+		fprintf(stderr, "ember record: cannot write %s: %s\n", output, strerror(errno));
+		out = stdout;
+		goto out;
+	}
+	if (aggregate_write_folded(agg, out, unit) < 0)
+		goto out;
+	{
+		struct sampler_stats st;
+
+		sampler_get_stats(sampler, &st);
+		fprintf(stderr, "ember record: %" PRIu64 " samples at %d Hz%s%s\n", st.samples,
+			so.frequency, output ? ", written to " : "", output ? output : "");
+	}
+	ret = 0;
+out:
+	if (out != stdout)
+		fclose(out);
+	if (go_fd >= 0)
+		close(go_fd);
+	if (child && !child_done) {
+		if (ret != 0 || record_stop)
+			kill(child, SIGTERM);
+		waitpid(child, &status, 0);
+	}
+	sampler_close(sampler);
+	aggregate_free(agg);
+	procinfo_close(procs);
+	sym_close(sym);
+	return ret;
 }

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# ProfileTracing end to end: a real `ember server` on a temporary SQLite file, data put in with
+# `ember import`, the API called with curl, answers compared with golden JSON and DeepFlow's ids.
+. "$(dirname "$0")/../lib/e2e.sh"
+FIX=$EMBER_TOP/tests/fixtures/api
+DB=$E2E_TMP/ember.db
+T=1764064800
+
+server_start s --store "sqlite:$DB" --max-body 64k
+URL=$SRV_URL_s
+req() { # app_service [extra json]
+	printf '{"app_service":"%s","profile_language_type":"eBPF","profile_event_type":"on-cpu","time_start":%d,"time_end":%d%s}' \
+		"$1" $((T - 10)) $((T + 10)) "${2:-}"
+}
+
+# --- data in -------------------------------------------------------------------------------
+"$EMBER_BIN" import --server "$URL" --app-service deepflow-agent --time $T --process-id 42 \
+	--tag k8s.label.app=agent "$FIX/worked-example.folded" || fail "import worked example"
+"$EMBER_BIN" import --server "$URL" --app-service Total --time $T "$FIX/total-seed.folded" || fail "import Total"
+
+# --- the worked example of deepflow-behaviour §2.4, byte for byte ----------------------------
+check "worked example: HTTP 200" [ "$(api "$URL" "$(req deepflow-agent)")" = 200 ]
+check "worked example: golden JSON byte for byte" cmp -s "$E2E_TMP/resp.json" "$FIX/worked-example.golden.json"
+check "content type is DeepFlow's" bash -c "curl -s -D - -o /dev/null -X POST '$URL/v1/profile/ProfileTracing' -d '$(req deepflow-agent)' | grep -qi '^Content-Type: application/json; charset=utf-8'"
+
+# --- the seed's Total example: its three node ids exactly ----------------------------------
+api "$URL" "$(req Total)" >/dev/null
+check "Total root" [ "$(jqr '.result[0] | "\(.profile_location_str) \(.node_id) \(.parent_node_id) \(.total_value)"')" = "Total  -1 27573" ]
+check "seed id of [p] process-exporte" [ "$(jqr '.result[] | select(.profile_location_str=="[p] process-exporte") | .node_id')" = 9d3c5fd3-4cd2-5d04-be22-e0f27144f638 ]
+check "seed id of [p] deepflow-agent" [ "$(jqr '.result[] | select(.profile_location_str=="[p] deepflow-agent") | .node_id')" = 1762633e-a955-5c80-a5be-22529903b0bf ]
+check "seed id of [t] stats-collector and its parent" [ "$(jqr '.result[] | select(.profile_location_str=="[t] stats-collector") | "\(.node_id) \(.parent_node_id) \(.self_value)"')" = "99e8ce53-e3bf-5b33-a63d-aa47e00e2ff4 1762633e-a955-5c80-a5be-22529903b0bf 33" ]
+check "[p] deepflow-agent self and total" [ "$(jqr '.result[] | select(.profile_location_str=="[p] deepflow-agent") | "\(.self_value) \(.total_value)"')" = "2512 2545" ]
+
+# --- tag_filter ------------------------------------------------------------------------------
+api "$URL" "$(req deepflow-agent ',"tag_filter":"process_id = 42 AND k8s.label.app = '"'agent'"'"')" >/dev/null
+check "tag_filter matching keeps everything" [ "$(jqr '.result[0].total_value')" = 50505 ]
+api "$URL" "$(req deepflow-agent ',"tag_filter":"process_id = 43 OR app_service = '"'x'"'"')" >/dev/null
+check "tag_filter OR stays inside the other conditions (result null)" [ "$(jqr '.result')" = null ]
+check "bad tag_filter: 400 with position" [ "$(api "$URL" "$(req deepflow-agent ',"tag_filter":"process_id = = 1"')")" = 400 ]
+check "bad tag_filter: INVALID_POST_DATA naming the position" bash -c "jq -r .DESCRIPTION '$E2E_TMP/resp.json' | grep -q 'position'"
+check "unknown tag_filter field: 400" [ "$(api "$URL" "$(req deepflow-agent ',"tag_filter":"podx = 1"')")" = 400 ]
+check "unknown field is named" bash -c "jq -r .DESCRIPTION '$E2E_TMP/resp.json' | grep -q podx"
+check "injection attempt answers 400 or nothing, and the data survives" bash -c "
+	api() { curl -s -o /dev/null -w '%{http_code}' -X POST '$URL/v1/profile/ProfileTracing' --data-binary \"\$1\"; }
+	c=\$(api '$(req deepflow-agent ',"tag_filter":"app_service = '"'x'"'; DROP TABLE samples; --"')')
+	[ \"\$c\" = 400 ] || [ \"\$c\" = 200 ]"
+api "$URL" "$(req deepflow-agent)" >/dev/null
+check "data intact after injection attempt" [ "$(jqr '.result[0].total_value')" = 50505 ]
+
+# --- max_kernel_stack_depth -----------------------------------------------------------------
+api "$URL" "$(req deepflow-agent ',"max_kernel_stack_depth":0')" >/dev/null
+check "depth 0 removes kernel frames; main_loop keeps the value as self" [ "$(jqr '[.result[] | select(.profile_location_str | startswith("[k]"))] | length')-$(jqr '.result[] | select(.profile_location_str=="main_loop") | .self_value')" = "0-20202" ]
+api "$URL" "$(req deepflow-agent ',"max_kernel_stack_depth":1')" >/dev/null
+check "depth 1 keeps exactly the outermost kernel frame" [ "$(jqr '[.result[] | select(.profile_location_str | startswith("[k]")) | .profile_location_str] | join(",")')" = "[k] entry_SYSCALL_64" ]
+api "$URL" "$(req deepflow-agent ',"max_kernel_stack_depth":2')" >/dev/null
+check "depth 2 with 2 kernel frames leaves the stack alone (DeepFlow drops one)" cmp -s "$E2E_TMP/resp.json" "$FIX/worked-example.golden.json"
+api "$URL" "$(req deepflow-agent ',"max_kernel_stack_depth":null')" >/dev/null
+check "depth null = -1" cmp -s "$E2E_TMP/resp.json" "$FIX/worked-example.golden.json"
+
+# --- formats, discovery, debug ----------------------------------------------------------------
+api "$URL" "$(req deepflow-agent ',"format":"compact"')" >/dev/null
+check "compact: root function and node_values" [ "$(jqr '"\(.result.functions[0]) \(.result.node_values.values[0] | join(","))"')" = "deepflow-agent 0,-1,0,50505" ]
+check "compact: 10 nodes, 10 functions" [ "$(jqr '"\(.result.node_values.values | length) \(.result.functions | length)"')" = "10 10" ]
+api "$URL" "$(req '')" >/dev/null
+check "empty app_service discovers services (root joins them)" [ "$(jqr '"\(.result[0].profile_location_str) \(.result[0].total_value)"')" = "Total, deepflow-agent 78078" ]
+api "$URL" "$(req deepflow-agent ',"debug":true')" >/dev/null
+check "debug object with the SQL that ran" bash -c "jq -e '.debug.querier_debug[0].sql | test(\"SELECT\")' '$E2E_TMP/resp.json' >/dev/null && jq -e '.debug.format_time | test(\"s$\")' '$E2E_TMP/resp.json' >/dev/null"
+api "$URL" "$(req nosuchservice)" >/dev/null
+check "no data: result null, SUCCESS" [ "$(jqr '"\(.OPT_STATUS) \(.result)"')" = "SUCCESS null" ]
+api "$URL" '{"APP_SERVICE":"deepflow-agent","Profile_Language_Type":"eBPF","profile_event_type":"on-cpu","time_start":'$((T - 1))',"time_end":'$T',"unknown_key":1}' >/dev/null
+check "keys case-insensitive, unknown keys ignored, time range inclusive" [ "$(jqr '.result[0].total_value')" = 50505 ]
+
+# --- errors -----------------------------------------------------------------------------------
+check "bad JSON: 400" [ "$(api "$URL" $'{\n  "app_service": "x",\n  oops}')" = 400 ]
+check "bad JSON: names line and column" bash -c "jq -r .DESCRIPTION '$E2E_TMP/resp.json' | grep -q 'line 3, column'"
+check "the seed's own invalid curl example: 400" [ "$(api "$URL" '{"app_service": "deepflow-agent","profile_language_type": "eBPF","profile_event_type": "on-cpu","tag_filter: "","time_start": 1708479421,"time_end": 1708480321,}')" = 400 ]
+check "empty body: 400 EOF" [ "$(api "$URL" '')-$(jqr .DESCRIPTION | cut -c1-3)" = "400-EOF" ]
+api "$URL" '{"app_service":"x","time_start":0}' >/dev/null
+check "missing fields: every one named, gin style" [ "$(jqr .DESCRIPTION | grep -c "failed on the 'required' tag")" = 4 ]
+check "missing fields: envelope" [ "$(jqr '"\(.OPT_STATUS) \(.result) \(.debug)"')" = "INVALID_POST_DATA null null" ]
+check "string for an int: 400" [ "$(api "$URL" '{"app_service":"x","profile_language_type":"eBPF","profile_event_type":"on-cpu","time_start":"1","time_end":2}')" = 400 ]
+check "fraction for an int: 400" [ "$(api "$URL" '{"app_service":"x","profile_language_type":"eBPF","profile_event_type":"on-cpu","time_start":1.5,"time_end":2}')" = 400 ]
+check "body too large: 413" [ "$(api "$URL" "$(head -c 70000 /dev/zero | tr '\0' ' ')")" = 413 ]
+check "wrong method: 405" [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/v1/profile/ProfileTracing")" = 405 ]
+check "unknown path: 404" [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "$URL/v1/nope")" = 404 ]
+check "bad X-Org-Id: 500 FAIL (as DeepFlow)" [ "$(api "$URL" "$(req deepflow-agent)" -H 'X-Org-Id: abc')-$(jqr .OPT_STATUS)" = "500-FAIL" ]
+check "healthz" [ "$(curl -s "$URL/healthz" | jq -r .result.status)" = ok ]
+
+# --- ingest errors lose nothing ---------------------------------------------------------------
+ingest() { curl -s -o "$E2E_TMP/ing.json" -w '%{http_code}' -X POST "$URL/v1/profile/ingest" -H 'Content-Type: application/json' --data-binary "$1"; }
+GOOD='{"version":1,"batch_id":"b-1","rows":[{"time":'$T',"app_service":"svc","profile_location_str":"a;b","profile_value":5}]}'
+check "ingest: good batch" [ "$(ingest "$GOOD")-$(jq -r .result.duplicate "$E2E_TMP/ing.json")" = "200-false" ]
+check "ingest: same batch id is a duplicate" [ "$(ingest "$GOOD")-$(jq -r .result.duplicate "$E2E_TMP/ing.json")" = "200-true" ]
+BAD='{"version":1,"batch_id":"b-2","rows":[{"time":'$T',"app_service":"svc","profile_location_str":"a;c","profile_value":5},{"time":'$T',"app_service":"svc","profile_location_str":"a;d","profile_value":"x"}]}'
+check "ingest: bad row 400" [ "$(ingest "$BAD")" = 400 ]
+check "ingest: error names row and field" bash -c "jq -r .DESCRIPTION '$E2E_TMP/ing.json' | grep -q \"row 1: field 'profile_value'\""
+api "$URL" "$(req svc)" >/dev/null
+check "ingest: duplicate stored once, bad batch stored not at all" [ "$(jqr '.result[0].total_value')" = 5 ]
+printf 'a;b 1\nno value here\na;c x\n' > "$E2E_TMP/bad.folded"
+"$EMBER_BIN" import --server "$URL" --app-service badimport --time $T "$E2E_TMP/bad.folded" 2>"$E2E_TMP/imp.err"
+check "import of a file with bad lines fails" [ $? -ne 0 ]
+check "import names the bad line numbers" bash -c "grep -q 'bad.folded:2:' '$E2E_TMP/imp.err' && grep -q 'bad.folded:3:' '$E2E_TMP/imp.err'"
+api "$URL" "$(req badimport)" >/dev/null
+check "nothing of the bad file stored" [ "$(jqr .result)" = null ]
+
+# --- organisations ----------------------------------------------------------------------------
+"$EMBER_BIN" import --server "$URL" --app-service orgsvc --time $T --org 2 "$FIX/total-seed.folded" >/dev/null || fail "import org 2"
+api "$URL" "$(req orgsvc)" -H 'X-Org-Id: 2' >/dev/null
+check "org 2 sees its data" [ "$(jqr '.result[0].total_value')" = 27573 ]
+api "$URL" "$(req orgsvc)" >/dev/null
+check "org 1 does not see org 2's data" [ "$(jqr .result)" = null ]
+api "$URL" "$(req deepflow-agent)" -H 'X-Org-Id: 2' >/dev/null
+check "org 2 does not see org 1's data" [ "$(jqr .result)" = null ]
+
+# --- restart: the data is still there ----------------------------------------------------------
+server_stop s
+server_start s2 --store "sqlite:$DB"
+api "$SRV_URL_s2" "$(req deepflow-agent)" >/dev/null
+check "after restart: same answer byte for byte" cmp -s "$E2E_TMP/resp.json" "$FIX/worked-example.golden.json"
+server_stop s2
+e2e_done
