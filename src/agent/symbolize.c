@@ -1,0 +1,1324 @@
+/*
+ * symbolize — see symbolize.h.
+ *
+ * Three caches, all bounded:
+ *  - kernel: /proc/kallsyms text symbols in one sorted array, read on first use and again on a
+ *    miss at most once per KSYM_RELOAD_MS (modules and BPF programs come and go).
+ *  - files: up to max_files ELF function tables in fixed slots, LRU by a use tick. A slot is
+ *    found by build-id, or by (device, inode, size, mtime) for files without one. Mappings point
+ *    at a slot by (index, serial); when the slot was evicted the serial no longer matches and the
+ *    mapping resolves its file again, so eviction never leaves a dangling pointer.
+ *  - processes: up to max_processes executable-mapping sets in a hash table with an LRU list,
+ *    plus the process's perf map (JIT symbols).
+ *
+ * Address translation: a user address in a mapping (start, file offset off) sits at file offset
+ * addr - start + off; the PT_LOAD segment holding that offset turns it into the ELF virtual
+ * address p_vaddr + (fileoff - p_offset), which is what the symbol tables hold. That is exact for
+ * executables (PIE or not) and shared objects alike, and also for separate debug files, whose
+ * symbols carry the same virtual addresses (their own program headers are not used).
+ *
+ * Labels follow DeepFlow (DESIGN.md "Folded stacks and frame labels"). Names are demangled with
+ * libiberty (C++ Itanium, Rust legacy and v0); libiberty already drops the legacy Rust
+ * "::h<16 hex>" hash, and a hash left in a name that was not mangled (a perf map written by a
+ * Rust JIT, a pre-demangled table) is stripped too, matching DeepFlow's newer agents. A name is
+ * cut at SYM_MAX_NAME bytes, and ';' becomes ':' so it cannot split a folded stack.
+ *
+ * Return addresses: every frame but the leaf is a return address, the instruction after a call;
+ * it is looked up at addr - 1 so that a call ending a function resolves to that function.
+ */
+#define LOG_MODULE "symbolize"
+#include "agent/symbolize.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <gelf.h>
+#include <libelf.h>
+#include <libiberty/demangle.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/log.h"
+
+#define SYM_DEFAULT_MAX_FILES 256
+#define SYM_DEFAULT_MAX_PROCESSES 4096
+#define SYM_MAX_MAPS_PER_PROC 16384    /* executable mappings kept per process */
+#define SYM_MAX_FILE_SYMBOLS (1 << 23) /* function symbols kept per ELF file */
+#define SYM_MAX_NAME 4096              /* bytes of one demangled name */
+#define SYM_PROC_RELOAD_MS 1000        /* re-read maps on a miss at most this often */
+#define KSYM_RELOAD_MS 10000           /* re-read kallsyms on a miss at most this often */
+#define KSYM_MAX_GAP (1 << 20)         /* farther than this past a kernel symbol: unknown */
+#define PERF_MAP_MAX_BYTES (64 << 20)
+#define PERF_MAP_MAX_ENTRIES (1 << 20)
+#define PERF_MAP_CHECK_MS 1000 /* stat the perf map at most this often */
+#define SYM_BAD_IP 0xccccccccccccccccULL
+
+enum { KEY_NONE, KEY_BUILD_ID, KEY_STAT, KEY_VDSO };
+
+struct file_key {
+	uint8_t kind, len;
+	uint8_t b[40];
+};
+
+struct fsym {
+	uint64_t start;
+	uint32_t size;
+	uint32_t name; /* offset into names */
+};
+
+struct load_seg {
+	uint64_t off, vaddr, filesz;
+};
+
+struct sym_file {
+	uint64_t serial; /* 0: empty slot */
+	uint64_t used;   /* LRU tick */
+	struct file_key bid, st;
+	struct load_seg *segs;
+	size_t nsegs;
+	struct fsym *syms;
+	size_t nsyms;
+	char **clean; /* demangled labels, filled on first use */
+	char *names;
+	size_t names_len, names_cap;
+};
+
+enum { MAP_FILE, MAP_ANON, MAP_VDSO };
+enum { FILE_UNRESOLVED, FILE_OK, FILE_FAILED };
+
+struct sym_map {
+	uint64_t start, end, off;
+	char *path; /* NULL for anonymous memory */
+	uint8_t kind, is_so, file_state;
+	uint32_t slot;
+	uint64_t serial;
+};
+
+struct jit_entry {
+	uint64_t start;
+	uint32_t size;
+	uint32_t name;
+};
+
+struct perf_map {
+	char label[64]; /* "/tmp/perf-PID.map", the path inside the process's root */
+	struct jit_entry *ents;
+	size_t n;
+	char *names;
+	uint64_t lo, hi;
+	int64_t checked_ms;
+	struct timespec mtime;
+	off_t size;
+};
+
+struct sym_proc {
+	uint32_t tgid, nspid;
+	struct sym_map *maps;
+	size_t nmaps;
+	int stale;
+	int64_t read_ms; /* last read of /proc/PID/maps, 0 = never */
+	struct perf_map jit;
+	struct sym_proc *hnext, *prev, *next;
+};
+
+struct ksym {
+	uint64_t addr;
+	uint32_t name;
+};
+
+struct symbolizer {
+	struct sym_opts opts;
+	char *proc_root;
+	struct sym_stats stats;
+
+	struct ksym *ksyms;
+	size_t nksyms;
+	char *knames;
+	int64_t kread_ms;
+
+	struct sym_file *files;
+	uint64_t tick, next_serial;
+
+	struct sym_proc **buckets;
+	size_t nbuckets, nprocs;
+	struct sym_proc *head, *tail;
+
+};
+
+struct sym_res {
+	const char *name; /* resolved symbol */
+	const char *path; /* known file */
+	int is_so;
+};
+
+static int64_t sym_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int sym_leading_underscores(const char *s)
+{
+	int n = 0;
+
+	while (s[n] == '_')
+		n++;
+	return n;
+}
+
+/* ---- names ------------------------------------------------------------------------------- */
+
+static int sym_is_hex(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (!isxdigit((unsigned char)s[i]))
+			return 0;
+	}
+	return 1;
+}
+
+char *sym_clean_name(const char *name)
+{
+	char *dem = NULL, *out;
+	const char *src = name;
+	size_t len;
+
+	if (name[0] == '_' && (name[1] == 'Z' || name[1] == 'R')) {
+		dem = cplus_demangle(name, DMGL_PARAMS | DMGL_ANSI | DMGL_AUTO);
+		if (dem)
+			src = dem;
+	}
+	len = strlen(src);
+	if (len > SYM_MAX_NAME)
+		len = SYM_MAX_NAME;
+	/* Rust legacy hash left in a name that was not mangled: "...::h0123456789abcdef". */
+	if (len > 19 && memcmp(src + len - 19, "::h", 3) == 0 && sym_is_hex(src + len - 16, 16))
+		len -= 19;
+	out = malloc(len + 1);
+	if (out) {
+		memcpy(out, src, len);
+		out[len] = '\0';
+		for (char *p = out; *p; p++) {
+			if (*p == ';')
+				*p = ':';
+		}
+	}
+	free(dem);
+	return out;
+}
+
+/* ---- kernel ------------------------------------------------------------------------------ */
+
+static int ksym_cmp(const void *a, const void *b)
+{
+	const struct ksym *x = a, *y = b;
+
+	if (x->addr != y->addr)
+		return x->addr < y->addr ? -1 : 1;
+	return x->name < y->name ? -1 : x->name > y->name;
+}
+
+static int sym_kernel_load(struct symbolizer *sym)
+{
+	struct ksym *ks = NULL;
+	struct strbuf names = STRBUF_INIT;
+	size_t n = 0, cap = 0, out;
+	char path[512], *line = NULL;
+	size_t lcap = 0;
+	ssize_t llen;
+	FILE *f;
+
+	sym->kread_ms = sym_now_ms();
+	snprintf(path, sizeof(path), "%s/kallsyms", sym->proc_root);
+	f = fopen(path, "re");
+	if (!f) {
+		log_warn("cannot open %s: %s", path, strerror(errno));
+		return -errno;
+	}
+	while ((llen = getline(&line, &lcap, f)) > 0) {
+		char *p, *name, type;
+		uint64_t addr = strtoull(line, &p, 16);
+		size_t nl;
+
+		if (*p != ' ' || addr == 0)
+			continue; /* kptr_restrict shows zeros: nothing usable */
+		type = p[1];
+		if (type != 't' && type != 'T' && type != 'w' && type != 'W')
+			continue;
+		name = p + 3;
+		nl = strcspn(name, "\t\n");
+		if (n == cap) {
+			cap = cap ? cap * 2 : 65536;
+			ks = realloc(ks, cap * sizeof(*ks));
+			if (!ks)
+				abort();
+		}
+		ks[n].addr = addr;
+		ks[n].name = (uint32_t)names.len;
+		sb_append(&names, name, nl);
+		sb_putc(&names, '\0');
+		n++;
+	}
+	free(line);
+	fclose(f);
+	qsort(ks, n, sizeof(*ks), ksym_cmp);
+	/* One name per address: fewest leading underscores, then first in the file. */
+	out = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (out && ks[out - 1].addr == ks[i].addr) {
+			if (sym_leading_underscores(names.buf + ks[i].name) <
+			    sym_leading_underscores(names.buf + ks[out - 1].name))
+				ks[out - 1] = ks[i];
+			continue;
+		}
+		ks[out++] = ks[i];
+	}
+	free(sym->ksyms);
+	free(sym->knames);
+	sym->ksyms = ks;
+	sym->nksyms = out;
+	sym->knames = sb_detach(&names, NULL);
+	log_debug("read %zu kernel text symbols from %s", out, path);
+	return 0;
+}
+
+static const char *sym_kernel_find(struct symbolizer *sym, uint64_t addr)
+{
+	size_t lo = 0, hi = sym->nksyms;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (sym->ksyms[mid].addr <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == 0 || addr - sym->ksyms[lo - 1].addr > KSYM_MAX_GAP)
+		return NULL;
+	return sym->knames + sym->ksyms[lo - 1].name;
+}
+
+static const char *sym_kernel_lookup(struct symbolizer *sym, uint64_t addr)
+{
+	const char *name;
+
+	if (!sym->kread_ms)
+		sym_kernel_load(sym);
+	name = sym_kernel_find(sym, addr);
+	if (!name && sym_now_ms() - sym->kread_ms >= KSYM_RELOAD_MS) {
+		sym_kernel_load(sym);
+		name = sym_kernel_find(sym, addr);
+	}
+	return name;
+}
+
+int sym_append_kernel(struct symbolizer *sym, const uint64_t *ips, size_t n, struct strbuf *out)
+{
+	int count = 0;
+
+	for (size_t i = n; i-- > 0;) {
+		uint64_t ip = ips[i];
+		const char *name;
+
+		if (ip == 0 || ip == SYM_BAD_IP)
+			continue;
+		if (out->len)
+			sb_putc(out, ';');
+		name = sym_kernel_lookup(sym, i ? ip - 1 : ip);
+		sym->stats.frames++;
+		if (name) {
+			sb_puts(out, "[k] ");
+			sb_puts(out, name);
+		} else {
+			sym->stats.frames_unknown++;
+			sb_printf(out, "[unknown] 0x%016llx", (unsigned long long)ip);
+		}
+		count++;
+	}
+	return count;
+}
+
+/* ---- ELF files --------------------------------------------------------------------------- */
+
+static void sym_file_clear(struct sym_file *f)
+{
+	if (f->clean) {
+		for (size_t i = 0; i < f->nsyms; i++)
+			free(f->clean[i]);
+	}
+	free(f->clean);
+	free(f->syms);
+	free(f->names);
+	free(f->segs);
+	memset(f, 0, sizeof(*f));
+}
+
+/* A symbol while a table is read: rank decides between names of one address. */
+struct fsym_tmp {
+	uint64_t start;
+	uint32_t size, name;
+	int rank;
+};
+
+static int fsym_tmp_cmp(const void *a, const void *b)
+{
+	const struct fsym_tmp *x = a, *y = b;
+
+	if (x->start != y->start)
+		return x->start < y->start ? -1 : 1;
+	if (x->rank != y->rank)
+		return x->rank > y->rank ? -1 : 1;
+	return x->name < y->name ? -1 : x->name > y->name;
+}
+
+/* Higher is a better name for an address that has several: GLOBAL, then WEAK, then readable. */
+static int sym_name_rank(const char *name, int bind)
+{
+	int r = bind == STB_GLOBAL ? 2000 : bind == STB_WEAK ? 1000 : 0;
+
+	return r - 10 * sym_leading_underscores(name);
+}
+
+static int sym_file_add_names(struct sym_file *f, Elf *elf, Elf_Scn *scn, const GElf_Shdr *sh)
+{
+	Elf_Data *data = elf_getdata(scn, NULL);
+	struct fsym_tmp *tmp = NULL;
+	size_t cnt, n = 0, cap = 0, out = 0;
+
+	if (!data || !sh->sh_entsize)
+		return -EINVAL;
+	cnt = sh->sh_size / sh->sh_entsize;
+	for (size_t i = 0; i < cnt && n < SYM_MAX_FILE_SYMBOLS; i++) {
+		GElf_Sym s;
+		const char *name;
+		size_t nl;
+		int type;
+
+		if (!gelf_getsym(data, (int)i, &s))
+			break;
+		type = GELF_ST_TYPE(s.st_info);
+		if ((type != STT_FUNC && type != STT_GNU_IFUNC) || s.st_shndx == SHN_UNDEF ||
+		    s.st_value == 0)
+			continue;
+		name = elf_strptr(elf, sh->sh_link, s.st_name);
+		if (!name || !*name)
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 1024;
+			tmp = realloc(tmp, cap * sizeof(*tmp));
+			if (!tmp)
+				abort();
+		}
+		nl = strlen(name) + 1;
+		if (f->names_len + nl > f->names_cap) {
+			while (f->names_len + nl > f->names_cap)
+				f->names_cap = f->names_cap ? f->names_cap * 2 : 65536;
+			f->names = realloc(f->names, f->names_cap);
+			if (!f->names)
+				abort();
+		}
+		memcpy(f->names + f->names_len, name, nl);
+		tmp[n].start = s.st_value;
+		tmp[n].size = s.st_size > UINT32_MAX ? UINT32_MAX : (uint32_t)s.st_size;
+		tmp[n].name = (uint32_t)f->names_len;
+		tmp[n].rank = sym_name_rank(name, GELF_ST_BIND(s.st_info));
+		f->names_len += nl;
+		n++;
+	}
+	if (!n) {
+		free(tmp);
+		return 0;
+	}
+	qsort(tmp, n, sizeof(*tmp), fsym_tmp_cmp);
+	f->syms = malloc(n * sizeof(*f->syms));
+	if (!f->syms)
+		abort();
+	/* Aliases share an address: keep the best-ranked name and the largest size. */
+	for (size_t i = 0; i < n; i++) {
+		if (out && f->syms[out - 1].start == tmp[i].start) {
+			if (tmp[i].size > f->syms[out - 1].size)
+				f->syms[out - 1].size = tmp[i].size;
+			continue;
+		}
+		f->syms[out].start = tmp[i].start;
+		f->syms[out].size = tmp[i].size;
+		f->syms[out].name = tmp[i].name;
+		out++;
+	}
+	free(tmp);
+	/* Size 0 (hand-written assembly): the symbol runs to the next one. */
+	for (size_t i = 0; i + 1 < out; i++) {
+		if (f->syms[i].size == 0) {
+			uint64_t gap = f->syms[i + 1].start - f->syms[i].start;
+
+			f->syms[i].size = gap > UINT32_MAX ? UINT32_MAX : (uint32_t)gap;
+		}
+	}
+	f->nsyms = out;
+	return 0;
+}
+
+static Elf_Scn *sym_find_section(Elf *elf, uint32_t type, const char *name, GElf_Shdr *sh)
+{
+	size_t shstrndx;
+	Elf_Scn *scn = NULL;
+
+	if (elf_getshdrstrndx(elf, &shstrndx))
+		return NULL;
+	while ((scn = elf_nextscn(elf, scn))) {
+		const char *n;
+
+		if (!gelf_getshdr(scn, sh))
+			continue;
+		if (type && sh->sh_type != type)
+			continue;
+		if (name) {
+			n = elf_strptr(elf, shstrndx, sh->sh_name);
+			if (!n || strcmp(n, name))
+				continue;
+		}
+		return scn;
+	}
+	return NULL;
+}
+
+static int sym_elf_build_id(Elf *elf, struct file_key *key)
+{
+	Elf_Scn *scn = NULL;
+	GElf_Shdr sh;
+
+	key->kind = KEY_NONE;
+	while ((scn = elf_nextscn(elf, scn))) {
+		Elf_Data *data;
+		GElf_Nhdr nh;
+		size_t off = 0, noff, doff;
+
+		if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_NOTE)
+			continue;
+		data = elf_getdata(scn, NULL);
+		if (!data)
+			continue;
+		while ((off = gelf_getnote(data, off, &nh, &noff, &doff)) > 0) {
+			if (nh.n_type == NT_GNU_BUILD_ID && nh.n_namesz == 4 &&
+			    memcmp((char *)data->d_buf + noff, "GNU", 4) == 0 && nh.n_descsz > 0 &&
+			    nh.n_descsz <= sizeof(key->b)) {
+				key->kind = KEY_BUILD_ID;
+				key->len = (uint8_t)nh.n_descsz;
+				memcpy(key->b, (char *)data->d_buf + doff, nh.n_descsz);
+				return 0;
+			}
+		}
+	}
+	return -ENOENT;
+}
+
+static int sym_key_eq(const struct file_key *a, const struct file_key *b)
+{
+	return a->kind != KEY_NONE && a->kind == b->kind && a->len == b->len &&
+	       memcmp(a->b, b->b, a->len) == 0;
+}
+
+static void sym_stat_key(const struct stat *st, struct file_key *key)
+{
+	uint64_t v[4] = {st->st_dev, st->st_ino, (uint64_t)st->st_size,
+			 (uint64_t)st->st_mtim.tv_sec * 1000000000ULL + (uint64_t)st->st_mtim.tv_nsec};
+
+	key->kind = KEY_STAT;
+	key->len = sizeof(v);
+	memcpy(key->b, v, sizeof(v));
+}
+
+/* Opens a separate debug file with a real .symtab matching bid; returns its fd or -1. */
+static int sym_open_debug(struct symbolizer *sym, uint32_t tgid, const char *path, Elf *elf,
+			  const struct file_key *bid, Elf **dbg_out)
+{
+	char cand[4][PATH_MAX], hex[2 * sizeof(bid->b) + 1];
+	int ncand = 0;
+	Elf_Scn *scn;
+	GElf_Shdr sh;
+
+	if (bid->kind == KEY_BUILD_ID && bid->len > 1) {
+		for (int i = 0; i < bid->len; i++)
+			sprintf(hex + 2 * i, "%02x", bid->b[i]);
+		snprintf(cand[ncand++], PATH_MAX, "/usr/lib/debug/.build-id/%.2s/%s.debug", hex,
+			 hex + 2);
+	}
+	scn = sym_find_section(elf, SHT_PROGBITS, ".gnu_debuglink", &sh);
+	if (scn && path && path[0] == '/') {
+		Elf_Data *d = elf_getdata(scn, NULL);
+		const char *slash = strrchr(path, '/');
+		int dirlen = (int)(slash - path);
+
+		if (d && d->d_size > 1 && memchr(d->d_buf, '\0', d->d_size)) {
+			const char *link = d->d_buf;
+
+			snprintf(cand[ncand++], PATH_MAX, "%.*s/%s", dirlen, path, link);
+			snprintf(cand[ncand++], PATH_MAX, "%.*s/.debug/%s", dirlen, path, link);
+			snprintf(cand[ncand++], PATH_MAX, "/usr/lib/debug%.*s/%s", dirlen, path,
+				 link);
+		}
+	}
+	for (int i = 0; i < ncand; i++) {
+		for (int inroot = 0; inroot < 2; inroot++) {
+			char full[PATH_MAX + 64];
+			struct file_key dbid;
+			Elf *dbg;
+			int fd;
+
+			if (inroot)
+				snprintf(full, sizeof(full), "%s/%u/root%s", sym->proc_root, tgid,
+					 cand[i]);
+			else
+				snprintf(full, sizeof(full), "%s", cand[i]);
+			if (path && strcmp(full, path) == 0)
+				continue;
+			fd = open(full, O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				continue;
+			dbg = elf_begin(fd, ELF_C_READ_MMAP, NULL);
+			if (dbg && elf_kind(dbg) == ELF_K_ELF &&
+			    sym_find_section(dbg, SHT_SYMTAB, NULL, &sh) &&
+			    (bid->kind != KEY_BUILD_ID || (sym_elf_build_id(dbg, &dbid) == 0 &&
+							   sym_key_eq(&dbid, bid)))) {
+				*dbg_out = dbg;
+				return fd;
+			}
+			if (dbg)
+				elf_end(dbg);
+			close(fd);
+		}
+	}
+	return -1;
+}
+
+/* Fills f from elf (symbols from .symtab, a debug file's .symtab, else .dynsym). */
+static int sym_file_fill(struct symbolizer *sym, struct sym_file *f, Elf *elf, uint32_t tgid,
+			 const char *path)
+{
+	size_t nph;
+	GElf_Shdr sh;
+	Elf_Scn *scn;
+
+	if (elf_kind(elf) != ELF_K_ELF || elf_getphdrnum(elf, &nph))
+		return -ENOEXEC;
+	f->segs = calloc(nph ? nph : 1, sizeof(*f->segs));
+	if (!f->segs)
+		return -ENOMEM;
+	for (size_t i = 0; i < nph; i++) {
+		GElf_Phdr ph;
+
+		if (!gelf_getphdr(elf, (int)i, &ph) || ph.p_type != PT_LOAD)
+			continue;
+		f->segs[f->nsegs].off = ph.p_offset;
+		f->segs[f->nsegs].vaddr = ph.p_vaddr;
+		f->segs[f->nsegs].filesz = ph.p_filesz;
+		f->nsegs++;
+	}
+	scn = sym_find_section(elf, SHT_SYMTAB, NULL, &sh);
+	if (scn) {
+		sym_file_add_names(f, elf, scn, &sh);
+	} else {
+		Elf *dbg = NULL;
+		int fd = sym_open_debug(sym, tgid, path, elf, &f->bid, &dbg);
+
+		if (fd >= 0) {
+			scn = sym_find_section(dbg, SHT_SYMTAB, NULL, &sh);
+			sym_file_add_names(f, dbg, scn, &sh);
+			elf_end(dbg);
+			close(fd);
+		}
+		if (!f->nsyms) {
+			scn = sym_find_section(elf, SHT_DYNSYM, NULL, &sh);
+			if (scn)
+				sym_file_add_names(f, elf, scn, &sh);
+		}
+	}
+	if (f->nsyms) {
+		f->clean = calloc(f->nsyms, sizeof(*f->clean));
+		if (!f->clean)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static struct sym_file *sym_file_by_key(struct symbolizer *sym, const struct file_key *key)
+{
+	for (size_t i = 0; i < sym->opts.max_files; i++) {
+		struct sym_file *f = &sym->files[i];
+
+		if (f->serial && (sym_key_eq(&f->bid, key) || sym_key_eq(&f->st, key)))
+			return f;
+	}
+	return NULL;
+}
+
+static struct sym_file *sym_file_slot(struct symbolizer *sym)
+{
+	struct sym_file *victim = &sym->files[0];
+
+	for (size_t i = 0; i < sym->opts.max_files; i++) {
+		struct sym_file *f = &sym->files[i];
+
+		if (!f->serial)
+			return f;
+		if (f->used < victim->used)
+			victim = f;
+	}
+	sym_file_clear(victim);
+	sym->stats.file_evictions++;
+	return victim;
+}
+
+/* The image of the vDSO is the kernel's and the same in every process: read our own. */
+static Elf *sym_vdso_elf(struct symbolizer *sym)
+{
+	unsigned long base = getauxval(AT_SYSINFO_EHDR);
+	char line[512];
+	FILE *f;
+	Elf *elf = NULL;
+
+	if (!base)
+		return NULL;
+	f = fopen("/proc/self/maps", "re");
+	if (!f)
+		return NULL;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long s, e;
+
+		if (sscanf(line, "%lx-%lx", &s, &e) == 2 && s == base && strstr(line, "[vdso]")) {
+			elf = elf_memory((char *)base, e - s);
+			break;
+		}
+	}
+	fclose(f);
+	return elf;
+}
+
+static int sym_map_open(struct symbolizer *sym, struct sym_proc *p, const struct sym_map *m)
+{
+	char path[PATH_MAX + 64];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%u/map_files/%llx-%llx", sym->proc_root, p->tgid,
+		 (unsigned long long)m->start, (unsigned long long)m->end);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0)
+		return fd;
+	snprintf(path, sizeof(path), "%s/%u/root%s", sym->proc_root, p->tgid, m->path);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0)
+		return fd;
+	fd = open(m->path, O_RDONLY | O_CLOEXEC);
+	return fd >= 0 ? fd : -errno;
+}
+
+/* Finds or loads the symbol table of m's file; sets m->slot/serial or marks it failed. */
+static struct sym_file *sym_map_file(struct symbolizer *sym, struct sym_proc *p, struct sym_map *m)
+{
+	struct file_key stkey = {0}, bid = {0};
+	struct sym_file *f = NULL;
+	struct stat st;
+	Elf *elf = NULL;
+	int fd = -1, err;
+
+	if (m->file_state == FILE_OK) {
+		f = &sym->files[m->slot];
+		if (f->serial == m->serial) {
+			f->used = ++sym->tick;
+			return f;
+		}
+		m->file_state = FILE_UNRESOLVED; /* evicted: resolve again */
+	}
+	if (m->file_state == FILE_FAILED)
+		return NULL;
+	m->file_state = FILE_FAILED;
+
+	if (m->kind == MAP_VDSO) {
+		stkey.kind = KEY_VDSO;
+		stkey.len = 1;
+	} else {
+		fd = sym_map_open(sym, p, m);
+		if (fd < 0 || fstat(fd, &st)) {
+			log_debug("pid %u: cannot open %s: %s", p->tgid, m->path, strerror(-fd));
+			goto out;
+		}
+		sym_stat_key(&st, &stkey);
+	}
+	f = sym_file_by_key(sym, &stkey);
+	if (!f) {
+		elf = m->kind == MAP_VDSO ? sym_vdso_elf(sym) : elf_begin(fd, ELF_C_READ_MMAP, NULL);
+		if (!elf || elf_kind(elf) != ELF_K_ELF)
+			goto out;
+		sym_elf_build_id(elf, &bid);
+		f = sym_file_by_key(sym, &bid);
+	}
+	if (f) {
+		sym->stats.file_cache_hits++;
+	} else {
+		f = sym_file_slot(sym);
+		f->bid = bid;
+		f->st = stkey;
+		err = sym_file_fill(sym, f, elf, p->tgid, m->path);
+		if (err) {
+			log_debug("pid %u: %s is not usable: %s", p->tgid, m->path, strerror(-err));
+			sym_file_clear(f);
+			f = NULL;
+			goto out;
+		}
+		f->serial = ++sym->next_serial;
+		sym->stats.files_loaded++;
+		log_debug("pid %u: %zu symbols for %s", p->tgid, f->nsyms, m->path);
+	}
+	f->used = ++sym->tick;
+	m->slot = (uint32_t)(f - sym->files);
+	m->serial = f->serial;
+	m->file_state = FILE_OK;
+out:
+	if (elf)
+		elf_end(elf);
+	if (fd >= 0)
+		close(fd);
+	return m->file_state == FILE_OK ? f : NULL;
+}
+
+static const char *sym_file_lookup(struct sym_file *f, const struct sym_map *m, uint64_t addr)
+{
+	uint64_t fileoff = addr - m->start + m->off, vaddr = 0;
+	size_t lo = 0, hi = f->nsyms, i;
+	int found = 0;
+
+	for (i = 0; i < f->nsegs; i++) {
+		const struct load_seg *s = &f->segs[i];
+
+		if (fileoff >= s->off && fileoff < s->off + s->filesz) {
+			vaddr = s->vaddr + (fileoff - s->off);
+			found = 1;
+			break;
+		}
+	}
+	if (!found)
+		return NULL;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (f->syms[mid].start <= vaddr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == 0)
+		return NULL;
+	i = lo - 1;
+	if (vaddr - f->syms[i].start >= f->syms[i].size)
+		return NULL;
+	if (!f->clean[i])
+		f->clean[i] = sym_clean_name(f->names + f->syms[i].name);
+	return f->clean[i];
+}
+
+/* ---- perf maps (JIT) --------------------------------------------------------------------- */
+
+static void sym_jit_clear(struct perf_map *j)
+{
+	free(j->ents);
+	free(j->names);
+	memset(j, 0, sizeof(*j));
+}
+
+static int jit_cmp(const void *a, const void *b)
+{
+	const struct jit_entry *x = a, *y = b;
+
+	if (x->start != y->start)
+		return x->start < y->start ? -1 : 1;
+	/* Same start: the later line (larger name offset) replaced the earlier code. */
+	return x->name < y->name ? -1 : x->name > y->name;
+}
+
+static void sym_jit_read(struct perf_map *j, FILE *f, const char *label)
+{
+	struct strbuf names = STRBUF_INIT;
+	struct jit_entry *ents = NULL;
+	size_t n = 0, cap = 0, bytes = 0, out = 0, lcap = 0;
+	char *line = NULL;
+	ssize_t len;
+
+	while ((len = getline(&line, &lcap, f)) > 0 && n < PERF_MAP_MAX_ENTRIES) {
+		uint64_t start, size;
+		char *p, *name, *clean;
+
+		bytes += (size_t)len;
+		if (bytes > PERF_MAP_MAX_BYTES)
+			break;
+		start = strtoull(line, &p, 16);
+		if (*p != ' ')
+			continue;
+		size = strtoull(p + 1, &p, 16);
+		if (*p != ' ' || size == 0 || start + size < start)
+			continue;
+		name = p + 1;
+		name[strcspn(name, "\n")] = '\0';
+		clean = sym_clean_name(name);
+		if (!clean)
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 256;
+			ents = realloc(ents, cap * sizeof(*ents));
+			if (!ents)
+				abort();
+		}
+		ents[n].start = start;
+		ents[n].size = size > UINT32_MAX ? UINT32_MAX : (uint32_t)size;
+		ents[n].name = (uint32_t)names.len;
+		sb_puts(&names, clean);
+		sb_putc(&names, '\0');
+		free(clean);
+		n++;
+	}
+	free(line);
+	qsort(ents, n, sizeof(*ents), jit_cmp);
+	for (size_t i = 0; i < n; i++) {
+		if (out && ents[out - 1].start == ents[i].start)
+			out--;
+		ents[out++] = ents[i];
+	}
+	free(j->ents);
+	free(j->names);
+	j->ents = ents;
+	j->n = out;
+	j->names = sb_detach(&names, NULL);
+	j->lo = out ? ents[0].start : 0;
+	j->hi = 0;
+	for (size_t i = 0; i < out; i++) {
+		if (ents[i].start + ents[i].size > j->hi)
+			j->hi = ents[i].start + ents[i].size;
+	}
+	snprintf(j->label, sizeof(j->label), "%s", label);
+}
+
+/* Re-reads the perf map when it changed, at most once per PERF_MAP_CHECK_MS. */
+static void sym_jit_refresh(struct symbolizer *sym, struct sym_proc *p)
+{
+	struct perf_map *j = &p->jit;
+	char host[64], inroot[PATH_MAX], name[64];
+	const char *path = host;
+	int64_t now = sym_now_ms();
+	struct stat st;
+	FILE *f;
+
+	if (j->checked_ms && now - j->checked_ms < PERF_MAP_CHECK_MS)
+		return;
+	j->checked_ms = now;
+	snprintf(host, sizeof(host), "/tmp/perf-%u.map", p->tgid);
+	snprintf(name, sizeof(name), "/tmp/perf-%u.map", p->nspid ? p->nspid : p->tgid);
+	if (stat(host, &st)) {
+		snprintf(inroot, sizeof(inroot), "%s/%u/root%s", sym->proc_root, p->tgid, name);
+		path = inroot;
+		if (stat(inroot, &st))
+			return; /* gone: keep what was read */
+	} else {
+		snprintf(name, sizeof(name), "%s", host);
+	}
+	if (st.st_size == j->size && st.st_mtim.tv_sec == j->mtime.tv_sec &&
+	    st.st_mtim.tv_nsec == j->mtime.tv_nsec)
+		return;
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	j->size = st.st_size;
+	j->mtime = st.st_mtim;
+	sym_jit_read(j, f, name);
+	fclose(f);
+	log_debug("pid %u: %zu perf map entries from %s", p->tgid, j->n, path);
+}
+
+/* 1: name set, 0: inside the perf map's range without an entry, -1: not the perf map's. */
+static int sym_jit_lookup(struct symbolizer *sym, struct sym_proc *p, uint64_t addr, int anon,
+			  struct sym_res *res)
+{
+	struct perf_map *j = &p->jit;
+	size_t lo = 0, hi;
+
+	sym_jit_refresh(sym, p);
+	if (!j->n)
+		return -1;
+	hi = j->n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (j->ents[mid].start <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo && addr - j->ents[lo - 1].start < j->ents[lo - 1].size) {
+		res->name = j->names + j->ents[lo - 1].name;
+		return 1;
+	}
+	if (anon || (addr >= j->lo && addr < j->hi)) {
+		res->path = j->label;
+		return 0;
+	}
+	return -1;
+}
+
+/* ---- processes --------------------------------------------------------------------------- */
+
+static void sym_proc_free_maps(struct sym_proc *p)
+{
+	for (size_t i = 0; i < p->nmaps; i++)
+		free(p->maps[i].path);
+	free(p->maps);
+	p->maps = NULL;
+	p->nmaps = 0;
+}
+
+static int map_cmp(const void *a, const void *b)
+{
+	const struct sym_map *x = a, *y = b;
+
+	return x->start < y->start ? -1 : x->start > y->start;
+}
+
+static uint32_t sym_read_nspid(struct symbolizer *sym, uint32_t tgid)
+{
+	char path[128], line[256];
+	uint32_t nspid = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%u/status", sym->proc_root, tgid);
+	f = fopen(path, "re");
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f)) {
+		if (strncmp(line, "NSpid:", 6) == 0) {
+			char *p = line + 6, *end;
+
+			/* The last number is the pid in the innermost namespace. */
+			for (;;) {
+				unsigned long v = strtoul(p, &end, 10);
+
+				if (end == p)
+					break;
+				nspid = (uint32_t)v;
+				p = end;
+			}
+			break;
+		}
+	}
+	fclose(f);
+	return nspid;
+}
+
+/* Re-reads /proc/PID/maps; on failure (the process exited) the old mappings stay. */
+static int sym_proc_read_maps(struct symbolizer *sym, struct sym_proc *p)
+{
+	struct sym_map *maps = NULL;
+	size_t n = 0, cap = 0, lcap = 0;
+	char path[128], *line = NULL;
+	ssize_t len;
+	FILE *f;
+
+	p->read_ms = sym_now_ms();
+	p->stale = 0;
+	snprintf(path, sizeof(path), "%s/%u/maps", sym->proc_root, p->tgid);
+	f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	while ((len = getline(&line, &lcap, f)) > 0 && n < SYM_MAX_MAPS_PER_PROC) {
+		unsigned long long start, end, off, ino;
+		char perms[8], *name;
+		int pos = 0;
+		size_t nl;
+
+		if (sscanf(line, "%llx-%llx %7s %llx %*x:%*x %llu %n", &start, &end, perms, &off,
+			   &ino, &pos) < 5 ||
+		    !pos || !strchr(perms, 'x'))
+			continue;
+		name = line + pos;
+		nl = strcspn(name, "\n");
+		name[nl] = '\0';
+		if (nl > 10 && strcmp(name + nl - 10, " (deleted)") == 0)
+			name[nl - 10] = '\0';
+		if (n == cap) {
+			cap = cap ? cap * 2 : 64;
+			maps = realloc(maps, cap * sizeof(*maps));
+			if (!maps)
+				abort();
+		}
+		memset(&maps[n], 0, sizeof(maps[n]));
+		maps[n].start = start;
+		maps[n].end = end;
+		maps[n].off = off;
+		if (name[0] == '/') {
+			maps[n].kind = MAP_FILE;
+			maps[n].path = strdup(name);
+			if (!maps[n].path)
+				abort();
+			maps[n].is_so = strstr(name, ".so") != NULL;
+		} else if (strcmp(name, "[vdso]") == 0) {
+			maps[n].kind = MAP_VDSO;
+			maps[n].path = strdup(name);
+			if (!maps[n].path)
+				abort();
+		} else {
+			maps[n].kind = MAP_ANON;
+		}
+		n++;
+	}
+	free(line);
+	fclose(f);
+	if (!n) {
+		free(maps);
+		return -ENOENT; /* a zombie's maps are empty: keep the last ones */
+	}
+	qsort(maps, n, sizeof(*maps), map_cmp);
+	sym_proc_free_maps(p);
+	p->maps = maps;
+	p->nmaps = n;
+	p->nspid = sym_read_nspid(sym, p->tgid);
+	sym->stats.procs_loaded++;
+	return 0;
+}
+
+static struct sym_proc **sym_proc_slot(struct symbolizer *sym, uint32_t tgid)
+{
+	struct sym_proc **pp = &sym->buckets[(tgid * 2654435761u) & (sym->nbuckets - 1)];
+
+	while (*pp && (*pp)->tgid != tgid)
+		pp = &(*pp)->hnext;
+	return pp;
+}
+
+static void sym_lru_unlink(struct symbolizer *sym, struct sym_proc *p)
+{
+	if (p->prev)
+		p->prev->next = p->next;
+	else
+		sym->head = p->next;
+	if (p->next)
+		p->next->prev = p->prev;
+	else
+		sym->tail = p->prev;
+	p->prev = p->next = NULL;
+}
+
+static void sym_lru_push(struct symbolizer *sym, struct sym_proc *p)
+{
+	p->next = sym->head;
+	if (sym->head)
+		sym->head->prev = p;
+	sym->head = p;
+	if (!sym->tail)
+		sym->tail = p;
+}
+
+static void sym_proc_remove(struct symbolizer *sym, struct sym_proc *p)
+{
+	struct sym_proc **pp = sym_proc_slot(sym, p->tgid);
+
+	*pp = p->hnext;
+	sym_lru_unlink(sym, p);
+	sym->nprocs--;
+	sym_proc_free_maps(p);
+	sym_jit_clear(&p->jit);
+	free(p);
+}
+
+static struct sym_proc *sym_proc_get(struct symbolizer *sym, uint32_t tgid)
+{
+	struct sym_proc **pp = sym_proc_slot(sym, tgid);
+	struct sym_proc *p = *pp;
+
+	if (p) {
+		sym_lru_unlink(sym, p);
+		sym_lru_push(sym, p);
+	} else {
+		p = calloc(1, sizeof(*p));
+		if (!p)
+			return NULL;
+		if (sym->nprocs >= sym->opts.max_processes) {
+			sym_proc_remove(sym, sym->tail);
+			sym->stats.proc_evictions++;
+			pp = sym_proc_slot(sym, tgid);
+		}
+		p->tgid = tgid;
+		p->stale = 1;
+		p->hnext = *pp;
+		*pp = p;
+		sym_lru_push(sym, p);
+		sym->nprocs++;
+	}
+	if (p->stale)
+		sym_proc_read_maps(sym, p);
+	return p;
+}
+
+static struct sym_map *sym_proc_find_map(struct sym_proc *p, uint64_t addr)
+{
+	size_t lo = 0, hi = p->nmaps;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (p->maps[mid].start <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo && addr < p->maps[lo - 1].end)
+		return &p->maps[lo - 1];
+	return NULL;
+}
+
+static void sym_resolve_user(struct symbolizer *sym, struct sym_proc *p, uint64_t addr,
+			     struct sym_res *res)
+{
+	struct sym_map *m = sym_proc_find_map(p, addr);
+	struct sym_file *f;
+
+	memset(res, 0, sizeof(*res));
+	if (!m && sym_now_ms() - p->read_ms >= SYM_PROC_RELOAD_MS) {
+		sym_proc_read_maps(sym, p); /* dlopen, or a JIT region mapped since */
+		m = sym_proc_find_map(p, addr);
+	}
+	if (!m || m->kind == MAP_ANON) {
+		sym_jit_lookup(sym, p, addr, m != NULL, res);
+		return;
+	}
+	f = sym_map_file(sym, p, m);
+	if (f) {
+		res->name = sym_file_lookup(f, m, addr);
+		res->is_so = m->is_so;
+	} else if (sym_jit_lookup(sym, p, addr, 0, res) == 1) {
+		return; /* a non-ELF file (memfd) that a JIT describes in its perf map */
+	}
+	if (!res->name)
+		res->path = m->path;
+}
+
+int sym_append_user(struct symbolizer *sym, uint32_t tgid, const uint64_t *ips, size_t n,
+		    struct strbuf *out)
+{
+	struct sym_proc *p = sym_proc_get(sym, tgid);
+	size_t outer = n;
+	int count = 0;
+
+	if (!p)
+		return -ENOMEM;
+	for (size_t i = n; i-- > 0;) {
+		if (ips[i] != 0 && ips[i] != SYM_BAD_IP) {
+			outer = i;
+			break;
+		}
+	}
+	for (size_t i = n; i-- > 0;) {
+		uint64_t ip = ips[i];
+		struct sym_res res;
+
+		if (ip == 0 || ip == SYM_BAD_IP)
+			continue;
+		sym_resolve_user(sym, p, i ? ip - 1 : ip, &res);
+		if (out->len)
+			sb_putc(out, ';');
+		sym->stats.frames++;
+		if (res.name) {
+			if (res.is_so)
+				sb_puts(out, "[l] ");
+			sb_puts(out, res.name);
+		} else if (res.path) {
+			sb_putc(out, '[');
+			sb_puts(out, res.path);
+			sb_putc(out, ']');
+		} else {
+			sym->stats.frames_unknown++;
+			if (i == outer)
+				sb_puts(out, "[unknown start_thread?]");
+			else
+				sb_printf(out, "[unknown] 0x%016llx", (unsigned long long)ip);
+		}
+		count++;
+	}
+	return count;
+}
+
+void sym_process_invalidate(struct symbolizer *sym, uint32_t tgid)
+{
+	struct sym_proc *p = *sym_proc_slot(sym, tgid);
+
+	if (!p)
+		return;
+	p->stale = 1;
+	p->jit.checked_ms = 0;
+	p->jit.size = -1; /* force a re-read of the perf map too */
+}
+
+void sym_process_forget(struct symbolizer *sym, uint32_t tgid)
+{
+	struct sym_proc *p = *sym_proc_slot(sym, tgid);
+
+	if (p)
+		sym_proc_remove(sym, p);
+}
+
+void sym_get_stats(struct symbolizer *sym, struct sym_stats *st)
+{
+	*st = sym->stats;
+}
+
+int sym_open(const struct sym_opts *opts, struct symbolizer **out)
+{
+	struct symbolizer *sym;
+
+	if (elf_version(EV_CURRENT) == EV_NONE)
+		return -ENOTSUP;
+	sym = calloc(1, sizeof(*sym));
+	if (!sym)
+		return -ENOMEM;
+	if (opts)
+		sym->opts = *opts;
+	if (!sym->opts.max_files)
+		sym->opts.max_files = SYM_DEFAULT_MAX_FILES;
+	if (!sym->opts.max_processes)
+		sym->opts.max_processes = SYM_DEFAULT_MAX_PROCESSES;
+	sym->proc_root = strdup(sym->opts.proc_root ? sym->opts.proc_root : "/proc");
+	sym->opts.proc_root = sym->proc_root;
+	sym->files = calloc(sym->opts.max_files, sizeof(*sym->files));
+	sym->nbuckets = 64;
+	while (sym->nbuckets < sym->opts.max_processes)
+		sym->nbuckets <<= 1;
+	sym->buckets = calloc(sym->nbuckets, sizeof(*sym->buckets));
+	if (!sym->proc_root || !sym->files || !sym->buckets) {
+		sym_close(sym);
+		return -ENOMEM;
+	}
+	*out = sym;
+	return 0;
+}
+
+void sym_close(struct symbolizer *sym)
+{
+	if (!sym)
+		return;
+	while (sym->head)
+		sym_proc_remove(sym, sym->head);
+	if (sym->files) {
+		for (size_t i = 0; i < sym->opts.max_files; i++)
+			sym_file_clear(&sym->files[i]);
+	}
+	free(sym->files);
+	free(sym->buckets);
+	free(sym->ksyms);
+	free(sym->knames);
+	free(sym->proc_root);
+	free(sym);
+}
