@@ -43,7 +43,7 @@ struct import_rows {
 	const struct import_opts *o;
 };
 
-static int import_add(void *arg, const char *stack, size_t len, uint64_t value, size_t line)
+static int import_add(void *arg, const char *stack, size_t len, int64_t value, size_t line)
 {
 	struct import_rows *ir = arg;
 	struct profile_row *r;
@@ -232,7 +232,7 @@ int cli_import(int argc, char **argv)
 	rc = folded_parse(buf, len, import_add, &ir, errs, IMPORT_MAX_ERRORS_SHOWN, &n_errs);
 	if (rc < 0 || n_errs) {
 		for (size_t i = 0; i < n_errs && i < IMPORT_MAX_ERRORS_SHOWN; i++)
-			fprintf(stderr, "%s:%zu: %s\n", o.file, errs[i].line, errs[i].reason);
+			fprintf(stderr, "%s:%zu: %s\n", o.file, errs[i].line, folded_strerror(errs[i].kind));
 		fprintf(stderr, "ember import: %s has %zu bad line(s); nothing was stored\n", o.file,
 			n_errs);
 		goto out;
