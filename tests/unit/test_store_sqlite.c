@@ -16,6 +16,7 @@
 #include <sqlite3.h>
 #include <zstd.h>
 
+#include "server/tagfilter.h"
 #include "store/sqlite.h"
 #include "store/store.h"
 
@@ -748,6 +749,133 @@ static void test_health(void **state)
 	assert_int_equal(store_health(f->s, err, sizeof(err)), 0);
 }
 
+/* Runs a query with tag_filter text; returns the query's result code. */
+static int query_filter(struct store *s, const char *filter, struct got *g,
+			struct store_query_info *info)
+{
+	struct store_query q = query_make(0, 1000);
+	struct tf_expr *e = NULL;
+	struct tf_error err;
+	int rc;
+
+	if (tagfilter_parse(filter, &e, &err) != 0)
+		fail_msg("parse '%s': %s", filter, err.message);
+	q.filter = e;
+	got_free(g);
+	rc = store_query_stacks(s, 1, &q, got_cb, g, info);
+	tagfilter_free(e);
+	return rc;
+}
+
+static void test_tag_filters(void **state)
+{
+	struct fixture *f = *state;
+	const char *n1[] = {"k8s.label.app", "team"}, *v1[] = {"web", "core"};
+	const char *n2[] = {"k8s.label.app"}, *v2[] = {"db"};
+	struct profile_row rows[] = {
+		row_make(100, "nginx", "[p] nginx;main;ngx_worker", 1),
+		row_make(100, "mysqld", "[p] mysqld;main;handle_query", 2),
+		row_make(100, "bash", "[p] bash;main;readline", 4),
+	};
+	struct store_query_info info = {.sql = STRBUF_INIT};
+	struct got g = {0};
+	char **names;
+	size_t n;
+
+	rows[0].n_tags = 2, rows[0].tag_names = n1, rows[0].tag_values = v1;
+	rows[1].n_tags = 1, rows[1].tag_names = n2, rows[1].tag_values = v2;
+	rows[1].host = "node2";
+	rows[2].process_id = 7;
+	insert_ok(f->s, 1, "b1", rows, 3);
+
+	assert_int_equal(query_filter(f->s, "`k8s.label.app` = 'web'", &g, NULL), 0);
+	assert_int_equal(g.n, 1);
+	assert_int_equal(got_value(&g, "[p] nginx;main;ngx_worker"), 1);
+	assert_int_equal(query_filter(f->s, "k8s.label.app != 'web'", &g, NULL), 0);
+	assert_int_equal(g.n, 2);
+	assert_int_equal(query_filter(f->s, "tag.team IN ('core', 'x')", &g, NULL), 0);
+	assert_int_equal(g.n, 1);
+	assert_int_equal(query_filter(f->s, "host = 'node2' OR process_id = 7", &g, NULL), 0);
+	assert_int_equal(g.n, 2);
+	assert_int_equal(got_value(&g, "[p] bash;main;readline"), 4);
+	assert_int_equal(query_filter(f->s, "NOT (app_service = 'bash') AND host = 'node1'", &g,
+				      NULL),
+			 0);
+	assert_int_equal(g.n, 1);
+	assert_int_equal(got_value(&g, "[p] nginx;main;ngx_worker"), 1);
+
+	/* filters on the stack text read the view; REGEXP is POSIX extended */
+	assert_int_equal(query_filter(f->s, "profile_location_str REGEXP 'main;(ngx|handle)_'", &g,
+				      &info),
+			 0);
+	assert_int_equal(g.n, 2);
+	assert_int_equal(got_value(&g, "[p] mysqld;main;handle_query"), 2);
+	assert_non_null(strstr(info.sql.buf, "FROM in_process"));
+	assert_non_null(strstr(info.sql.buf, "'main;(ngx|handle)_'"));
+	assert_int_equal(query_filter(f->s, "app_service REGEXP '^(bash|nginx)$'", &g, &info), 0);
+	assert_int_equal(g.n, 2);
+	assert_non_null(strstr(info.sql.buf, "FROM samples"));
+	assert_int_equal(query_filter(f->s, "profile_location_str LIKE '%readline'", &g, NULL), 0);
+	assert_int_equal(g.n, 1);
+	assert_int_equal(got_value(&g, "[p] bash;main;readline"), 4);
+
+	/* list_services honours the filter too */
+	{
+		struct store_query q = query_make(0, 1000);
+		struct tf_expr *e = NULL;
+		struct tf_error err;
+
+		assert_int_equal(tagfilter_parse("k8s.label.app IN ('web', 'db')", &e, &err), 0);
+		q.filter = e;
+		assert_int_equal(store_list_services(f->s, 1, &q, 10, &names, &n, &info), 0);
+		assert_int_equal(n, 2);
+		assert_string_equal(names[0], "mysqld");
+		assert_string_equal(names[1], "nginx");
+		store_free_names(names, n);
+		tagfilter_free(e);
+	}
+	sb_free(&info.sql);
+	got_free(&g);
+}
+
+/* The query plans use the indexes instead of scanning every row. */
+static void test_query_plans_use_indexes(void **state)
+{
+	struct fixture *f = *state;
+	sqlite3 *db = raw_open(f->path);
+	static const char *const plans[][2] = {
+		{"EXPLAIN QUERY PLAN SELECT stack_id, sum(profile_value) FROM samples WHERE"
+		 " time >= 1 AND time <= 2 AND profile_language_type = 'eBPF' AND"
+		 " profile_event_type = 'on-cpu' AND app_service = 'x' GROUP BY stack_id",
+		 "USING INDEX samples_service"},
+		{"EXPLAIN QUERY PLAN SELECT stack_id, sum(profile_value) FROM in_process WHERE"
+		 " time >= 1 AND time <= 2 AND profile_language_type = 'eBPF' AND"
+		 " profile_event_type = 'on-cpu' AND app_service = 'x'"
+		 " AND profile_location_str LIKE '%a%' GROUP BY stack_id",
+		 "USING INDEX samples_service"},
+		{"EXPLAIN QUERY PLAN SELECT stack_id, sum(profile_value) FROM samples WHERE"
+		 " time >= 1 AND time <= 2 AND profile_language_type = 'eBPF' AND"
+		 " profile_event_type = 'on-cpu' GROUP BY stack_id",
+		 "USING INDEX samples_time"},
+	};
+
+	for (size_t i = 0; i < sizeof(plans) / sizeof(plans[0]); i++) {
+		struct strbuf all = STRBUF_INIT;
+		sqlite3_stmt *st;
+
+		assert_int_equal(sqlite3_prepare_v2(db, plans[i][0], -1, &st, NULL), SQLITE_OK);
+		while (sqlite3_step(st) == SQLITE_ROW) {
+			sb_puts(&all, (const char *)sqlite3_column_text(st, 3));
+			sb_putc(&all, '\n');
+		}
+		sqlite3_finalize(st);
+		if (!strstr(all.buf, plans[i][1]))
+			fail_msg("plan %zu:\n%s", i, all.buf);
+		sb_free(&all);
+	}
+	sqlite3_close(db);
+}
+
 struct writer_arg {
 	struct store *s;
 	int batches;
@@ -835,6 +963,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_stack_id_collision, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_time_limit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_health, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_tag_filters, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_query_plans_use_indexes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_insert_and_query, setup, teardown),
 	};
 
