@@ -336,11 +336,12 @@ int http_start(const struct http_opts *opts, const struct http_route *routes, si
 	h->n_routes = n_routes;
 	h->max_body = opts->max_body ? opts->max_body : 64u << 20;
 	h->mhd = MHD_start_daemon(
-		flags, 0, NULL, NULL, http_access, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+		flags, 0, NULL, NULL, http_access, h, MHD_OPTION_EXTERNAL_LOGGER, http_log, NULL,
+		MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
 		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(opts->threads ? opts->threads : 4),
 		MHD_OPTION_CONNECTION_LIMIT, (unsigned)(opts->max_conns ? opts->max_conns : 256),
 		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_NOTIFY_COMPLETED,
-		http_completed, h, MHD_OPTION_EXTERNAL_LOGGER, http_log, NULL, MHD_OPTION_END);
+		http_completed, h, MHD_OPTION_END);
 	if (!h->mhd) {
 		log_error("cannot listen on %s: %s (address in use, or not permitted?)",
 			  opts->listen ? opts->listen : "127.0.0.1:20416", strerror(errno));
