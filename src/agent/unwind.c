@@ -281,11 +281,11 @@ int unw_step(const struct unw_env *env, struct unw_state *st)
 	if (row.rbp == UNW_RBP_UNKNOWN) {
 		st->bp_known = 0;
 	} else if (row.rbp != 0) {
-		if (env->read(env->read_arg, cfa + (int64_t)row.rbp * 8, &st->bp)) {
-			st->reason = UNW_REASON_READ_FAIL;
-			return 1;
-		}
-		st->bp_known = 1;
+		/*
+		 * Epilogue rows may still name a slot below sp after `pop %rbp`; an unreadable
+		 * slot loses rbp, not the walk (only a later rbp-based frame needs it).
+		 */
+		st->bp_known = env->read(env->read_arg, cfa + (int64_t)row.rbp * 8, &st->bp) == 0;
 	}
 	if (ra == 0) {
 		st->reason = UNW_REASON_RA_ZERO;
