@@ -70,6 +70,12 @@ $(BUILD)/workloads/%: tests/workloads/%.c
 	@mkdir -p $(dir $@)
 	$(CLANG) -O2 -g -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer -pthread -o $@ $< -ldl
 
+# The shlib workload's hot code lives in a shared library, dlopen'ed from the executable's dir.
+$(BUILD)/workloads/shlib: $(BUILD)/workloads/libhot.so
+$(BUILD)/workloads/libhot.so: tests/workloads/lib/hotlib.c tests/workloads/burn.h
+	@mkdir -p $(dir $@)
+	$(CLANG) -O2 -g -fPIC -shared -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer -o $@ $<
+
 # The page is compiled into the binary: web/index.html becomes a byte array.
 $(BUILD)/web_index.h: web/index.html
 	@mkdir -p $(dir $@)
