@@ -93,7 +93,7 @@ enum { MAP_FILE, MAP_ANON, MAP_VDSO };
 enum { FILE_UNRESOLVED, FILE_OK, FILE_FAILED };
 
 struct sym_map {
-	uint64_t start, end, off;
+	uint64_t start, end, off, inode;
 	char *path; /* NULL for anonymous memory */
 	uint8_t kind, is_so, file_state;
 	uint32_t slot;
@@ -269,6 +269,9 @@ static int sym_kernel_load(struct symbolizer *sym)
 	}
 	free(line);
 	fclose(f);
+	if (!n)
+		log_warn("no kernel addresses in %s (kptr_restrict?): kernel frames stay unknown",
+			 path);
 	qsort(ks, n, sizeof(*ks), ksym_cmp);
 	/* One name per address: fewest leading underscores, then first in the file. */
 	out = 0;
@@ -703,9 +706,15 @@ static Elf *sym_vdso_elf(struct symbolizer *sym)
 	return elf;
 }
 
+/*
+ * map_files reaches exactly the mapped file (deleted, replaced, or in another mount namespace).
+ * The paths are fallbacks (no CAP_SYS_ADMIN, or the process exited) and may name a different
+ * file by now: they are accepted only when the inode matches the one in /proc/PID/maps.
+ */
 static int sym_map_open(struct symbolizer *sym, struct sym_proc *p, const struct sym_map *m)
 {
 	char path[PATH_MAX + 64];
+	struct stat st;
 	int fd;
 
 	snprintf(path, sizeof(path), "%s/%u/map_files/%llx-%llx", sym->proc_root, p->tgid,
@@ -713,12 +722,20 @@ static int sym_map_open(struct symbolizer *sym, struct sym_proc *p, const struct
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd >= 0)
 		return fd;
-	snprintf(path, sizeof(path), "%s/%u/root%s", sym->proc_root, p->tgid, m->path);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd >= 0)
-		return fd;
-	fd = open(m->path, O_RDONLY | O_CLOEXEC);
-	return fd >= 0 ? fd : -errno;
+	for (int host = 0; host < 2; host++) {
+		if (host)
+			snprintf(path, sizeof(path), "%s", m->path);
+		else
+			snprintf(path, sizeof(path), "%s/%u/root%s", sym->proc_root, p->tgid,
+				 m->path);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		if (fstat(fd, &st) == 0 && (uint64_t)st.st_ino == m->inode)
+			return fd;
+		close(fd);
+	}
+	return -ENOENT;
 }
 
 /* Finds or loads the symbol table of m's file; sets m->slot/serial or marks it failed. */
@@ -1019,6 +1036,30 @@ static uint32_t sym_read_nspid(struct symbolizer *sym, uint32_t tgid)
 	return nspid;
 }
 
+/* Mappings that did not change keep their resolved file, so a re-read opens nothing again. */
+static void sym_proc_keep_files(const struct sym_proc *p, struct sym_map *maps, size_t n)
+{
+	size_t j = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		const struct sym_map *old;
+
+		while (j < p->nmaps && p->maps[j].start < maps[i].start)
+			j++;
+		if (j == p->nmaps)
+			break;
+		old = &p->maps[j];
+		if (old->start == maps[i].start && old->end == maps[i].end &&
+		    old->off == maps[i].off && old->inode == maps[i].inode &&
+		    old->kind == maps[i].kind && old->file_state == FILE_OK &&
+		    (!old->path || !maps[i].path || strcmp(old->path, maps[i].path) == 0)) {
+			maps[i].file_state = FILE_OK;
+			maps[i].slot = old->slot;
+			maps[i].serial = old->serial;
+		}
+	}
+}
+
 /* Re-reads /proc/PID/maps; on failure (the process exited) the old mappings stay. */
 static int sym_proc_read_maps(struct symbolizer *sym, struct sym_proc *p)
 {
@@ -1059,6 +1100,7 @@ static int sym_proc_read_maps(struct symbolizer *sym, struct sym_proc *p)
 		maps[n].start = start;
 		maps[n].end = end;
 		maps[n].off = off;
+		maps[n].inode = ino;
 		if (name[0] == '/') {
 			maps[n].kind = MAP_FILE;
 			maps[n].path = strdup(name);
@@ -1082,6 +1124,7 @@ static int sym_proc_read_maps(struct symbolizer *sym, struct sym_proc *p)
 		return -ENOENT; /* a zombie's maps are empty: keep the last ones */
 	}
 	qsort(maps, n, sizeof(*maps), map_cmp);
+	sym_proc_keep_files(p, maps, n);
 	sym_proc_free_maps(p);
 	p->maps = maps;
 	p->nmaps = n;

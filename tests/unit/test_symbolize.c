@@ -415,6 +415,39 @@ static void test_bounded_files(void **state)
 	sym_close(sym);
 }
 
+static void test_dlopen_after_first_read(void **state)
+{
+	struct symbolizer *sym = open_sym(0);
+	uint64_t ips[2] = {0, fn_addr(ember_test_caller_fn) + 1};
+	struct sym_stats before, after;
+	void *lib;
+	char *s;
+
+	s = user_labels(sym, (uint32_t)getpid(), &ips[1], 1, NULL);
+	assert_string_equal(s, "ember_test_caller_fn");
+	free(s);
+	lib = dlopen("libuuid.so.1", RTLD_NOW);
+	if (!lib) {
+		sym_close(sym);
+		skip();
+	}
+	ips[0] = (uint64_t)(uintptr_t)dlsym(lib, "uuid_generate");
+	assert_true(ips[0] != 0);
+	/* Maps are re-read on a miss at most once a second; wait that out. */
+	usleep(1100 * 1000);
+	sym_get_stats(sym, &before);
+	s = user_labels(sym, (uint32_t)getpid(), ips, 2, NULL);
+	assert_string_equal(s, "ember_test_caller_fn;[l] uuid_generate");
+	free(s);
+	sym_get_stats(sym, &after);
+	assert_int_equal(after.procs_loaded, before.procs_loaded + 1);
+	/* The executable's mapping did not change: its file is neither reloaded nor re-found. */
+	assert_int_equal(after.files_loaded, before.files_loaded + 1);
+	assert_int_equal(after.file_cache_hits, before.file_cache_hits);
+	dlclose(lib);
+	sym_close(sym);
+}
+
 static void test_bounded_processes(void **state)
 {
 	struct sym_opts o = {.max_files = 4, .max_processes = 2, .proc_root = "/proc"};
@@ -457,6 +490,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_exited_child),
 		cmocka_unit_test(test_deleted_binary),
 		cmocka_unit_test(test_bounded_files),
+		cmocka_unit_test(test_dlopen_after_first_read),
 		cmocka_unit_test(test_bounded_processes),
 	};
 
