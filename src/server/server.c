@@ -5,16 +5,23 @@
 #include "server/server.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/log.h"
 #include "server/api_profile.h"
 #include "server/http.h"
 #include "server/ingest.h"
 #include "server/web.h"
+#include "store/sqlite.h"
 #include "store/store.h"
+
+/* How often the SQLite store is pruned of rows older than the retention. */
+#define SERVER_PRUNE_INTERVAL_S 300
 
 struct server {
 	struct store *store;
@@ -22,7 +29,42 @@ struct server {
 	struct api_ctx api;
 	struct ingest_ctx ingest;
 	char store_url[512];
+	int64_t retention_s;
+	pthread_t pruner;
+	int pruner_running;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	int stopping;
 };
+
+/* SQLite has no TTL: delete what is older than the retention, now and every few minutes.
+ * ClickHouse gets the retention in its URL and enforces it itself (TTL or partition drops). */
+static void *server_prune_loop(void *arg)
+{
+	struct server *s = arg;
+	struct timespec until;
+
+	pthread_mutex_lock(&s->lock);
+	while (!s->stopping) {
+		uint64_t deleted = 0;
+		int64_t before = (int64_t)time(NULL) - s->retention_s;
+
+		pthread_mutex_unlock(&s->lock);
+		if (store_sqlite_prune(s->store, before, &deleted) < 0)
+			log_warn("retention: pruning failed: %s", store_errmsg(s->store));
+		else if (deleted)
+			log_info("retention: deleted %" PRIu64 " rows older than %" PRId64 "s", deleted,
+				 s->retention_s);
+		pthread_mutex_lock(&s->lock);
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += SERVER_PRUNE_INTERVAL_S;
+		while (!s->stopping &&
+		       pthread_cond_timedwait(&s->wake, &s->lock, &until) != ETIMEDOUT)
+			;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
 
 static void server_healthz(void *ctx, struct http_exchange *x)
 {
@@ -52,6 +94,15 @@ int server_start(const struct server_opts *opts, struct server **out)
 		return -ENOMEM;
 	snprintf(s->store_url, sizeof(s->store_url), "%s",
 		 opts->store_url ? opts->store_url : "sqlite:./ember.db");
+	s->retention_s = opts->retention_s;
+	if (strncmp(s->store_url, "clickhouse://", 13) == 0 && !strstr(s->store_url, "retention=")) {
+		size_t len = strlen(s->store_url);
+
+		snprintf(s->store_url + len, sizeof(s->store_url) - len, "%cretention=%" PRId64 "s",
+			 strchr(s->store_url, '?') ? '&' : '?', opts->retention_s);
+	}
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->wake, NULL);
 	rc = store_open(s->store_url, &s->store, err, sizeof(err));
 	if (rc < 0) {
 		log_error("cannot open store %s: %s", s->store_url, err);
@@ -84,6 +135,12 @@ int server_start(const struct server_opts *opts, struct server **out)
 		free(s);
 		return rc;
 	}
+	if (s->retention_s > 0 && strcmp(s->store->ops->name, "sqlite") == 0) {
+		if (pthread_create(&s->pruner, NULL, server_prune_loop, s) == 0)
+			s->pruner_running = 1;
+		else
+			log_warn("retention: cannot start the pruning thread; old rows are kept");
+	}
 	log_info("serving on %s (port %u), store %s", opts->listen ? opts->listen : "127.0.0.1:20416",
 		 http_port(s->http), s->store_url);
 	*out = s;
@@ -100,6 +157,13 @@ void server_stop(struct server *s)
 	if (!s)
 		return;
 	http_stop(s->http, 10.0);
+	if (s->pruner_running) {
+		pthread_mutex_lock(&s->lock);
+		s->stopping = 1;
+		pthread_cond_signal(&s->wake);
+		pthread_mutex_unlock(&s->lock);
+		pthread_join(s->pruner, NULL);
+	}
 	store_close(s->store);
 	log_info("stopped; store %s closed", s->store_url);
 	free(s);

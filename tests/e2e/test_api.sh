@@ -4,7 +4,7 @@
 . "$(dirname "$0")/../lib/e2e.sh"
 FIX=$EMBER_TOP/tests/fixtures/api
 DB=$E2E_TMP/ember.db
-T=1764064800
+T=$(( $(date +%s) / 60 * 60 - 3600 ))  # an hour ago: inside the 72 h retention
 
 server_start s --store "sqlite:$DB" --max-body 64k
 URL=$SRV_URL_s
