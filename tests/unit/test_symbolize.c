@@ -24,6 +24,9 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <gelf.h>
+#include <libelf.h>
+#include <sys/auxv.h>
 
 #include "agent/symbolize.h"
 
@@ -247,6 +250,74 @@ static void test_unknown_and_outermost(void **state)
 	sym_get_stats(sym, &st);
 	assert_int_equal(st.frames, 7);
 	assert_int_equal(st.frames_unknown, 4);
+	sym_close(sym);
+}
+
+/* Address of a function in this process's vDSO, read from the vDSO image itself. */
+static uint64_t vdso_addr(const char *want)
+{
+	uintptr_t base = getauxval(AT_SYSINFO_EHDR);
+	uint64_t found = 0, first_vaddr = UINT64_MAX;
+	unsigned long long s, e, size = 0;
+	Elf_Scn *scn = NULL;
+	char line[256];
+	size_t nph;
+	Elf *elf;
+	FILE *f;
+
+	if (!base || elf_version(EV_CURRENT) == EV_NONE)
+		return 0;
+	f = fopen("/proc/self/maps", "r");
+	while (f && fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%llx-%llx", &s, &e) == 2 && s == base)
+			size = e - s;
+	}
+	if (f)
+		fclose(f);
+	elf = size ? elf_memory((char *)base, size) : NULL;
+	if (!elf || elf_getphdrnum(elf, &nph))
+		return 0;
+	for (size_t i = 0; i < nph; i++) {
+		GElf_Phdr ph;
+
+		if (gelf_getphdr(elf, (int)i, &ph) && ph.p_type == PT_LOAD && ph.p_vaddr < first_vaddr)
+			first_vaddr = ph.p_vaddr;
+	}
+	while ((scn = elf_nextscn(elf, scn)) && !found) {
+		GElf_Shdr sh;
+		Elf_Data *d;
+
+		if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_DYNSYM || !(d = elf_getdata(scn, 0)))
+			continue;
+		for (size_t i = 0; i < sh.sh_size / sh.sh_entsize; i++) {
+			GElf_Sym sym;
+			const char *n;
+
+			if (gelf_getsym(d, (int)i, &sym) &&
+			    (n = elf_strptr(elf, sh.sh_link, sym.st_name)) && strcmp(n, want) == 0) {
+				found = base + sym.st_value - first_vaddr;
+				break;
+			}
+		}
+	}
+	elf_end(elf);
+	return found;
+}
+
+static void test_vdso(void **state)
+{
+	struct symbolizer *sym;
+	uint64_t ip = vdso_addr("__vdso_clock_gettime");
+	char *s;
+
+	if (!ip)
+		skip();
+	sym = open_sym(0);
+	ip += 4;
+	s = user_labels(sym, (uint32_t)getpid(), &ip, 1, NULL);
+	/* Aliases share the address; either name is the function. */
+	assert_true(strcmp(s, "__vdso_clock_gettime") == 0 || strcmp(s, "clock_gettime") == 0);
+	free(s);
 	sym_close(sym);
 }
 
@@ -486,6 +557,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_kernel),
 		cmocka_unit_test(test_perf_map),
 		cmocka_unit_test(test_unknown_and_outermost),
+		cmocka_unit_test(test_vdso),
 		cmocka_unit_test(test_clean_name),
 		cmocka_unit_test(test_exited_child),
 		cmocka_unit_test(test_deleted_binary),
