@@ -220,7 +220,8 @@ int64_t procinfo_boot_time_ms(const char *proc_root)
 	log_warn("no btime in %s, using CLOCK_REALTIME - CLOCK_BOOTTIME", path);
 	clock_gettime(CLOCK_REALTIME, &rt);
 	clock_gettime(CLOCK_BOOTTIME, &bt);
-	return ((int64_t)rt.tv_sec - bt.tv_sec) * 1000 + ((int64_t)rt.tv_nsec - bt.tv_nsec) / 1000000;
+	return ((int64_t)rt.tv_sec - bt.tv_sec) * 1000 +
+	       ((int64_t)rt.tv_nsec - bt.tv_nsec) / 1000000;
 }
 
 int procinfo_open(size_t max_entries, const char *proc_root, struct procinfo **out)

@@ -50,10 +50,10 @@
 #define SYM_DEFAULT_MAX_PROCESSES 4096
 #define SYM_MAX_MAPS_PER_PROC 16384    /* executable mappings kept per process */
 #define SYM_MAX_FILE_SYMBOLS (1 << 23) /* function symbols kept per ELF file */
-#define SYM_MAX_NAME 4096              /* bytes of one demangled name */
-#define SYM_PROC_RELOAD_MS 1000        /* re-read maps on a miss at most this often */
-#define KSYM_RELOAD_MS 10000           /* re-read kallsyms on a miss at most this often */
-#define KSYM_MAX_GAP (1 << 20)         /* farther than this past a kernel symbol: unknown */
+#define SYM_MAX_NAME 4096	       /* bytes of one demangled name */
+#define SYM_PROC_RELOAD_MS 1000	       /* re-read maps on a miss at most this often */
+#define KSYM_RELOAD_MS 10000	       /* re-read kallsyms on a miss at most this often */
+#define KSYM_MAX_GAP (1 << 20)	       /* farther than this past a kernel symbol: unknown */
 #define PERF_MAP_MAX_BYTES (64 << 20)
 #define PERF_MAP_MAX_ENTRIES (1 << 20)
 #define PERF_MAP_CHECK_MS 1000 /* stat the perf map at most this often */
@@ -78,7 +78,7 @@ struct load_seg {
 
 struct sym_file {
 	uint64_t serial; /* 0: empty slot */
-	uint64_t used;   /* LRU tick */
+	uint64_t used;	 /* LRU tick */
 	struct file_key bid, st;
 	struct load_seg *segs;
 	size_t nsegs;
@@ -148,7 +148,6 @@ struct symbolizer {
 	struct sym_proc **buckets;
 	size_t nbuckets, nprocs;
 	struct sym_proc *head, *tail;
-
 };
 
 struct sym_res {
@@ -533,7 +532,8 @@ static int sym_key_eq(const struct file_key *a, const struct file_key *b)
 static void sym_stat_key(const struct stat *st, struct file_key *key)
 {
 	uint64_t v[4] = {st->st_dev, st->st_ino, (uint64_t)st->st_size,
-			 (uint64_t)st->st_mtim.tv_sec * 1000000000ULL + (uint64_t)st->st_mtim.tv_nsec};
+			 (uint64_t)st->st_mtim.tv_sec * 1000000000ULL +
+			     (uint64_t)st->st_mtim.tv_nsec};
 
 	key->kind = KEY_STAT;
 	key->len = sizeof(v);
@@ -590,8 +590,8 @@ static int sym_open_debug(struct symbolizer *sym, uint32_t tgid, const char *pat
 			dbg = elf_begin(fd, ELF_C_READ_MMAP, NULL);
 			if (dbg && elf_kind(dbg) == ELF_K_ELF &&
 			    sym_find_section(dbg, SHT_SYMTAB, NULL, &sh) &&
-			    (bid->kind != KEY_BUILD_ID || (sym_elf_build_id(dbg, &dbid) == 0 &&
-							   sym_key_eq(&dbid, bid)))) {
+			    (bid->kind != KEY_BUILD_ID ||
+			     (sym_elf_build_id(dbg, &dbid) == 0 && sym_key_eq(&dbid, bid)))) {
 				*dbg_out = dbg;
 				return fd;
 			}
@@ -772,7 +772,8 @@ static struct sym_file *sym_map_file(struct symbolizer *sym, struct sym_proc *p,
 	}
 	f = sym_file_by_key(sym, &stkey);
 	if (!f) {
-		elf = m->kind == MAP_VDSO ? sym_vdso_elf(sym) : elf_begin(fd, ELF_C_READ_MMAP, NULL);
+		elf =
+		    m->kind == MAP_VDSO ? sym_vdso_elf(sym) : elf_begin(fd, ELF_C_READ_MMAP, NULL);
 		if (!elf || elf_kind(elf) != ELF_K_ELF)
 			goto out;
 		sym_elf_build_id(elf, &bid);

@@ -61,10 +61,10 @@ static void test_parse_stat_malformed(void **state)
 	assert_int_equal(procinfo_parse_stat("", comm, &ticks), -EINVAL);
 	assert_int_equal(procinfo_parse_stat("12 (x S 1 2", comm, &ticks), -EINVAL);
 	assert_int_equal(procinfo_parse_stat("12 (x) S 1 2 3", comm, &ticks), -EINVAL);
-	assert_int_equal(procinfo_parse_stat(
-				 "1 (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 12ab 0\n", comm,
-				 &ticks),
-			 -EINVAL);
+	assert_int_equal(
+	    procinfo_parse_stat("1 (x) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 12ab 0\n", comm,
+				&ticks),
+	    -EINVAL);
 }
 
 static void expect_cgroup(const char *text, const char *id)
@@ -90,9 +90,9 @@ static void test_cgroup_runtimes(void **state)
 	expect_cgroup("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1a2b_3c"
 		      ".slice/cri-containerd-" ID64 ".scope\n",
 		      ID64);
-	expect_cgroup("4:cpu,cpuacct:/kubepods/besteffort/pod0f1e2d3c-aaaa-bbbb-cccc-000000000000/"
-		      ID64 "\n",
-		      ID64);
+	expect_cgroup(
+	    "4:cpu,cpuacct:/kubepods/besteffort/pod0f1e2d3c-aaaa-bbbb-cccc-000000000000/" ID64 "\n",
+	    ID64);
 	/* cri-o: the container, not its conmon monitor. */
 	expect_cgroup("0::/kubepods.slice/kubepods-pod1.slice/crio-" ID64 ".scope\n", ID64);
 	expect_cgroup("0::/kubepods.slice/kubepods-pod1.slice/crio-conmon-" ID64 ".scope\n", NULL);
@@ -111,10 +111,12 @@ static void test_cgroup_not_container(void **state)
 	expect_cgroup("0::/\n", NULL);
 	expect_cgroup("", NULL);
 	/* 63 hex digits, upper-case hex and a 65-digit run are not ids. */
-	expect_cgroup("0::/docker/" "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde"
+	expect_cgroup("0::/docker/"
+		      "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde"
 		      "\n",
 		      NULL);
-	expect_cgroup("0::/docker/" "0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef"
+	expect_cgroup("0::/docker/"
+		      "0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef"
 		      "\n",
 		      NULL);
 	expect_cgroup("0::/docker/" ID64 "0\n", NULL);
@@ -211,13 +213,13 @@ static void test_renamed_child(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_parse_stat_plain),
-		cmocka_unit_test(test_parse_stat_hostile_comm),
-		cmocka_unit_test(test_parse_stat_malformed),
-		cmocka_unit_test(test_cgroup_runtimes),
-		cmocka_unit_test(test_cgroup_not_container),
-		cmocka_unit_test(test_boot_time_and_self),
-		cmocka_unit_test(test_renamed_child),
+	    cmocka_unit_test(test_parse_stat_plain),
+	    cmocka_unit_test(test_parse_stat_hostile_comm),
+	    cmocka_unit_test(test_parse_stat_malformed),
+	    cmocka_unit_test(test_cgroup_runtimes),
+	    cmocka_unit_test(test_cgroup_not_container),
+	    cmocka_unit_test(test_boot_time_and_self),
+	    cmocka_unit_test(test_renamed_child),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -280,21 +280,24 @@ static uint64_t vdso_addr(const char *want)
 	for (size_t i = 0; i < nph; i++) {
 		GElf_Phdr ph;
 
-		if (gelf_getphdr(elf, (int)i, &ph) && ph.p_type == PT_LOAD && ph.p_vaddr < first_vaddr)
+		if (gelf_getphdr(elf, (int)i, &ph) && ph.p_type == PT_LOAD &&
+		    ph.p_vaddr < first_vaddr)
 			first_vaddr = ph.p_vaddr;
 	}
 	while ((scn = elf_nextscn(elf, scn)) && !found) {
 		GElf_Shdr sh;
 		Elf_Data *d;
 
-		if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_DYNSYM || !(d = elf_getdata(scn, 0)))
+		if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_DYNSYM ||
+		    !(d = elf_getdata(scn, 0)))
 			continue;
 		for (size_t i = 0; i < sh.sh_size / sh.sh_entsize; i++) {
 			GElf_Sym sym;
 			const char *n;
 
 			if (gelf_getsym(d, (int)i, &sym) &&
-			    (n = elf_strptr(elf, sh.sh_link, sym.st_name)) && strcmp(n, want) == 0) {
+			    (n = elf_strptr(elf, sh.sh_link, sym.st_name)) &&
+			    strcmp(n, want) == 0) {
 				found = base + sym.st_value - first_vaddr;
 				break;
 			}
@@ -552,18 +555,18 @@ static void test_bounded_processes(void **state)
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_own_functions),
-		cmocka_unit_test(test_libc),
-		cmocka_unit_test(test_kernel),
-		cmocka_unit_test(test_perf_map),
-		cmocka_unit_test(test_unknown_and_outermost),
-		cmocka_unit_test(test_vdso),
-		cmocka_unit_test(test_clean_name),
-		cmocka_unit_test(test_exited_child),
-		cmocka_unit_test(test_deleted_binary),
-		cmocka_unit_test(test_bounded_files),
-		cmocka_unit_test(test_dlopen_after_first_read),
-		cmocka_unit_test(test_bounded_processes),
+	    cmocka_unit_test(test_own_functions),
+	    cmocka_unit_test(test_libc),
+	    cmocka_unit_test(test_kernel),
+	    cmocka_unit_test(test_perf_map),
+	    cmocka_unit_test(test_unknown_and_outermost),
+	    cmocka_unit_test(test_vdso),
+	    cmocka_unit_test(test_clean_name),
+	    cmocka_unit_test(test_exited_child),
+	    cmocka_unit_test(test_deleted_binary),
+	    cmocka_unit_test(test_bounded_files),
+	    cmocka_unit_test(test_dlopen_after_first_read),
+	    cmocka_unit_test(test_bounded_processes),
 	};
 
 	if (argc > 1 && strcmp(argv[1], "--sleeper") == 0) {
