@@ -19,7 +19,16 @@ missing=()
 for p in "${PACKAGES[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+top=$(cd "$(dirname "$0")/.." && pwd)
+# The page's browser test drives Debian's Chromium with playwright-core from npm.
+npm_deps() {
+	[ -d "$top/tests/web/node_modules/playwright-core" ] && return 0
+	command -v npm >/dev/null || return 0
+	echo "setup: npm ci in tests/web"
+	(cd "$top/tests/web" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+}
 if [ ${#missing[@]} -eq 0 ]; then
+	npm_deps
 	exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -30,4 +39,5 @@ echo "setup: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+npm_deps
 echo "setup: done"

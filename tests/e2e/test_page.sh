@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The flame-graph page in a real browser (Debian's Chromium driven by playwright-core), against a
+# real server with imported data. Screenshots land in $EMBER_BUILD/test-logs/.
+. "$(dirname "$0")/../lib/e2e.sh"
+[ -x /usr/bin/chromium ] || { echo "chromium is not installed"; exit 77; }
+[ -d "$EMBER_TOP/tests/web/node_modules/playwright-core" ] ||
+	(cd "$EMBER_TOP/tests/web" && npm ci --no-audit --no-fund >/dev/null) || fail "npm ci in tests/web"
+T=$(( $(date +%s) - 600 ))
+server_start s --store "sqlite:$E2E_TMP/ember.db"
+"$EMBER_BIN" import --server "$SRV_URL_s" --app-service deepflow-agent --time $T \
+	"$EMBER_TOP/tests/fixtures/api/worked-example.folded" >/dev/null || fail "import"
+"$EMBER_BIN" import --server "$SRV_URL_s" --app-service Total --time $T \
+	"$EMBER_TOP/tests/fixtures/api/total-seed.folded" >/dev/null || fail "import Total"
+shots=${EMBER_BUILD:-$E2E_TMP}/test-logs
+mkdir -p "$shots"
+node "$EMBER_TOP/tests/web/page.mjs" "$SRV_URL_s" "$shots" || fail "page checks"

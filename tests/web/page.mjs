@@ -1,0 +1,70 @@
+// Drives the flame-graph page in Debian's Chromium, as a user would: open it for a service,
+// read the status line, hover a frame, click to zoom, search, and see a bad filter's error.
+// Usage: node page.mjs BASE_URL SCREENSHOT_DIR   (exit 0 = all checks passed)
+import { chromium } from "playwright-core";
+
+const [base, shots] = process.argv.slice(2);
+let failures = 0;
+function check(what, ok, detail) {
+  console.log(`${ok ? "ok" : "not ok"} - ${what}${ok ? "" : ": " + detail}`);
+  if (!ok) failures++;
+}
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 700 } });
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+
+  await page.goto(`${base}/?app=deepflow-agent&range=86400`);
+  await page.waitForFunction(() => /nodes/.test(document.querySelector("#status").textContent));
+  const status = await page.textContent("#status");
+  check("status names the service, 10 nodes and the total", /deepflow-agent: 10 nodes, total 50\.5 ms/.test(status), status);
+
+  const box = await page.locator("#flame").boundingBox();
+  check("canvas drawn with one row per depth (root + 5 levels)", Math.round(box.height) === 6 * 18, `height ${box.height}`);
+
+  // Row 1 is [t] tokio-runtime-w (80 % of the width, leftmost): hover it.
+  await page.mouse.move(box.x + box.width * 0.2, box.y + 18 + 9);
+  const tip = await page.textContent("#tip");
+  check("tooltip shows the frame with total and share", /\[t\] tokio-runtime-w.*total 40\.4 ms \(80\.00%\)/.test(tip), tip);
+
+  // Click it: zoom. The breadcrumb offers a reset, and the canvas shows the zoomed subtree.
+  await page.mouse.click(box.x + box.width * 0.2, box.y + 18 + 9);
+  const crumbs = await page.textContent("#crumbs");
+  check("click zooms (reset link appears)", /reset zoom/.test(crumbs), crumbs);
+  await page.screenshot({ path: `${shots}/page-zoomed.png` });
+
+  await page.fill("[name=search]", "parse");
+  const hits = await page.evaluate(() => {
+    const c = document.querySelector("#flame"), ctx = c.getContext("2d");
+    const d = ctx.getImageData(0, 0, c.width, c.height).data;
+    let n = 0;
+    for (let i = 0; i < d.length; i += 4) if (d[i] === 0xe0 && d[i + 1] === 0x56 && d[i + 2] === 0xfd) n++;
+    return n;
+  });
+  check("search highlights the matching frame", hits > 100, `${hits} highlighted pixels`);
+
+  await page.fill("[name=tag_filter]", "process_id = = 1");
+  await page.click("#go");
+  await page.waitForFunction(() => document.querySelector("#status").className === "error");
+  const err = await page.textContent("#status");
+  check("a bad tag_filter shows the server's error with its position", /INVALID_POST_DATA.*position/.test(err), err);
+
+  await page.fill("[name=tag_filter]", "");
+  await page.fill("[name=app_service]", "Total");
+  await page.click("#go");
+  await page.waitForFunction(() => /Total: /.test(document.querySelector("#status").textContent));
+  await page.screenshot({ path: `${shots}/page-total.png` });
+  const opts = await page.$$eval("#services option", (os) => os.map((o) => o.value));
+  check("Total view lists the processes as service suggestions", opts.includes("process-exporte") && opts.includes("deepflow-agent"), opts.join(","));
+  check("no JavaScript errors", errors.length === 0, errors.join("; "));
+} finally {
+  await browser.close();
+}
+console.log(failures ? `${failures} check(s) failed` : "all checks passed");
+process.exit(failures ? 1 : 0);
