@@ -74,6 +74,7 @@ static int64_t ft_sat_add(int64_t a, int64_t b)
 	return r;
 }
 
+/* 8 bytes at a time, then murmur3's 64-bit finalizer so every input bit reaches the low bits. */
 static uint32_t ft_hash_bytes(const char *s, size_t n)
 {
 	uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
@@ -82,14 +83,18 @@ static uint32_t ft_hash_bytes(const char *s, size_t n)
 	while (n >= 8) {
 		memcpy(&w, s, 8);
 		h = (h ^ w) * 0xff51afd7ed558ccdull;
-		h ^= h >> 32;
+		h = (h << 31) | (h >> 33);
 		s += 8;
 		n -= 8;
 	}
 	w = 0;
 	memcpy(&w, s, n);
-	h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
-	h ^= h >> 29;
+	h ^= w;
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdull;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ull;
+	h ^= h >> 33;
 	return (uint32_t)h;
 }
 
