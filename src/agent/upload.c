@@ -6,7 +6,8 @@
  * batches move to disk, so the list is normally [spooled ...][in memory ...] and the sender
  * always takes the head: order is kept across memory, disk and restarts. The batch at the head
  * blocks the others while it is retried (head-of-line on purpose: the server sees time go
- * forward).
+ * forward). Only 400 and 413 drop a batch: any other answer (5xx, 404 of a proxy, 429) or no
+ * answer is retried, since the same bytes may succeed later.
  *
  * The sender marks the batch it is posting "in flight"; the spiller and the bound enforcement
  * skip such a batch, so the sender may read its bytes without the lock. All list and counter
@@ -51,6 +52,9 @@
 /* A Retry-After beyond this is treated as this (a misconfigured server must not stall us). */
 #define UPLOAD_RETRY_AFTER_MAX_S 300.0
 #define UPLOAD_HTTP_TIMEOUT_MS 10000L
+/* Rows per batch: a quarter of the server's default --max-batch-rows, so a larger submit is
+ * split rather than refused, and one batch stays a few MB of JSON. */
+#define UPLOAD_BATCH_ROWS_MAX 50000
 #define UPLOAD_MAX_RESPONSE (1u << 20)
 /* The agent part of a batch id, so "<agent>-<boot>-<seq>" always fits WIRE_BATCH_ID_MAX. */
 #define UPLOAD_ID_AGENT_MAX 96
@@ -412,8 +416,8 @@ static int upload_spool_load(struct uploader *u)
 	}
 	free(list);
 	if (n)
-		log_info("spool %s: %zu batches (%" PRIu64 " bytes) from a previous run", u->spool_dir,
-			 n, u->st.spooled_bytes);
+		log_info("spool %s: %zu batches (%" PRIu64 " bytes) from a previous run",
+			 u->spool_dir, n, u->st.spooled_bytes);
 	upload_trim_spool_locked(u);
 	return 0;
 }
@@ -433,10 +437,14 @@ static enum upload_outcome upload_post(struct uploader *u, const struct upload_b
 {
 	const char *headers[] = {"Content-Type: application/json", "Content-Encoding: zstd",
 				 u->org_header[0] ? u->org_header : NULL, NULL};
-	struct httpc_req req = {.url = u->url, .body = body, .body_len = b->len,
-				.headers = headers, .timeout_ms = UPLOAD_HTTP_TIMEOUT_MS,
+	struct httpc_req req = {.url = u->url,
+				.body = body,
+				.body_len = b->len,
+				.headers = headers,
+				.timeout_ms = UPLOAD_HTTP_TIMEOUT_MS,
 				.max_response = UPLOAD_MAX_RESPONSE,
-				.should_abort = upload_should_abort, .arg = u};
+				.should_abort = upload_should_abort,
+				.arg = u};
 	struct httpc_resp resp = {.body = STRBUF_INIT};
 	enum upload_outcome res = UPLOAD_RETRY;
 	json_t *root = NULL;
@@ -459,9 +467,11 @@ static enum upload_outcome upload_post(struct uploader *u, const struct upload_b
 	} else if (resp.status == 400 || resp.status == 413) {
 		const char *desc = json_string_value(json_object_get(root, "DESCRIPTION"));
 
+		if (!desc)
+			desc = resp.body.buf ? resp.body.buf : "";
 		/* The same bytes can never succeed: keeping them would block the queue forever. */
 		log_error("batch %s (%zu rows) rejected by %s: HTTP %ld: %.300s", b->id, b->rows,
-			  u->url, resp.status, desc ? desc : resp.body.buf ? resp.body.buf : "");
+			  u->url, resp.status, desc);
 		res = UPLOAD_REJECTED;
 	} else {
 		*retry_after = resp.retry_after;
@@ -620,10 +630,10 @@ int upload_open(const struct upload_opts *opts, struct uploader **out)
 		snprintf(u->org_header, sizeof(u->org_header), "X-Org-Id: %d", opts->org);
 	u->mem_bytes = opts->mem_bytes ? opts->mem_bytes : UPLOAD_MEM_BYTES_DEFAULT;
 	u->spool_bytes = opts->spool_bytes ? opts->spool_bytes : UPLOAD_SPOOL_BYTES_DEFAULT;
-	u->max_backoff_s = opts->max_backoff_s > 0 ? opts->max_backoff_s
-						    : UPLOAD_MAX_BACKOFF_DEFAULT_S;
-	u->close_grace_s = opts->close_grace_s > 0 ? opts->close_grace_s
-						    : UPLOAD_CLOSE_GRACE_DEFAULT_S;
+	u->max_backoff_s =
+	    opts->max_backoff_s > 0 ? opts->max_backoff_s : UPLOAD_MAX_BACKOFF_DEFAULT_S;
+	u->close_grace_s =
+	    opts->close_grace_s > 0 ? opts->close_grace_s : UPLOAD_CLOSE_GRACE_DEFAULT_S;
 	u->backoff_s = UPLOAD_BACKOFF_MIN_S;
 	u->next_seq = 1;
 	u->st.server_ok = 1;
@@ -652,15 +662,14 @@ fail:
 	return ret;
 }
 
-int upload_submit(struct uploader *u, const struct profile_row *rows, size_t n)
+/* Encodes, compresses and queues one batch of 1..UPLOAD_BATCH_ROWS_MAX rows. */
+static int upload_submit_batch(struct uploader *u, const struct profile_row *rows, size_t n)
 {
 	struct strbuf json = STRBUF_INIT, z = STRBUF_INIT;
 	struct wire_batch_hdr hdr = {NULL, u->host, u->agent, u->host_ip};
 	struct upload_batch *b;
 	int ret;
 
-	if (n == 0)
-		return 0;
 	b = calloc(1, sizeof(*b));
 	if (!b)
 		return -ENOMEM;
@@ -687,6 +696,18 @@ int upload_submit(struct uploader *u, const struct profile_row *rows, size_t n)
 	upload_spill_locked(u);
 	pthread_cond_signal(&u->wake);
 	pthread_mutex_unlock(&u->mu);
+	return 0;
+}
+
+int upload_submit(struct uploader *u, const struct profile_row *rows, size_t n)
+{
+	for (size_t off = 0; off < n; off += UPLOAD_BATCH_ROWS_MAX) {
+		size_t k = n - off < UPLOAD_BATCH_ROWS_MAX ? n - off : UPLOAD_BATCH_ROWS_MAX;
+		int ret = upload_submit_batch(u, rows + off, k);
+
+		if (ret)
+			return ret;
+	}
 	return 0;
 }
 

@@ -1,8 +1,8 @@
 /*
  * upload — delivers the agent's rows to a server through the ingest protocol (docs/protocol.md).
  *
- * upload_submit() encodes rows into a compressed batch with a fresh batch id at once and queues
- * the bytes; a sender thread POSTs queued batches in order, with retries and exponential backoff
+ * upload_submit() encodes rows into a compressed batch (one per 50,000 rows) with a fresh batch
+ * id at once and queues the bytes; a sender thread POSTs queued batches in order, with retries and exponential backoff
  * (honouring Retry-After). A batch is removed from the queue only when the server acknowledged it
  * (200, duplicate or not); a 400 is logged and the batch dropped (it can never succeed). While the
  * server is unreachable batches wait in memory up to mem_bytes, then in files under spool_dir up
@@ -41,7 +41,9 @@ struct upload_stats {
 struct uploader;
 
 int upload_open(const struct upload_opts *opts, struct uploader **out);
-/* Encodes and queues rows (copied). Returns 0 or a negative errno. Never blocks on the network. */
+/* Encodes and queues rows (copied). Returns 0 or a negative errno (-EINVAL: a row the server
+ * would refuse, see wire_encode; batches of earlier rows stay queued). Never blocks on the
+ * network. */
 int upload_submit(struct uploader *u, const struct profile_row *rows, size_t n);
 /* Waits up to timeout_s for the queue to empty (used at shutdown and by tests). 0 when empty. */
 int upload_flush(struct uploader *u, double timeout_s);

@@ -174,8 +174,8 @@ static const char *wire_default_unit(const char *event_type)
 static void wire_put_row(struct strbuf *out, const struct wire_batch_hdr *hdr,
 			 const struct profile_row *r, uint32_t stack)
 {
-	const char *ev = r->profile_event_type && *r->profile_event_type ? r->profile_event_type
-									  : "on-cpu";
+	const char *ev =
+	    r->profile_event_type && *r->profile_event_type ? r->profile_event_type : "on-cpu";
 
 	sb_puts(out, "{\"time\":");
 	sb_put_i64(out, r->time);
@@ -328,8 +328,8 @@ int wire_decompress(const char *in, size_t len, size_t max, struct strbuf *out)
 		r = ZSTD_decompressStream(dc, &ob, &ib);
 		if (ZSTD_isError(r)) {
 			ret = ZSTD_getErrorCode(r) == ZSTD_error_frameParameter_windowTooLarge
-				      ? -EFBIG
-				      : -EINVAL;
+				  ? -EFBIG
+				  : -EINVAL;
 			break;
 		}
 		out->len += ob.pos;

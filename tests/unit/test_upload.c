@@ -243,12 +243,9 @@ static void test_srv_assert_in_order(struct test_srv *s, size_t n, int64_t base)
 	pthread_mutex_unlock(&s->mu);
 }
 
-/* Submits one batch of TEST_ROWS rows whose first row has the given time. */
-static void test_submit(struct uploader *u, int64_t t)
+/* TEST_ROWS rows whose first row has time t; stacks points into the caller's storage. */
+static void test_rows(struct profile_row *rows, char (*stacks)[64], int64_t t)
 {
-	struct profile_row rows[TEST_ROWS];
-	char stacks[TEST_ROWS][64];
-
 	for (int i = 0; i < TEST_ROWS; i++) {
 		snprintf(stacks[i], sizeof(stacks[i]), "[p] app;main;work_%d;leaf_%lld", i,
 			 (long long)t);
@@ -256,6 +253,15 @@ static void test_submit(struct uploader *u, int64_t t)
 					       .profile_location_str = stacks[i],
 					       .profile_value = 10 * (i + 1), .process_id = 42};
 	}
+}
+
+/* Submits one batch of TEST_ROWS rows whose first row has the given time. */
+static void test_submit(struct uploader *u, int64_t t)
+{
+	struct profile_row rows[TEST_ROWS];
+	char stacks[TEST_ROWS][64];
+
+	test_rows(rows, stacks, t);
 	assert_int_equal(upload_submit(u, rows, TEST_ROWS), 0);
 }
 
@@ -525,13 +531,7 @@ static size_t test_batch_size(int64_t t)
 	struct strbuf json = STRBUF_INIT, z = STRBUF_INIT;
 	size_t n;
 
-	for (int i = 0; i < TEST_ROWS; i++) {
-		snprintf(stacks[i], sizeof(stacks[i]), "[p] app;main;work_%d;leaf_%lld", i,
-			 (long long)t);
-		rows[i] = (struct profile_row){.time = t + i, .app_service = "app",
-					       .profile_location_str = stacks[i],
-					       .profile_value = 10 * (i + 1), .process_id = 42};
-	}
+	test_rows(rows, stacks, t);
 	assert_int_equal(wire_encode(&hdr, rows, TEST_ROWS, &json), 0);
 	assert_int_equal(wire_compress(json.buf, json.len, &z), 0);
 	n = z.len;
@@ -621,6 +621,41 @@ static void test_upload_memory_bound_without_spool(void **state)
 	test_srv_free(s);
 }
 
+/* A submit larger than one batch may hold is split, in order, not refused by the server. */
+static void test_upload_splits_large_submit(void **state)
+{
+	enum { N = 120001 };
+	struct profile_row *rows = calloc(N, sizeof(*rows));
+	struct test_srv *s = test_srv_new();
+	struct uploader *u;
+	struct upload_opts o;
+	struct upload_stats st;
+	char url[64];
+
+	for (size_t i = 0; i < N; i++)
+		rows[i] = (struct profile_row){.time = 9000 + (int64_t)i, .app_service = "app",
+					       .profile_location_str = "[p] app;main",
+					       .profile_value = 1};
+	test_srv_start(s, 0);
+	test_opts(&o, url, sizeof(url), s->port);
+	assert_int_equal(upload_open(&o, &u), 0);
+	assert_int_equal(upload_submit(u, rows, N), 0);
+	assert_int_equal(upload_flush(u, TEST_WAIT_S), 0);
+	upload_get_stats(u, &st);
+	assert_int_equal(st.batches_sent, 3);
+	assert_int_equal(st.rows_sent, N);
+	upload_close(u);
+	pthread_mutex_lock(&s->mu);
+	assert_int_equal(s->n_ids, 3);
+	assert_int_equal(s->rows, N);
+	assert_int_equal(s->first_time[0], 9000);
+	assert_int_equal(s->first_time[1], 9000 + 50000);
+	assert_int_equal(s->first_time[2], 9000 + 100000);
+	pthread_mutex_unlock(&s->mu);
+	test_srv_free(s);
+	free(rows);
+}
+
 static void test_upload_rejected(void **state)
 {
 	struct test_srv *s = test_srv_new();
@@ -698,6 +733,7 @@ int main(void)
 		cmocka_unit_test(test_upload_spill_and_restart),
 		cmocka_unit_test(test_upload_spool_bound),
 		cmocka_unit_test(test_upload_memory_bound_without_spool),
+		cmocka_unit_test(test_upload_splits_large_submit),
 		cmocka_unit_test(test_upload_rejected),
 		cmocka_unit_test(test_upload_close_without_spool),
 		cmocka_unit_test(test_upload_bad_input),
