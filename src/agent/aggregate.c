@@ -427,6 +427,9 @@ int aggregate_write_folded(struct aggregate *agg, FILE *out, enum aggregate_valu
 	for (size_t i = 0; i < n; i++) {
 		uint64_t value = v[i]->samples;
 
+		/* Processes of one name merge here, as they do under one app_service in the API. */
+		while (i + 1 < n && agg_cmp_entry(&v[i], &v[i + 1]) == 0)
+			value += v[++i]->samples;
 		if (unit == AGGREGATE_VALUE_US)
 			value *= (uint64_t)agg->us_per_sample;
 		/* The process name is the root, as in the API's tree (app_service above the stack). */

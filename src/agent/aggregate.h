@@ -17,8 +17,8 @@
  * the rows and their strings stay valid until the next aggregate_flush() or aggregate_free().
  *
  * For `ember record` the same aggregator runs without windows: aggregate_write_folded() writes
- * "<process comm>;<stack> <value>\n" lines (Total rows left out), value in samples by default
- * (the flamegraph.pl convention) or in µs.
+ * "<process comm>;<stack> <value>\n" lines (Total rows left out; processes of one name merged,
+ * as under one app_service), value in samples by default (the flamegraph.pl convention) or in µs.
  *
  * Threading: one thread uses an aggregator. The symbolizer and procinfo cache are borrowed.
  */

@@ -411,6 +411,26 @@ static void test_aggregate_folded(void **state)
 	free(text);
 }
 
+/* Two processes of one name with one stack: two rows (process_id differs), one folded line. */
+static void test_aggregate_folded_merges_processes(void **state)
+{
+	struct fixture *fx = *state;
+	struct sample_rec a = {.tgid = NO_SUCH_PID, .tid = NO_SUCH_PID, .count = 1, .comm = "gone"};
+	struct sample_rec b = {.tgid = NO_SUCH_PID + 1, .tid = NO_SUCH_PID + 1, .count = 2,
+			       .comm = "gone"};
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f;
+
+	aggregate_add(fx->agg, &a);
+	aggregate_add(fx->agg, &b);
+	f = open_memstream(&text, &len);
+	assert_int_equal(aggregate_write_folded(fx->agg, f, AGGREGATE_VALUE_SAMPLES), 0);
+	fclose(f);
+	assert_string_equal(text, "gone;[p] gone 3\n");
+	free(text);
+}
+
 static void test_aggregate_bad_options(void **state)
 {
 	struct fixture *fx = *state;
@@ -453,6 +473,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_aggregate_row_cap, setup_cap3, teardown),
 		cmocka_unit_test_setup_teardown(test_aggregate_flush_lifetime, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_aggregate_folded, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_aggregate_folded_merges_processes, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_aggregate_bad_options, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -3,19 +3,29 @@
  * range, drains, and checks the drained samples and the kernel-side counters. Skips (cmocka
  * skip) when not root or when the kernel refuses BPF. Also prints the measured BPF run time per
  * sample and the drain time.
+ *
+ * The workload tests run tests/workloads binaries ($EMBER_BUILD/workloads, else next to this
+ * binary's build dir) under the sampler and the real aggregator + symbolizer, and check the
+ * folded stacks they produce: the end-to-end path of the agent up to the rows.
  */
 #include <errno.h>
+#include <libgen.h>
+#include <limits.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
+#include "agent/aggregate.h"
 #include "agent/sampler.h"
 
 /*
@@ -226,6 +236,258 @@ static void test_sampler_boot_offset(void **state)
 	assert_true(off > 1000000000ll * 1500000000ll);
 }
 
+#define WORKLOAD_MAX_SECONDS "30"   /* the child's own bound; we stop it once we have enough */
+#define WORKLOAD_DRAIN_NS 500000000ull
+
+static int workload_path(const char *name, char *out, size_t len)
+{
+	const char *build = getenv("EMBER_BUILD");
+	char exe[PATH_MAX];
+	ssize_t n;
+
+	if (build && *build) {
+		snprintf(out, len, "%s/workloads/%s", build, name);
+	} else {
+		n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+		if (n < 0)
+			return -errno;
+		exe[n] = '\0';
+		snprintf(out, len, "%s/../workloads/%s", dirname(exe), name);
+	}
+	return access(out, X_OK) ? -errno : 0;
+}
+
+static void sleep_ns(uint64_t ns)
+{
+	struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
+
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
+/*
+ * Runs workload NAME (stopped once the aggregator saw want_samples, or when it ends) under the
+ * sampler — only its process when all_procs is 0 — and returns the folded text (caller frees).
+ */
+static char *run_workload(const char *name, int all_procs, const char *regex,
+			  uint64_t want_samples)
+{
+	char path[PATH_MAX], go = 1, *text = NULL;
+	struct aggregate_opts ao = {.frequency = 99, .process_regex = regex};
+	struct sampler_opts so = {.frequency = 99, .unwind = SAMPLER_UNWIND_FP, .flush_seconds = 1};
+	struct sym_opts symo = {0};
+	struct symbolizer *sym;
+	struct procinfo *pi;
+	struct aggregate *agg;
+	struct aggregate_stats ast;
+	struct sampler *s;
+	size_t len = 0;
+	int gate[2], status, ret, done = 0;
+	pid_t pid;
+	FILE *f;
+
+	if (geteuid() != 0)
+		skip();
+	if (workload_path(name, path, sizeof(path))) {
+		fprintf(stderr, "workload %s not built\n", path);
+		skip();
+	}
+	assert_int_equal(pipe(gate), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		/* Wait until the sampler (which needs our pid) is attached, then run. */
+		close(gate[1]);
+		if (read(gate[0], &go, 1) == 1)
+			execl(path, path, WORKLOAD_MAX_SECONDS, (char *)NULL);
+		_exit(127);
+	}
+	close(gate[0]);
+	so.only_tgid = all_procs ? 0 : (uint32_t)pid;
+	ret = sampler_open(&so, &s);
+	if (ret) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		if (ret == -EPERM || ret == -EACCES || ret == -ENOSYS)
+			skip();
+		fail_msg("sampler_open: %s", strerror(-ret));
+	}
+	assert_int_equal(sym_open(&symo, &sym), 0);
+	assert_int_equal(procinfo_open(256, "/proc", &pi), 0);
+	ao.sym = sym;
+	ao.procs = pi;
+	assert_int_equal(aggregate_new(&ao, &agg), 0);
+	assert_int_equal(write(gate[1], &go, 1), 1);
+	close(gate[1]);
+
+	while (!done) {
+		sleep_ns(WORKLOAD_DRAIN_NS);
+		/* Drain while the child lives: its maps are what the symbolizer reads. */
+		assert_int_equal(sampler_drain(s, aggregate_add, agg), 0);
+		aggregate_get_stats(agg, &ast);
+		done = waitpid(pid, &status, WNOHANG) == pid;
+		if (!done && ast.samples >= want_samples) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &status, 0);
+			done = 1;
+		}
+	}
+	assert_int_equal(sampler_drain(s, aggregate_add, agg), 0);
+	report(name, s);
+
+	f = open_memstream(&text, &len);
+	assert_non_null(f);
+	assert_int_equal(aggregate_write_folded(agg, f, AGGREGATE_VALUE_SAMPLES), 0);
+	fclose(f);
+	if (getenv("EMBER_TEST_VERBOSE"))
+		fprintf(stderr, "%s", text);
+	aggregate_free(agg);
+	procinfo_close(pi);
+	sym_close(sym);
+	sampler_close(s);
+	return text;
+}
+
+/* Sum of the values of folded lines that start with prefix, contain mid and end with suffix
+ * (each NULL = any). */
+static uint64_t tally(const char *text, const char *prefix, const char *mid, const char *suffix)
+{
+	uint64_t sum = 0;
+
+	for (const char *line = text; *line;) {
+		const char *nl = strchr(line, '\n'), *sp;
+		size_t len = nl ? (size_t)(nl - line) : strlen(line);
+		char buf[8192];
+
+		if (len < sizeof(buf)) {
+			memcpy(buf, line, len);
+			buf[len] = '\0';
+			sp = strrchr(buf, ' ');
+			if (sp) {
+				size_t slen = (size_t)(sp - buf), sfx = suffix ? strlen(suffix) : 0;
+
+				buf[slen] = '\0';
+				if ((!prefix || strncmp(buf, prefix, strlen(prefix)) == 0) &&
+				    (!mid || strstr(buf, mid)) &&
+				    (!suffix || (slen >= sfx && strcmp(buf + slen - sfx, suffix) == 0)))
+					sum += strtoull(sp + 1, NULL, 10);
+			}
+		}
+		line += len + (nl ? 1 : 0);
+	}
+	return sum;
+}
+
+/* main → work → hot_a / hot_b, 70/30 by construction. */
+static void test_workload_cpu_split(void **state)
+{
+	char *t = run_workload("cpu_split", 0, NULL, 200);
+	uint64_t all = tally(t, "cpu_split;", NULL, NULL);
+	uint64_t a = tally(t, "cpu_split;[p] cpu_split;", NULL, ";main;work;hot_a");
+	uint64_t b = tally(t, "cpu_split;[p] cpu_split;", NULL, ";main;work;hot_b");
+
+	fprintf(stderr, "cpu_split: %llu samples, hot_a %llu, hot_b %llu\n",
+		(unsigned long long)all, (unsigned long long)a, (unsigned long long)b);
+	assert_true(all >= 100);
+	assert_true(a + b >= all * 9 / 10);
+	/* 70 % ± 15 points: four standard deviations at 100 samples. */
+	assert_true(a * 100 >= (a + b) * 55 && a * 100 <= (a + b) * 85);
+	free(t);
+}
+
+/* Named threads merge by name, each with its own function, and never with the other's. */
+static void test_workload_threads(void **state)
+{
+	char *t = run_workload("threads", 0, NULL, 200);
+	uint64_t wa = tally(t, "threads;[t] worker-a;", NULL, NULL);
+	uint64_t wb = tally(t, "threads;[t] worker-b;", NULL, NULL);
+	uint64_t wa_ok = tally(t, "threads;[t] worker-a;", NULL, ";burn_a");
+	uint64_t wb_ok = tally(t, "threads;[t] worker-b;", NULL, ";burn_b");
+
+	fprintf(stderr, "threads: worker-a %llu (%llu in burn_a), worker-b %llu (%llu in burn_b)\n",
+		(unsigned long long)wa, (unsigned long long)wa_ok, (unsigned long long)wb,
+		(unsigned long long)wb_ok);
+	assert_true(wa >= 30 && wb >= 30);
+	assert_true(wa_ok >= wa * 9 / 10 && wb_ok >= wb * 9 / 10);
+	assert_int_equal(tally(t, "threads;[t] worker-a;", "burn_b", NULL), 0);
+	assert_int_equal(tally(t, "threads;[t] worker-b;", "burn_a", NULL), 0);
+	free(t);
+}
+
+/* 1 if every line's kernel frames ("[k] ") come after all of its user frames. */
+static int kernel_after_user(const char *text)
+{
+	for (const char *line = text; *line;) {
+		const char *nl = strchr(line, '\n'), *k = strstr(line, ";[k] "), *semi;
+		size_t len = nl ? (size_t)(nl - line) : strlen(line);
+
+		if (k && k < line + len) {
+			for (semi = strchr(k + 1, ';'); semi && semi < line + len;
+			     semi = strchr(semi + 1, ';')) {
+				if (strncmp(semi, ";[k] ", 5) != 0)
+					return 0;
+			}
+		}
+		line += len + (nl ? 1 : 0);
+	}
+	return 1;
+}
+
+/*
+ * Kernel frames follow the user frames, entry first. libc's syscall wrappers keep no frame
+ * pointer, so the frame-pointer walk goes from the wrapper straight to main (do_syscalls is
+ * skipped): that is the limit DWARF unwinding removes, and what this test pins down.
+ */
+static void test_workload_syscalls(void **state)
+{
+	char *t = run_workload("syscalls", 0, NULL, 150);
+	uint64_t all = tally(t, "syscalls;", NULL, NULL);
+	uint64_t kern = tally(t, "syscalls;[p] syscalls;", ";[k] entry_SYSCALL_64", NULL);
+
+	fprintf(stderr, "syscalls: %llu samples, %llu entered through entry_SYSCALL_64\n",
+		(unsigned long long)all, (unsigned long long)kern);
+	assert_true(all >= 50);
+	assert_true(kern >= all / 3);
+	assert_true(tally(t, "syscalls;[p] syscalls;", ";main;[l] write;[k] entry_SYSCALL_64",
+			  NULL) > 0);
+	assert_true(kernel_after_user(t));
+	free(t);
+}
+
+/* Hot code in a shared object gets the [l] label. */
+static void test_workload_shlib(void **state)
+{
+	char *t = run_workload("shlib", 0, NULL, 150);
+	uint64_t all = tally(t, "shlib;", NULL, NULL);
+	uint64_t lib = tally(t, "shlib;[p] shlib;", ";main;call_lib;[l] hot_lib_spin", NULL);
+
+	fprintf(stderr, "shlib: %llu samples, %llu in [l] hot_lib_spin under call_lib\n",
+		(unsigned long long)all, (unsigned long long)lib);
+	assert_true(all >= 50);
+	assert_true(lib >= all * 8 / 10);
+	free(t);
+}
+
+/*
+ * Short-lived children, host-wide sampling with a process regex: the children are found under
+ * their own name although most are gone before the drain. Their user frames mostly stay
+ * unsymbolized (their maps are gone by then); the count is reported, not asserted.
+ */
+static void test_workload_forkstorm(void **state)
+{
+	char *t = run_workload("forkstorm", 1, "^storm-child$", 400);
+	uint64_t kids = tally(t, "storm-child;", NULL, NULL);
+	uint64_t named = tally(t, "storm-child;", "child_burn", NULL);
+	uint64_t other = tally(t, NULL, NULL, NULL) - kids;
+
+	fprintf(stderr, "forkstorm: %llu child samples, %llu symbolized to child_burn; %llu "
+		"samples of other processes got stacks\n", (unsigned long long)kids,
+		(unsigned long long)named, (unsigned long long)other);
+	assert_true(kids >= 10);
+	assert_int_equal(other, 0);
+	free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -234,6 +496,11 @@ int main(void)
 		cmocka_unit_test(test_sampler_dwarf_not_yet),
 		cmocka_unit_test(test_sampler_own_process),
 		cmocka_unit_test(test_sampler_all_processes),
+		cmocka_unit_test(test_workload_cpu_split),
+		cmocka_unit_test(test_workload_threads),
+		cmocka_unit_test(test_workload_syscalls),
+		cmocka_unit_test(test_workload_shlib),
+		cmocka_unit_test(test_workload_forkstorm),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
