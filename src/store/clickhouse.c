@@ -559,6 +559,8 @@ static int ch_exec(struct ch_store *s, const char *sql, struct strbuf *out, char
 
 	rc = ch_http(s, &c, &r, err, errlen);
 	if (rc == 0 && out) {
+		if (!r.body.buf)
+			sb_puts(&r.body, ""); /* an empty answer is still a string */
 		*out = r.body;
 		return 0;
 	}

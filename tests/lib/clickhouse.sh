@@ -9,6 +9,8 @@
 #               CH_PID. Exits 77 (skip) when no clickhouse-server binary exists; returns 1 if the
 #               server does not come up (its log is printed).
 #   ch_stop     stop the server (SIGTERM, then SIGKILL) and remove the data dir.
+# The server's pid is kept in $CH_DIR/server.pid, so a process that only inherited CH_DIR (a test
+# program running `bash -c 'source clickhouse.sh; ch_restart'`) can kill and restart it too.
 #   ch_kill     SIGKILL the server (crash tests); the data dir stays.
 #   ch_restart  start the server again with the same ports and data, and wait for it.
 #   ch_query SQL  run SQL over HTTP as `default`; prints the response body, fails on HTTP errors.
@@ -124,7 +126,7 @@ ch__wait_up() {
 		if [ "$(curl -s --max-time 2 "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%201" 2>/dev/null)" = 1 ]; then
 			return 0
 		fi
-		if ! kill -0 "$CH_PID" 2>/dev/null; then
+		if ! ch__alive "$CH_PID"; then
 			break
 		fi
 		sleep 0.2
@@ -140,7 +142,21 @@ ch__launch() {
 	# shellcheck disable=SC2086 # "clickhouse server" is two words on purpose
 	setsid $bin --config-file="$CH_DIR/config.xml" >"$CH_DIR/log/stdout.log" 2>"$CH_DIR/log/stderr.log" &
 	CH_PID=$!
+	echo "$CH_PID" >"$CH_DIR/server.pid"
 	export CH_PID
+}
+
+# True while pid runs (a zombie, killed but not yet reaped, counts as gone).
+ch__alive() {
+	[ -r "/proc/$1/stat" ] && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat" 2>/dev/null
+}
+
+ch__pid() {
+	if [ -n "${CH_DIR:-}" ] && [ -r "$CH_DIR/server.pid" ]; then
+		cat "$CH_DIR/server.pid"
+	else
+		echo "${CH_PID:-}"
+	fi
 }
 
 ch_start() {
@@ -163,19 +179,19 @@ ch_start() {
 			return 0
 		fi
 		kill -9 "$CH_PID" 2>/dev/null
-		wait "$CH_PID" 2>/dev/null
 		echo "clickhouse: start attempt $attempt failed, retrying with other ports" >&2
 	done
 	return 1
 }
 
 ch_kill() {
-	[ -n "${CH_PID:-}" ] || return 0
-	kill -9 "$CH_PID" 2>/dev/null
-	wait "$CH_PID" 2>/dev/null
+	local pid
+	pid=$(ch__pid)
+	[ -n "$pid" ] || return 0
+	kill -9 "$pid" 2>/dev/null
 	# The port must be free before a restart can bind it again.
 	local deadline=$((SECONDS + CH_START_TIMEOUT))
-	while [ $SECONDS -lt $deadline ] && kill -0 "$CH_PID" 2>/dev/null; do
+	while [ $SECONDS -lt $deadline ] && ch__alive "$pid"; do
 		sleep 0.1
 	done
 	return 0
@@ -188,14 +204,15 @@ ch_restart() {
 }
 
 ch_stop() {
-	if [ -n "${CH_PID:-}" ] && kill -0 "$CH_PID" 2>/dev/null; then
-		kill -TERM "$CH_PID" 2>/dev/null
+	local pid
+	pid=$(ch__pid)
+	if [ -n "$pid" ] && ch__alive "$pid"; then
+		kill -TERM "$pid" 2>/dev/null
 		local deadline=$((SECONDS + 20))
-		while [ $SECONDS -lt $deadline ] && kill -0 "$CH_PID" 2>/dev/null; do
+		while [ $SECONDS -lt $deadline ] && ch__alive "$pid"; do
 			sleep 0.2
 		done
-		kill -9 "$CH_PID" 2>/dev/null
-		wait "$CH_PID" 2>/dev/null
+		kill -9 "$pid" 2>/dev/null
 	fi
 	CH_PID=
 	if [ -n "${CH_DIR:-}" ] && [ -d "$CH_DIR" ]; then
