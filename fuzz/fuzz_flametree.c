@@ -43,10 +43,10 @@ static int fuzz_feed_line(void *arg, const char *stack, size_t len, int64_t valu
 	return 0;
 }
 
-static char *fuzz_emit(const struct flame_tree *t, enum flame_format fmt, size_t want,
-		       size_t *len)
+static char *fuzz_emit(const struct flame_tree *t, enum flame_format fmt, size_t want, size_t *len)
 {
-	struct flame_emit *e = flame_emit_new(t, "app<&>\"", fmt, want & 1 ? "mem-inuse" : "on-cpu");
+	struct flame_emit *e =
+	    flame_emit_new(t, "app<&>\"", fmt, want & 1 ? "mem-inuse" : "on-cpu");
 	struct strbuf sb = STRBUF_INIT;
 	int rc;
 
@@ -91,8 +91,8 @@ static void fuzz_check_tree(const struct flame_tree *t, const struct fuzz_feed *
 			continue;
 		}
 		if (info.parent >= pos || strlen(info.node_id) != UUID5_STR_LEN ||
-		    info.node_id[14] != '5' || !info.label || strlen(info.label) != info.label_len ||
-		    memchr(info.label, ';', info.label_len))
+		    info.node_id[14] != '5' || !info.label ||
+		    strlen(info.label) != info.label_len || memchr(info.label, ';', info.label_len))
 			abort();
 		kids[info.parent] += info.total_value;
 	}

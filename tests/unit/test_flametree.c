@@ -22,7 +22,8 @@ struct row {
 
 /* §2.4 rows A, B, C, D for app_service deepflow-agent. */
 static const struct row rows_24[] = {
-	{"[t] tokio-runtime-w;start_thread;main_loop;[k] entry_SYSCALL_64;[k] do_syscall_64", 20202},
+	{"[t] tokio-runtime-w;start_thread;main_loop;[k] entry_SYSCALL_64;[k] do_syscall_64",
+	 20202},
 	{"[t] tokio-runtime-w;start_thread;main_loop;parse", 10101},
 	{"[p] deepflow-agent;main;run", 10101},
 	{"[t] tokio-runtime-w;start_thread;main_loop;parse", 10101},
@@ -141,6 +142,8 @@ static void test_seed_total_ids(void **state)
 	flame_tree_free(t);
 }
 
+#define ID_A "d720e32d-4765-5177-b65b-42dd7f6e6445"
+#define ID_A_ "6093b5a0-76b9-531c-9137-6741290421b4"
 #define ID_TOKIO "c04e2efa-f59e-5810-8f0c-b5d4d3074b37"
 #define ID_START "3825c90e-0982-5dc8-8150-9a970fb5b72e"
 #define ID_LOOP "47f9cf06-29d7-5c08-9fdb-895647d4447a"
@@ -207,11 +210,11 @@ static void test_merge_and_order_independence(void **state)
 	static const struct row rows[] = {
 		{"[p] deepflow-agent;main;run", 5000},
 		{"[t] tokio-runtime-w;start_thread;main_loop;parse", 20202},
-		{"[t] tokio-runtime-w;start_thread;main_loop;[k] entry_SYSCALL_64;[k] do_syscall_64",
-		 20000},
+		{"[t] tokio-runtime-w;start_thread;main_loop;[k] entry_SYSCALL_64;"
+		 "[k] do_syscall_64", 20000},
 		{"[p] deepflow-agent;main;run", 5101},
-		{"[t] tokio-runtime-w;start_thread;main_loop;[k] entry_SYSCALL_64;[k] do_syscall_64",
-		 202},
+		{"[t] tokio-runtime-w;start_thread;main_loop;[k] entry_SYSCALL_64;"
+		 "[k] do_syscall_64", 202},
 	};
 	struct flame_tree *t = tree_of(rows, 5, 0);
 	struct flame_tree_stats st;
@@ -251,11 +254,9 @@ static void test_empty_segments(void **state)
 	static const struct row rows[] = {{"a;;b", 3}, {"a;", 4}};
 	static const struct expect x[] = {
 		{NULL, "", "-1", 0, 7},
-		{"a", "d720e32d-4765-5177-b65b-42dd7f6e6445", "", 0, 7},
-		{"", "6093b5a0-76b9-531c-9137-6741290421b4", "d720e32d-4765-5177-b65b-42dd7f6e6445", 4,
-		 7},
-		{"b", "18341842-545f-51a4-b6c5-eaf26c45ad26", "6093b5a0-76b9-531c-9137-6741290421b4", 3,
-		 3},
+		{"a", ID_A, "", 0, 7},
+		{"", ID_A_, ID_A, 4, 7},
+		{"b", "18341842-545f-51a4-b6c5-eaf26c45ad26", ID_A_, 3, 3},
 	};
 	struct flame_tree *t = tree_of(rows, 2, 0);
 
@@ -570,8 +571,9 @@ static char *compact_paths(json_t *j)
 		for (json_int_t k = (json_int_t)i; k >= 0;) {
 			json_t *r = json_array_get(nv, (size_t)k);
 
-			sb_puts(&sb, json_string_value(json_array_get(
-					     fns, (size_t)json_integer_value(json_array_get(r, 0)))));
+			json_int_t f = json_integer_value(json_array_get(r, 0));
+
+			sb_puts(&sb, json_string_value(json_array_get(fns, (size_t)f)));
 			sb_putc(&sb, '<');
 			k = json_integer_value(json_array_get(r, 1));
 		}

@@ -17,28 +17,28 @@ struct vector {
 };
 
 static const struct vector vectors[] = {
-	/* spec §2.3: the seed's Total example */
-	{"[p] process-exporte", "9d3c5fd3-4cd2-5d04-be22-e0f27144f638"},
-	{"[p] deepflow-agent", "1762633e-a955-5c80-a5be-22529903b0bf"},
-	{"[p] deepflow-agent;[t] stats-collector", "99e8ce53-e3bf-5b33-a63d-aa47e00e2ff4"},
-	{"[t] tokio-runtime-w", "c04e2efa-f59e-5810-8f0c-b5d4d3074b37"},
-	{"[t] tokio-runtime-w;start_thread", "3825c90e-0982-5dc8-8150-9a970fb5b72e"},
-	{"deepflow-agent", "db789fda-d75f-5ed4-9c18-0d32ccac1268"},
-	{"Total", "2087878d-ba84-5370-909e-f76d0db8d9dd"},
-	{"", "0a68eb57-c88a-5f34-9e9d-27f85e68af4f"},
-	/* spec §2.4 */
-	{"[t] tokio-runtime-w;start_thread;main_loop", "47f9cf06-29d7-5c08-9fdb-895647d4447a"},
-	{"[t] tokio-runtime-w;start_thread;main_loop;[k] entry_SYSCALL_64",
-	 "3dc5f091-df4b-5f21-a21b-91fd09354ac7"},
-	{"[t] tokio-runtime-w;start_thread;main_loop;[k] entry_SYSCALL_64;[k] do_syscall_64",
-	 "81cc4d30-3f03-5576-9c6e-20f080b7c970"},
-	{"[t] tokio-runtime-w;start_thread;main_loop;parse", "b5228a31-5138-54b7-8702-e1aef9b8a43d"},
-	{"[p] deepflow-agent;main", "432d0931-6d0d-5e34-978c-7f61123011f1"},
-	{"[p] deepflow-agent;main;run", "6ac3e7f3-fc6c-57b0-8e89-c5de094231ea"},
-	/* more, from Python */
-	{"a;b;c", "c4de3245-8ab3-5bf7-99fe-8243c2077898"},
-	{"a;", "6093b5a0-76b9-531c-9137-6741290421b4"},
-	{"[t] w;f\xc3\xbcr;\xe6\x97\xa5\xe6\x9c\xac", "2b3528b4-07a4-591a-ae0d-d8432fba047a"},
+    /* spec §2.3: the seed's Total example */
+    {"[p] process-exporte", "9d3c5fd3-4cd2-5d04-be22-e0f27144f638"},
+    {"[p] deepflow-agent", "1762633e-a955-5c80-a5be-22529903b0bf"},
+    {"[p] deepflow-agent;[t] stats-collector", "99e8ce53-e3bf-5b33-a63d-aa47e00e2ff4"},
+    {"[t] tokio-runtime-w", "c04e2efa-f59e-5810-8f0c-b5d4d3074b37"},
+    {"[t] tokio-runtime-w;start_thread", "3825c90e-0982-5dc8-8150-9a970fb5b72e"},
+    {"deepflow-agent", "db789fda-d75f-5ed4-9c18-0d32ccac1268"},
+    {"Total", "2087878d-ba84-5370-909e-f76d0db8d9dd"},
+    {"", "0a68eb57-c88a-5f34-9e9d-27f85e68af4f"},
+    /* spec §2.4 */
+    {"[t] tokio-runtime-w;start_thread;main_loop", "47f9cf06-29d7-5c08-9fdb-895647d4447a"},
+    {"[t] tokio-runtime-w;start_thread;main_loop;[k] entry_SYSCALL_64",
+     "3dc5f091-df4b-5f21-a21b-91fd09354ac7"},
+    {"[t] tokio-runtime-w;start_thread;main_loop;[k] entry_SYSCALL_64;[k] do_syscall_64",
+     "81cc4d30-3f03-5576-9c6e-20f080b7c970"},
+    {"[t] tokio-runtime-w;start_thread;main_loop;parse", "b5228a31-5138-54b7-8702-e1aef9b8a43d"},
+    {"[p] deepflow-agent;main", "432d0931-6d0d-5e34-978c-7f61123011f1"},
+    {"[p] deepflow-agent;main;run", "6ac3e7f3-fc6c-57b0-8e89-c5de094231ea"},
+    /* more, from Python */
+    {"a;b;c", "c4de3245-8ab3-5bf7-99fe-8243c2077898"},
+    {"a;", "6093b5a0-76b9-531c-9137-6741290421b4"},
+    {"[t] w;f\xc3\xbcr;\xe6\x97\xa5\xe6\x9c\xac", "2b3528b4-07a4-591a-ae0d-d8432fba047a"},
 };
 
 static void test_uuid5_vectors(void **state)
@@ -120,10 +120,10 @@ static void test_uuid5_format_bits(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_uuid5_vectors),
-		cmocka_unit_test(test_uuid5_long_name),
-		cmocka_unit_test(test_uuid5_incremental),
-		cmocka_unit_test(test_uuid5_format_bits),
+	    cmocka_unit_test(test_uuid5_vectors),
+	    cmocka_unit_test(test_uuid5_long_name),
+	    cmocka_unit_test(test_uuid5_incremental),
+	    cmocka_unit_test(test_uuid5_format_bits),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
