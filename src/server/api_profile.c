@@ -408,7 +408,8 @@ void api_profile_tracing(void *ctx, struct http_exchange *x)
 		api_fail(x, 500, "FAIL", "out of memory");
 		goto out;
 	}
-	feed.clip = req.max_kernel_stack_depth;
+	/* A depth beyond any real stack means "leave it alone", like -1 would for such stacks. */
+	feed.clip = req.max_kernel_stack_depth > 65535 ? 65535 : req.max_kernel_stack_depth;
 	feed.clip_enabled = req.max_kernel_stack_depth >= 0 && strcmp(req.language_type, "eBPF") == 0;
 	feed.x = x;
 	memset(&info, 0, sizeof(info));
@@ -432,20 +433,23 @@ void api_profile_tracing(void *ctx, struct http_exchange *x)
 			 " distinct stacks matched; the largest are shown. Narrow the time range or the tag_filter",
 			 q.max_stacks);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	flame_tree_finish(feed.tree);
+	rc = flame_tree_finish(feed.tree);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
-
-	st = calloc(1, sizeof(*st));
-	if (!st) {
+	st = rc < 0 ? NULL : calloc(1, sizeof(*st));
+	if (st) {
+		st->tree = feed.tree;
+		st->emit = flame_emit_new(feed.tree, root_label.buf,
+					  req.format == API_FORMAT_COMPACT ? FLAME_FORMAT_COMPACT
+									   : FLAME_FORMAT_FLAT,
+					  req.event_type);
+	}
+	if (!st || !st->emit) {
+		log_error("cannot build the flame tree: %s", rc < 0 ? strerror(-rc) : "out of memory");
+		free(st);
 		flame_tree_free(feed.tree);
-		api_fail(x, 500, "FAIL", "out of memory");
+		api_fail(x, 500, "FAIL", "out of memory building the flame tree");
 		goto out;
 	}
-	st->tree = feed.tree;
-	st->emit = flame_emit_new(feed.tree, root_label.buf,
-				  req.format == API_FORMAT_COMPACT ? FLAME_FORMAT_COMPACT
-								   : FLAME_FORMAT_FLAT,
-				  req.event_type);
 	sb_puts(&st->tail, ",\"debug\":");
 	if (req.debug) {
 		sb_puts(&st->tail, "{\"querier_debug\":");
