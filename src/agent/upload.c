@@ -265,7 +265,8 @@ static void upload_trim_spool_locked(struct uploader *u)
 	}
 }
 
-/* Moves the oldest in-memory batches to the spool (or drops them) until memory fits. */
+/* Moves the oldest in-memory batches to the spool (or drops them) until memory fits, then
+ * drops the oldest spooled batches until the spool fits. */
 static void upload_spill_locked(struct uploader *u)
 {
 	struct upload_batch *b = u->head;
@@ -289,10 +290,11 @@ static void upload_spill_locked(struct uploader *u)
 			u->st.queued_batches--;
 			u->st.spooled_bytes += b->len;
 			u->st.spooled_batches++;
-			upload_trim_spool_locked(u);
 		}
 		b = next;
 	}
+	/* After the walk: trimming inside it could free the batch saved as next. */
+	upload_trim_spool_locked(u);
 }
 
 /* Inserts b in sequence order (at the tail unless submits raced). */
