@@ -36,7 +36,7 @@
 #define REPLAY_MAX_PROCS 256	   /* processes followed */
 #define REPLAY_MAX_RAW_MAPS 512	   /* exec mappings remembered per process for file offsets */
 #define REPLAY_MAX_SAMPLES 100000  /* samples replayed */
-#define REPLAY_MAX_EXAMPLES 5	   /* mismatches printed with -v */
+#define REPLAY_MAX_EXAMPLES 10	   /* mismatches printed with -v */
 #define REPLAY_MAX_PERF_FRAMES 1024
 
 struct perf_file_section {
@@ -324,7 +324,6 @@ static void replay_sample(struct replay *r, const uint8_t *d, const uint8_t *end
 	ur.bp = regs[r->reg_bp];
 	sc.sp = ur.sp;
 	sc.size = dyn < size ? dyn : size;
-	if (getenv("REPLAY_DEBUG") && time == strtoull(getenv("REPLAY_DEBUG"), 0, 10)) fprintf(stderr, "ip %lx sp %lx bp %lx size %lu dyn %lu\n", ur.ip, ur.sp, ur.bp, size, dyn);
 	replay_walk(r, pid, tid, time, &ur, &sc);
 }
 
@@ -399,6 +398,88 @@ static void replay_record(struct replay *r, const struct perf_event_header *h)
 }
 #undef TAKE
 
+struct rec_ref {
+	uint64_t time, seq;
+	const struct perf_event_header *h;
+};
+
+static int replay_cmp_rec(const void *a, const void *b)
+{
+	const struct rec_ref *x = a, *y = b;
+
+	if (x->time != y->time)
+		return x->time < y->time ? -1 : 1;
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* The time of a record: a sample's TIME field, or the TIME of the sample_id trailer. */
+static uint64_t replay_record_time(const struct replay *r, const struct perf_event_header *h,
+				   int sample_id_all)
+{
+	uint64_t st = r->sample_type, t = 0;
+	const uint8_t *p = (const uint8_t *)(h + 1), *end = (const uint8_t *)h + h->size;
+	size_t back = 8;
+
+	if (!(st & PERF_SAMPLE_TIME))
+		return 0;
+	if (h->type == PERF_RECORD_SAMPLE) {
+		p += 8 * !!(st & PERF_SAMPLE_IDENTIFIER) + 8 * !!(st & PERF_SAMPLE_IP) +
+		     8 * !!(st & PERF_SAMPLE_TID);
+		if (end - p >= 8)
+			memcpy(&t, p, 8);
+		return t;
+	}
+	if (!sample_id_all || h->type >= PERF_RECORD_MAX)
+		return 0;
+	back += 8 * (!!(st & PERF_SAMPLE_ID) + !!(st & PERF_SAMPLE_STREAM_ID) +
+		     !!(st & PERF_SAMPLE_CPU) + !!(st & PERF_SAMPLE_IDENTIFIER));
+	if ((size_t)(end - p) >= back)
+		memcpy(&t, end - back, 8);
+	return t;
+}
+
+/*
+ * perf writes each CPU's buffer in rounds, so the file is not in time order: an exec's mmaps
+ * can follow samples taken after them. Replay like perf does, sorted by time.
+ */
+static int replay_records_in_time_order(struct replay *r, const uint8_t *data, uint64_t size,
+					int sample_id_all)
+{
+	struct rec_ref *refs = NULL;
+	size_t n = 0, cap = 0;
+	uint64_t off;
+
+	for (off = 0; off + sizeof(struct perf_event_header) <= size;) {
+		const struct perf_event_header *h = (const void *)(data + off);
+
+		if (h->size < sizeof(*h) || off + h->size > size)
+			break;
+		off += h->size;
+		if (h->type != PERF_RECORD_SAMPLE && h->type != PERF_RECORD_MMAP &&
+		    h->type != PERF_RECORD_MMAP2 && h->type != PERF_RECORD_FORK &&
+		    h->type != PERF_RECORD_COMM)
+			continue;
+		if (n == cap) {
+			size_t ncap = cap ? cap * 2 : 4096;
+			struct rec_ref *p = realloc(refs, ncap * sizeof(*p));
+
+			if (!p) {
+				free(refs);
+				return -1;
+			}
+			refs = p;
+			cap = ncap;
+		}
+		refs[n] = (struct rec_ref){ replay_record_time(r, h, sample_id_all), n, h };
+		n++;
+	}
+	qsort(refs, n, sizeof(*refs), replay_cmp_rec);
+	for (size_t i = 0; i < n; i++)
+		replay_record(r, refs[i].h);
+	free(refs);
+	return 0;
+}
+
 static int replay_perf_data(struct replay *r, const char *path)
 {
 	const struct perf_file_header *fh;
@@ -406,7 +487,7 @@ static int replay_perf_data(struct replay *r, const char *path)
 	struct stat st;
 	uint8_t *map;
 	uint64_t off, mask = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC), n;
+	int fd = open(path, O_RDONLY | O_CLOEXEC), n, rc, sample_id_all = 1;
 
 	if (fd < 0 || fstat(fd, &st) != 0) {
 		fprintf(stderr, "%s: %s\n", path, strerror(errno));
@@ -427,6 +508,7 @@ static int replay_perf_data(struct replay *r, const char *path)
 	/* All events must share one sample layout (perf record -e cpu-clock gives one). */
 	for (off = 0; off + fh->attr_size <= fh->attrs.size; off += fh->attr_size) {
 		attr = (const void *)(map + fh->attrs.offset + off);
+		sample_id_all &= attr->sample_id_all;
 		if (off == 0) {
 			r->sample_type = attr->sample_type;
 			mask = attr->sample_regs_user;
@@ -455,16 +537,9 @@ static int replay_perf_data(struct replay *r, const char *path)
 		n++;
 	}
 	r->n_regs = n;
-	for (off = 0; off + sizeof(struct perf_event_header) <= fh->data.size;) {
-		const struct perf_event_header *h = (const void *)(map + fh->data.offset + off);
-
-		if (h->size < sizeof(*h) || off + h->size > fh->data.size)
-			break;
-		replay_record(r, h);
-		off += h->size;
-	}
+	rc = replay_records_in_time_order(r, map + fh->data.offset, fh->data.size, sample_id_all);
 	munmap(map, (size_t)st.st_size);
-	return 0;
+	return rc;
 }
 
 static int replay_frame_match(const struct frame *f, uint64_t ip, int leaf)
@@ -478,7 +553,7 @@ static int replay_frame_match(const struct frame *f, uint64_t ip, int leaf)
 }
 
 struct tally {
-	uint64_t compared, identical, complete, unmatched, perf_complete;
+	uint64_t compared, identical, complete, unmatched, perf_no_user;
 	uint64_t reasons[UNW_REASON_COUNT];
 	int examples;
 };
@@ -494,6 +569,10 @@ static void replay_compare(struct replay *r, uint32_t tid, uint64_t time, const 
 
 	if (!res) {
 		t->unmatched++;
+		return;
+	}
+	if (n == 0) {
+		t->perf_no_user++; /* perf printed no user frame (exec in progress): nothing to compare */
 		return;
 	}
 	t->compared++;
@@ -624,8 +703,9 @@ int main(int argc, char **argv)
 
 		printf("%s: samples %" PRIu64 ", identical %.2f %%, complete %.2f %%", name,
 		       t.compared, ident, t.compared ? 100.0 * t.complete / t.compared : 0);
-		printf(" (not in perf script %" PRIu64 ", no user regs %" PRIu64 ", dropped %" PRIu64
-		       "); ends:", t.unmatched, r->no_regs, r->dropped);
+		printf(" (not in perf script %" PRIu64 ", no user regs %" PRIu64
+		       ", no user frame in perf %" PRIu64 ", dropped %" PRIu64 "); ends:",
+		       t.unmatched, r->no_regs, t.perf_no_user, r->dropped);
 		for (unsigned k = 0; k < UNW_REASON_COUNT; k++)
 			if (t.reasons[k])
 				printf(" %s %" PRIu64, unw_reason_name(k), t.reasons[k]);
