@@ -39,13 +39,15 @@
 #define SAMPLER_DEFAULT_FLUSH_SECONDS 1.0
 #define SAMPLER_MAX_CPUS 4096 /* bound of the online CPU list we parse */
 /*
- * Stack maps are one-stack-per-bucket hash tables, so collisions follow the birthday bound: keep
- * the worst-case load (every sample a new stack) at 1/8. A bucket costs ~1 KiB (127 frames).
+ * Kernel stack maps (STACK_TRACE) are one-stack-per-bucket tables, so collisions follow the
+ * birthday bound: keep the worst-case load (every sample a new stack) at 1/8. A bucket costs
+ * ~1 KiB (127 frames). User stacks live in a HASH keyed by a 64-bit stack hash (no collisions):
+ * like the counts, 4× the samples of a window absorbs a late drain.
  */
-#define SAMPLER_STACK_FACTOR 8
+#define SAMPLER_KSTACK_FACTOR 8
+#define SAMPLER_USTACK_FACTOR 4
 #define SAMPLER_STACK_MIN 1024u
 #define SAMPLER_STACK_MAX 65536u
-/* Counts are a real hash (no collisions): 4× the samples of a window absorbs a late drain. */
 #define SAMPLER_COUNTS_FACTOR 4
 #define SAMPLER_COUNTS_MIN 1024u
 #define SAMPLER_COUNTS_MAX 262144u
@@ -69,7 +71,8 @@ struct sampler {
 	struct sampler_set sets[2];
 	uint32_t active;
 	uint32_t counts_max;
-	uint32_t stacks_max;
+	uint32_t kstacks_max;
+	uint32_t ustacks_max;
 	struct profile_key *keys; /* drain buffers, counts_max entries each */
 	uint64_t *vals;
 	uint64_t kframes[PROFILE_MAX_STACK_DEPTH];
@@ -232,15 +235,17 @@ static int sampler_attach_cpus(struct sampler *s)
 static void sampler_size_maps(struct sampler *s, int ncpu)
 {
 	double per_window = (double)ncpu * s->opts.frequency * s->opts.flush_seconds;
-	struct bpf_map *stack_maps[] = {s->skel->maps.kstacks_a, s->skel->maps.kstacks_b,
-					s->skel->maps.ustacks_a, s->skel->maps.ustacks_b};
 
-	s->stacks_max = sampler_pow2_clamp(per_window * SAMPLER_STACK_FACTOR, SAMPLER_STACK_MIN,
-					   SAMPLER_STACK_MAX);
+	s->kstacks_max = sampler_pow2_clamp(per_window * SAMPLER_KSTACK_FACTOR, SAMPLER_STACK_MIN,
+					    SAMPLER_STACK_MAX);
+	s->ustacks_max = sampler_pow2_clamp(per_window * SAMPLER_USTACK_FACTOR, SAMPLER_STACK_MIN,
+					    SAMPLER_STACK_MAX);
 	s->counts_max = sampler_pow2_clamp(per_window * SAMPLER_COUNTS_FACTOR, SAMPLER_COUNTS_MIN,
 					   SAMPLER_COUNTS_MAX);
-	for (size_t i = 0; i < sizeof(stack_maps) / sizeof(stack_maps[0]); i++)
-		bpf_map__set_max_entries(stack_maps[i], s->stacks_max);
+	bpf_map__set_max_entries(s->skel->maps.kstacks_a, s->kstacks_max);
+	bpf_map__set_max_entries(s->skel->maps.kstacks_b, s->kstacks_max);
+	bpf_map__set_max_entries(s->skel->maps.ustacks_a, s->ustacks_max);
+	bpf_map__set_max_entries(s->skel->maps.ustacks_b, s->ustacks_max);
 	bpf_map__set_max_entries(s->skel->maps.counts_a, s->counts_max);
 	bpf_map__set_max_entries(s->skel->maps.counts_b, s->counts_max);
 }
@@ -293,8 +298,8 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 
 	ret = oncpu_bpf__load(s->skel);
 	if (ret) {
-		log_error("load BPF program (stack maps %u, counts %u entries): %s", s->stacks_max,
-			  s->counts_max, strerror(-ret));
+		log_error("load BPF program (kernel/user stacks %u/%u, counts %u entries): %s",
+			  s->kstacks_max, s->ustacks_max, s->counts_max, strerror(-ret));
 		goto cleanup;
 	}
 	s->sets[0] = (struct sampler_set){bpf_map__fd(s->skel->maps.counts_a),
@@ -325,9 +330,9 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 	ret = sampler_attach_cpus(s);
 	if (ret)
 		goto cleanup;
-	log_info("sampling %zu CPUs at %d Hz%s, stack maps %u, counts %u entries", s->n_links,
-		 s->opts.frequency, s->opts.only_tgid ? " (one process)" : "", s->stacks_max,
-		 s->counts_max);
+	log_info("sampling %zu CPUs at %d Hz%s; kernel/user stacks %u/%u, counts %u entries",
+		 s->n_links, s->opts.frequency, s->opts.only_tgid ? " (one process)" : "",
+		 s->kstacks_max, s->ustacks_max, s->counts_max);
 	*out = s;
 	return 0;
 
@@ -372,10 +377,10 @@ static void sampler_emit(struct sampler *s, const struct sampler_set *set,
 	}
 
 	switch (key->ustack_kind) {
-	case PROFILE_USTACK_FP_ID: {
-		uint32_t id = (uint32_t)key->ustack;
+	case PROFILE_USTACK_FP_HASH: {
+		uint64_t hash = key->ustack;
 
-		if (bpf_map_lookup_elem(set->ustacks_fd, &id, s->uframes) == 0) {
+		if (bpf_map_lookup_elem(set->ustacks_fd, &hash, s->uframes) == 0) {
 			rec.n_uframes = sampler_count_frames(s->uframes);
 			rec.uframes = s->uframes;
 		} else {
@@ -388,17 +393,17 @@ static void sampler_emit(struct sampler *s, const struct sampler_set *set,
 		break;
 	case PROFILE_USTACK_NONE:
 		break;
-	default:
+	default: /* PROFILE_USTACK_DWARF_HASH: not produced until the DWARF walk lands */
 		rec.ustack_error = -EPROTO;
 		break;
 	}
 	cb(arg, &rec);
 }
 
-/* Deletes every id of a stack map that no program writes to any more. */
+/* Deletes every entry of a stack map (u32 or u64 keys) that no program writes to any more. */
 static void sampler_clear_stacks(int fd)
 {
-	uint32_t key, next;
+	uint64_t key = 0, next = 0;
 	int have = 0;
 
 	while (bpf_map_get_next_key(fd, have ? &key : NULL, &next) == 0) {

@@ -8,9 +8,11 @@
  * selects the set this program writes. User space flips it, waits for programs still running on
  * the old set (an RCU grace period, see sampler.c), then drains and clears the old set at leisure.
  *
- * Stacks come from bpf_get_stackid() (frame pointers for user space). No BPF_F_REUSE_STACKID: a
- * bucket collision returns -EEXIST, which is counted and leaves the sample with an error stack
- * rather than silently pointing it at another stack.
+ * Kernel stacks come from bpf_get_stackid(). No BPF_F_REUSE_STACKID: a bucket collision returns
+ * -EEXIST, which is counted and leaves the sample with an error stack rather than silently
+ * pointing it at another stack. User stacks (frame pointers) come from bpf_get_stack() into a
+ * per-CPU scratch buffer, are hashed to 64 bits and stored once per hash in ustacks_<set>, a
+ * plain HASH map, so distinct stacks never collide (see profile.h).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -32,12 +34,20 @@ const volatile __u32 targ_tgid = 0;
 /* The set samples go to, 0 (A) or 1 (B). Written by user space only. */
 __u32 active_set = 0;
 
-#define PROFILE_STACK_MAP(name)                                                                    \
+#define PROFILE_KSTACK_MAP(name)                                                                   \
 	struct {                                                                                   \
 		__uint(type, BPF_MAP_TYPE_STACK_TRACE);                                            \
 		__uint(max_entries, PROFILE_STACK_MAP_DEFAULT);                                    \
 		__type(key, __u32);                                                                \
-		__uint(value_size, PROFILE_MAX_STACK_DEPTH * sizeof(__u64));                       \
+		__uint(value_size, sizeof(struct profile_stack));                                  \
+	} name SEC(".maps")
+
+#define PROFILE_USTACK_MAP(name)                                                                   \
+	struct {                                                                                   \
+		__uint(type, BPF_MAP_TYPE_HASH);                                                   \
+		__uint(max_entries, PROFILE_STACK_MAP_DEFAULT);                                    \
+		__type(key, __u64);                                                                \
+		__type(value, struct profile_stack);                                               \
 	} name SEC(".maps")
 
 #define PROFILE_COUNTS_MAP(name)                                                                   \
@@ -48,10 +58,10 @@ __u32 active_set = 0;
 		__type(value, __u64);                                                              \
 	} name SEC(".maps")
 
-PROFILE_STACK_MAP(kstacks_a);
-PROFILE_STACK_MAP(kstacks_b);
-PROFILE_STACK_MAP(ustacks_a);
-PROFILE_STACK_MAP(ustacks_b);
+PROFILE_KSTACK_MAP(kstacks_a);
+PROFILE_KSTACK_MAP(kstacks_b);
+PROFILE_USTACK_MAP(ustacks_a);
+PROFILE_USTACK_MAP(ustacks_b);
 PROFILE_COUNTS_MAP(counts_a);
 PROFILE_COUNTS_MAP(counts_b);
 
@@ -62,6 +72,14 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/* Where bpf_get_stack() writes the user stack before it is hashed and stored. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct profile_stack);
+} ustack_scratch SEC(".maps");
+
 /* Perf-event programs do not nest on one CPU (bpf_prog_active), so a plain add is enough. */
 static __always_inline void counter_inc(__u32 idx)
 {
@@ -69,14 +87,6 @@ static __always_inline void counter_inc(__u32 idx)
 
 	if (v)
 		*v += 1;
-}
-
-static __always_inline void count_stack_error(long err, __u32 other_idx)
-{
-	if (err == -EEXIST)
-		counter_inc(PROFILE_CNT_COLLISION);
-	else if (err != -EFAULT)
-		counter_inc(other_idx);
 }
 
 static __always_inline void count_sample(void *counts, struct profile_key *key, __u32 counted_idx)
@@ -107,29 +117,76 @@ static __always_inline void count_sample(void *counts, struct profile_key *key, 
 	counter_inc(counted_idx);
 }
 
+/* A 64-bit mix of the frame array (murmur3's finaliser per frame), seeded with its length. */
+static __always_inline __u64 stack_hash(const struct profile_stack *st, __u32 n)
+{
+	__u64 h = n * 0x9e3779b97f4a7c15ull;
+
+	for (__u32 i = 0; i < PROFILE_MAX_STACK_DEPTH; i++) {
+		if (i >= n)
+			break;
+		h ^= st->ips[i];
+		h ^= h >> 33;
+		h *= 0xff51afd7ed558ccdull;
+		h ^= h >> 33;
+		h *= 0xc4ceb9fe1a85ec53ull;
+		h ^= h >> 33;
+	}
+	return h;
+}
+
+/* Fills key->ustack_kind and key->ustack from the user stack of this sample. */
+static __always_inline void record_ustack(struct bpf_perf_event_data *ctx,
+					  struct profile_key *key, void *ustacks)
+{
+	__u32 zero = 0;
+	struct profile_stack *st = bpf_map_lookup_elem(&ustack_scratch, &zero);
+	long len, err;
+	__u64 h;
+
+	if (!st) {
+		key->ustack_kind = PROFILE_USTACK_ERROR;
+		key->ustack = ENOMEM;
+		counter_inc(PROFILE_CNT_USTACK_ERR);
+		return;
+	}
+	/* Zero-fills the buffer after the last frame, so equal stacks are equal values. */
+	len = bpf_get_stack(ctx, st, sizeof(*st), BPF_F_USER_STACK);
+	if (len == -EFAULT || len == 0) {
+		key->ustack_kind = PROFILE_USTACK_NONE;
+		return;
+	}
+	if (len < 0) {
+		key->ustack_kind = PROFILE_USTACK_ERROR;
+		key->ustack = -len;
+		counter_inc(PROFILE_CNT_USTACK_ERR);
+		return;
+	}
+	h = stack_hash(st, (__u32)len / sizeof(__u64));
+	err = bpf_map_update_elem(ustacks, &h, st, BPF_NOEXIST);
+	if (err && err != -EEXIST) {
+		key->ustack_kind = PROFILE_USTACK_ERROR;
+		key->ustack = -err;
+		counter_inc(PROFILE_CNT_USTACK_ERR);
+		return;
+	}
+	key->ustack_kind = PROFILE_USTACK_FP_HASH;
+	key->ustack = h;
+}
+
 static __always_inline void record_sample(struct bpf_perf_event_data *ctx, struct profile_key *key,
 					  void *kstacks, void *ustacks, void *counts,
 					  __u32 counted_idx)
 {
-	long kid, uid;
+	long kid = bpf_get_stackid(ctx, kstacks, 0);
 
-	kid = bpf_get_stackid(ctx, kstacks, 0);
-	if (kid < 0)
-		count_stack_error(kid, PROFILE_CNT_KSTACK_ERR);
+	if (kid == -EEXIST)
+		counter_inc(PROFILE_CNT_COLLISION);
+	else if (kid < 0 && kid != -EFAULT)
+		counter_inc(PROFILE_CNT_KSTACK_ERR);
 	key->kstack_id = kid;
 
-	uid = bpf_get_stackid(ctx, ustacks, BPF_F_USER_STACK);
-	if (uid >= 0) {
-		key->ustack_kind = PROFILE_USTACK_FP_ID;
-		key->ustack = uid;
-	} else if (uid == -EFAULT) {
-		key->ustack_kind = PROFILE_USTACK_NONE;
-	} else {
-		count_stack_error(uid, PROFILE_CNT_USTACK_ERR);
-		key->ustack_kind = PROFILE_USTACK_ERROR;
-		key->ustack = -uid;
-	}
-
+	record_ustack(ctx, key, ustacks);
 	count_sample(counts, key, counted_idx);
 }
 
