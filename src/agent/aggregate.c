@@ -289,8 +289,7 @@ void aggregate_process_comm(struct aggregate *agg, const struct sample_rec *rec,
 	agg_process_facts(agg, rec, comm, &start_ms, container);
 }
 
-void aggregate_build_stack(struct aggregate *agg, const struct sample_rec *rec,
-			   struct strbuf *out)
+void aggregate_build_stack(struct aggregate *agg, const struct sample_rec *rec, struct strbuf *out)
 {
 	int uerr = rec->ustack_error || (rec->n_uframes && rec->uframes_encoded);
 
@@ -299,7 +298,8 @@ void aggregate_build_stack(struct aggregate *agg, const struct sample_rec *rec,
 		sb_puts(out, ";[stack trace lost]");
 		return;
 	}
-	/* Encoded (DWARF) frames need sym support that does not exist yet: an error, not garbage. */
+	/* Encoded (DWARF) frames need sym support that does not exist yet: an error, not garbage.
+	 */
 	if (uerr)
 		sb_puts(out, ";[user stack trace error]");
 	else if (rec->n_uframes)
@@ -353,8 +353,7 @@ static int64_t agg_now_us(void)
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-int aggregate_flush(struct aggregate *agg, int64_t window_start, aggregate_sink_fn sink,
-		    void *arg)
+int aggregate_flush(struct aggregate *agg, int64_t window_start, aggregate_sink_fn sink, void *arg)
 {
 	struct agg_arena *arena = &agg->arenas[agg->cur];
 	struct profile_row *rows;
@@ -432,7 +431,8 @@ int aggregate_write_folded(struct aggregate *agg, FILE *out, enum aggregate_valu
 			value += v[++i]->samples;
 		if (unit == AGGREGATE_VALUE_US)
 			value *= (uint64_t)agg->us_per_sample;
-		/* The process name is the root, as in the API's tree (app_service above the stack). */
+		/* The process name is the root, as in the API's tree (app_service above the stack).
+		 */
 		sb_reset(&agg->scratch);
 		agg_put_comm(&agg->scratch, "", v[i]->app);
 		if (fprintf(out, "%s;%s %llu\n", agg->scratch.buf, v[i]->stack,

@@ -38,20 +38,20 @@
 #define AGGREGATE_DEFAULT_MAX_ROWS 100000
 
 struct aggregate_opts {
-	int frequency;             /* Hz the sampler runs at; sets the µs per sample */
+	int frequency;		   /* Hz the sampler runs at; sets the µs per sample */
 	const char *process_regex; /* POSIX ERE, unanchored, on the process comm; NULL = all */
-	size_t max_rows;           /* distinct rows per window, default AGGREGATE_DEFAULT_MAX_ROWS */
+	size_t max_rows; /* distinct rows per window, default AGGREGATE_DEFAULT_MAX_ROWS */
 	const char *host, *agent, *host_ip; /* copied; NULL = "" */
-	struct symbolizer *sym;    /* borrowed */
-	struct procinfo *procs;    /* borrowed */
+	struct symbolizer *sym;		    /* borrowed */
+	struct procinfo *procs;		    /* borrowed */
 };
 
 struct aggregate_stats {
-	uint64_t samples;         /* samples added */
+	uint64_t samples;	  /* samples added */
 	uint64_t samples_dropped; /* samples of rows over max_rows */
-	uint64_t rows_dropped;    /* distinct rows refused over max_rows */
+	uint64_t rows_dropped;	  /* distinct rows refused over max_rows */
 	uint64_t rows_flushed;
-	uint64_t ustack_errors;   /* samples whose user stack could not be read */
+	uint64_t ustack_errors; /* samples whose user stack could not be read */
 	uint64_t kstack_errors;
 };
 
@@ -71,8 +71,7 @@ typedef int (*aggregate_sink_fn)(void *arg, const struct profile_row *rows, size
  * Ends the window that started at window_start (unix seconds): calls sink once with every row
  * (also when there are none, n = 0) and starts an empty window. Returns the sink's result.
  */
-int aggregate_flush(struct aggregate *agg, int64_t window_start, aggregate_sink_fn sink,
-		    void *arg);
+int aggregate_flush(struct aggregate *agg, int64_t window_start, aggregate_sink_fn sink, void *arg);
 /* Writes the rows accumulated so far as folded text, sorted; does not reset. 0 or -errno. */
 int aggregate_write_folded(struct aggregate *agg, FILE *out, enum aggregate_value unit);
 void aggregate_get_stats(struct aggregate *agg, struct aggregate_stats *st);
@@ -82,7 +81,6 @@ void aggregate_get_stats(struct aggregate *agg, struct aggregate_stats *st);
  * else the sampled comm); the folded stack of a sample, appended to out.
  */
 void aggregate_process_comm(struct aggregate *agg, const struct sample_rec *rec, char comm[16]);
-void aggregate_build_stack(struct aggregate *agg, const struct sample_rec *rec,
-			   struct strbuf *out);
+void aggregate_build_stack(struct aggregate *agg, const struct sample_rec *rec, struct strbuf *out);
 
 #endif

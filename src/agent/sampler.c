@@ -67,7 +67,7 @@ struct sampler {
 	int n_possible_cpus;
 	int barrier_outer_fd; /* ARRAY_OF_MAPS updated only to wait for an RCU grace period */
 	int barrier_inner_fd;
-	int stats_fd;         /* keeps BPF_STATS_RUN_TIME enabled while open; -1 if refused */
+	int stats_fd; /* keeps BPF_STATS_RUN_TIME enabled while open; -1 if refused */
 	struct sampler_set sets[2];
 	uint32_t active;
 	uint32_t counts_max;
@@ -162,7 +162,7 @@ static int sampler_open_barrier(struct sampler *s)
 		return -errno;
 	mopts.inner_map_fd = s->barrier_inner_fd;
 	s->barrier_outer_fd =
-		bpf_map_create(BPF_MAP_TYPE_ARRAY_OF_MAPS, "ember_barrier", 4, 4, 1, &mopts);
+	    bpf_map_create(BPF_MAP_TYPE_ARRAY_OF_MAPS, "ember_barrier", 4, 4, 1, &mopts);
 	if (s->barrier_outer_fd < 0)
 		return -errno;
 	return 0;
@@ -302,12 +302,12 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 			  s->kstacks_max, s->ustacks_max, s->counts_max, strerror(-ret));
 		goto cleanup;
 	}
-	s->sets[0] = (struct sampler_set){bpf_map__fd(s->skel->maps.counts_a),
-					  bpf_map__fd(s->skel->maps.kstacks_a),
-					  bpf_map__fd(s->skel->maps.ustacks_a), PROFILE_CNT_COUNTED_A};
-	s->sets[1] = (struct sampler_set){bpf_map__fd(s->skel->maps.counts_b),
-					  bpf_map__fd(s->skel->maps.kstacks_b),
-					  bpf_map__fd(s->skel->maps.ustacks_b), PROFILE_CNT_COUNTED_B};
+	s->sets[0] = (struct sampler_set){
+	    bpf_map__fd(s->skel->maps.counts_a), bpf_map__fd(s->skel->maps.kstacks_a),
+	    bpf_map__fd(s->skel->maps.ustacks_a), PROFILE_CNT_COUNTED_A};
+	s->sets[1] = (struct sampler_set){
+	    bpf_map__fd(s->skel->maps.counts_b), bpf_map__fd(s->skel->maps.kstacks_b),
+	    bpf_map__fd(s->skel->maps.ustacks_b), PROFILE_CNT_COUNTED_B};
 
 	ret = sampler_open_barrier(s);
 	if (ret) {

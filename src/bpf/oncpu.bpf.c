@@ -136,8 +136,8 @@ static __always_inline __u64 stack_hash(const struct profile_stack *st, __u32 n)
 }
 
 /* Fills key->ustack_kind and key->ustack from the user stack of this sample. */
-static __always_inline void record_ustack(struct bpf_perf_event_data *ctx,
-					  struct profile_key *key, void *ustacks)
+static __always_inline void record_ustack(struct bpf_perf_event_data *ctx, struct profile_key *key,
+					  void *ustacks)
 {
 	__u32 zero = 0;
 	struct profile_stack *st = bpf_map_lookup_elem(&ustack_scratch, &zero);

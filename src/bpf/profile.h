@@ -27,9 +27,9 @@
 #define PROFILE_COUNTS_MAP_DEFAULT 1024
 
 enum profile_ustack_kind {
-	PROFILE_USTACK_NONE = 0,  /* no user stack: kernel thread or exiting task (-EFAULT) */
-	PROFILE_USTACK_ERROR = 1, /* the walk failed; ustack holds the positive errno */
-	PROFILE_USTACK_FP_HASH = 2, /* ustack: hash of frame-pointer frames in ustacks_<set> */
+	PROFILE_USTACK_NONE = 0,       /* no user stack: kernel thread or exiting task (-EFAULT) */
+	PROFILE_USTACK_ERROR = 1,      /* the walk failed; ustack holds the positive errno */
+	PROFILE_USTACK_FP_HASH = 2,    /* ustack: hash of frame-pointer frames in ustacks_<set> */
 	PROFILE_USTACK_DWARF_HASH = 3, /* reserved: hash of DWARF-unwound, encoded frames */
 };
 
@@ -54,14 +54,14 @@ struct profile_key {
 
 /* Indices of the per-CPU counters array. */
 enum profile_counter {
-	PROFILE_CNT_SAMPLES = 0,  /* samples of non-idle tasks that passed the tgid filter */
-	PROFILE_CNT_IDLE,         /* samples of the idle task, skipped */
-	PROFILE_CNT_KSTACK_ERR,   /* kernel stack id errors other than -EFAULT and -EEXIST */
-	PROFILE_CNT_USTACK_ERR,   /* user stack walk errors other than -EFAULT, ustacks map full */
-	PROFILE_CNT_COLLISION,    /* kernel stack -EEXIST: its bucket held another stack */
-	PROFILE_CNT_MAP_FULL,     /* counts map update failed with -E2BIG / -ENOMEM */
-	PROFILE_CNT_COUNT_ERR,    /* counts map update failed otherwise */
-	PROFILE_CNT_COUNTED_A,    /* samples that reached counts_a: what a drain of set A must find */
+	PROFILE_CNT_SAMPLES = 0, /* samples of non-idle tasks that passed the tgid filter */
+	PROFILE_CNT_IDLE,	 /* samples of the idle task, skipped */
+	PROFILE_CNT_KSTACK_ERR,	 /* kernel stack id errors other than -EFAULT and -EEXIST */
+	PROFILE_CNT_USTACK_ERR,	 /* user stack walk errors other than -EFAULT, ustacks map full */
+	PROFILE_CNT_COLLISION,	 /* kernel stack -EEXIST: its bucket held another stack */
+	PROFILE_CNT_MAP_FULL,	 /* counts map update failed with -E2BIG / -ENOMEM */
+	PROFILE_CNT_COUNT_ERR,	 /* counts map update failed otherwise */
+	PROFILE_CNT_COUNTED_A, /* samples that reached counts_a: what a drain of set A must find */
 	PROFILE_CNT_COUNTED_B,
 	PROFILE_CNT_MAX,
 };

@@ -42,7 +42,7 @@ struct fixture {
 	struct symbolizer *sym;
 	struct procinfo *procs;
 	struct aggregate *agg;
-	char comm[16];     /* this process's comm */
+	char comm[16];	     /* this process's comm */
 	uint64_t uframes[3]; /* leaf first: leaf, mid, root */
 	uint64_t kframes[2]; /* innermost first */
 	char kname[2][128];
@@ -100,8 +100,12 @@ static int setup_opts(void **state, const char *regex, size_t max_rows)
 {
 	struct fixture *fx = calloc(1, sizeof(*fx));
 	struct sym_opts so = {0};
-	struct aggregate_opts ao = {.frequency = 99, .process_regex = regex, .max_rows = max_rows,
-				    .host = "h1", .agent = "a1", .host_ip = "10.0.0.1"};
+	struct aggregate_opts ao = {.frequency = 99,
+				    .process_regex = regex,
+				    .max_rows = max_rows,
+				    .host = "h1",
+				    .agent = "a1",
+				    .host_ip = "10.0.0.1"};
 	const char *knames[2] = {"do_syscall_64", "entry_SYSCALL_64"};
 	FILE *f;
 
@@ -148,11 +152,13 @@ static int teardown(void **state)
 	return 0;
 }
 
-static struct sample_rec own_rec(struct fixture *fx, uint32_t tid, const char *comm,
-				 uint64_t count)
+static struct sample_rec own_rec(struct fixture *fx, uint32_t tid, const char *comm, uint64_t count)
 {
-	struct sample_rec r = {.tgid = (uint32_t)getpid(), .tid = tid, .count = count,
-			       .n_uframes = 3, .uframes = fx->uframes};
+	struct sample_rec r = {.tgid = (uint32_t)getpid(),
+			       .tid = tid,
+			       .count = count,
+			       .n_uframes = 3,
+			       .uframes = fx->uframes};
 
 	snprintf(r.comm, sizeof(r.comm), "%s", comm);
 	return r;
@@ -215,8 +221,9 @@ static void test_aggregate_threads_merge(void **state)
 	row = find_row(&sr, fx->comm, "[t] worker-a;agg_test_root;agg_test_mid;agg_test_leaf");
 	assert_non_null(row);
 	assert_int_equal(row->profile_value, 5 * 10101);
-	assert_non_null(find_row(&sr, fx->comm, "[t] worker-b;agg_test_root;agg_test_mid;"
-					       "agg_test_leaf"));
+	assert_non_null(find_row(&sr, fx->comm,
+				 "[t] worker-b;agg_test_root;agg_test_mid;"
+				 "agg_test_leaf"));
 	snprintf(want, sizeof(want), "[p] %s;[t] worker-a", fx->comm);
 	row = find_row(&sr, "Total", want);
 	assert_non_null(row);
@@ -248,8 +255,12 @@ static void test_aggregate_kernel_frames_after_user(void **state)
 static void test_aggregate_kernel_thread(void **state)
 {
 	struct fixture *fx = *state;
-	struct sample_rec r = {.tgid = 2, .tid = 2, .count = 3, .comm = "kthreadd",
-			       .n_kframes = 2, .kframes = fx->kframes};
+	struct sample_rec r = {.tgid = 2,
+			       .tid = 2,
+			       .count = 3,
+			       .comm = "kthreadd",
+			       .n_kframes = 2,
+			       .kframes = fx->kframes};
 	struct sink_rows sr = {0};
 	const struct profile_row *row;
 	char want[512];
@@ -290,10 +301,10 @@ static void test_aggregate_regex_filters_stacks_not_total(void **state)
 static void test_aggregate_vanished_process(void **state)
 {
 	struct fixture *fx = *state;
-	struct sample_rec main_t = {.tgid = NO_SUCH_PID, .tid = NO_SUCH_PID, .count = 1,
-				    .comm = "gone"};
-	struct sample_rec thr = {.tgid = NO_SUCH_PID, .tid = NO_SUCH_PID + 1, .count = 1,
-				 .comm = "gone-thr"};
+	struct sample_rec main_t = {
+	    .tgid = NO_SUCH_PID, .tid = NO_SUCH_PID, .count = 1, .comm = "gone"};
+	struct sample_rec thr = {
+	    .tgid = NO_SUCH_PID, .tid = NO_SUCH_PID + 1, .count = 1, .comm = "gone-thr"};
 	struct sink_rows sr = {0};
 	const struct profile_row *row;
 
@@ -312,8 +323,11 @@ static void test_aggregate_vanished_process(void **state)
 static void test_aggregate_stack_errors(void **state)
 {
 	struct fixture *fx = *state;
-	struct sample_rec r = {.tgid = NO_SUCH_PID, .tid = NO_SUCH_PID, .count = 1,
-			       .comm = "x;y", .ustack_error = -EEXIST};
+	struct sample_rec r = {.tgid = NO_SUCH_PID,
+			       .tid = NO_SUCH_PID,
+			       .count = 1,
+			       .comm = "x;y",
+			       .ustack_error = -EEXIST};
 	struct strbuf sb = STRBUF_INIT;
 
 	aggregate_build_stack(fx->agg, &r, &sb);
@@ -416,8 +430,8 @@ static void test_aggregate_folded_merges_processes(void **state)
 {
 	struct fixture *fx = *state;
 	struct sample_rec a = {.tgid = NO_SUCH_PID, .tid = NO_SUCH_PID, .count = 1, .comm = "gone"};
-	struct sample_rec b = {.tgid = NO_SUCH_PID + 1, .tid = NO_SUCH_PID + 1, .count = 2,
-			       .comm = "gone"};
+	struct sample_rec b = {
+	    .tgid = NO_SUCH_PID + 1, .tid = NO_SUCH_PID + 1, .count = 2, .comm = "gone"};
 	char *text = NULL;
 	size_t len = 0;
 	FILE *f;
@@ -434,8 +448,8 @@ static void test_aggregate_folded_merges_processes(void **state)
 static void test_aggregate_bad_options(void **state)
 {
 	struct fixture *fx = *state;
-	struct aggregate_opts o = {.frequency = 99, .process_regex = "([a-z",
-				   .sym = fx->sym, .procs = fx->procs};
+	struct aggregate_opts o = {
+	    .frequency = 99, .process_regex = "([a-z", .sym = fx->sym, .procs = fx->procs};
 	struct aggregate *agg = (struct aggregate *)fx;
 
 	assert_int_equal(aggregate_new(&o, &agg), -EINVAL);
@@ -461,21 +475,21 @@ static int setup_cap3(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_aggregate_main_thread_rows, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_aggregate_threads_merge, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_aggregate_kernel_frames_after_user, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_aggregate_kernel_thread, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_aggregate_regex_filters_stacks_not_total,
-						setup_regex_kthreadd, teardown),
-		cmocka_unit_test_setup_teardown(test_aggregate_vanished_process, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_aggregate_stack_errors, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_aggregate_row_cap, setup_cap3, teardown),
-		cmocka_unit_test_setup_teardown(test_aggregate_flush_lifetime, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_aggregate_folded, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_aggregate_folded_merges_processes, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_aggregate_bad_options, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_main_thread_rows, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_threads_merge, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_kernel_frames_after_user, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_kernel_thread, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_regex_filters_stacks_not_total,
+					    setup_regex_kthreadd, teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_vanished_process, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_stack_errors, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_row_cap, setup_cap3, teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_flush_lifetime, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_folded, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_folded_merges_processes, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_bad_options, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

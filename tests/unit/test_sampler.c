@@ -35,11 +35,12 @@
  */
 extern const char __start_ember_busy[], __stop_ember_busy[];
 
-#define BUSY_ROUNDS_MAX 20       /* drains before giving up on seeing enough samples */
+#define BUSY_ROUNDS_MAX 20 /* drains before giving up on seeing enough samples */
 #define BUSY_ROUND_NS 300000000ull
-#define WANT_BUSY_SAMPLES 60     /* ≈ 0.6 s of one CPU at 99 Hz */
+#define WANT_BUSY_SAMPLES 60 /* ≈ 0.6 s of one CPU at 99 Hz */
 
-__attribute__((noinline, section("ember_busy"), optimize("no-omit-frame-pointer"))) static uint64_t busy_spin(uint64_t ns_budget)
+__attribute__((noinline, section("ember_busy"), optimize("no-omit-frame-pointer"))) static uint64_t
+busy_spin(uint64_t ns_budget)
 {
 	struct timespec t0, t;
 	uint64_t x = 88172645463325252ull, spent;
@@ -76,12 +77,12 @@ __attribute__((noinline)) static void syscall_spin(uint64_t ns_budget)
 
 struct seen {
 	uint32_t tgid;
-	uint64_t own_samples;   /* samples of our tgid */
-	uint64_t busy_samples;  /* of which the user leaf is in busy_spin */
+	uint64_t own_samples;	 /* samples of our tgid */
+	uint64_t busy_samples;	 /* of which the user leaf is in busy_spin */
 	uint64_t kernel_samples; /* of our tgid with a kernel stack of kernel addresses */
-	uint64_t other_tgids;   /* records of other processes */
+	uint64_t other_tgids;	 /* records of other processes */
 	uint64_t total;
-	uint64_t bad_frames;    /* n > 0 with a NULL frame array, or n over the limit */
+	uint64_t bad_frames; /* n > 0 with a NULL frame array, or n over the limit */
 };
 
 static void seen_cb(void *arg, const struct sample_rec *rec)
@@ -106,8 +107,10 @@ static void seen_cb(void *arg, const struct sample_rec *rec)
 
 static struct sampler *open_or_skip(uint32_t only_tgid)
 {
-	struct sampler_opts o = {.frequency = 99, .unwind = SAMPLER_UNWIND_FP,
-				 .only_tgid = only_tgid, .flush_seconds = 1};
+	struct sampler_opts o = {.frequency = 99,
+				 .unwind = SAMPLER_UNWIND_FP,
+				 .only_tgid = only_tgid,
+				 .flush_seconds = 1};
 	struct sampler *s = NULL;
 	int ret;
 
@@ -239,7 +242,7 @@ static void test_sampler_boot_offset(void **state)
 	assert_true(off > 1000000000ll * 1500000000ll);
 }
 
-#define WORKLOAD_MAX_SECONDS "30"   /* the child's own bound; we stop it once we have enough */
+#define WORKLOAD_MAX_SECONDS "30" /* the child's own bound; we stop it once we have enough */
 #define WORKLOAD_DRAIN_NS 500000000ull
 
 static int workload_path(const char *name, char *out, size_t len)
@@ -272,8 +275,7 @@ static void sleep_ns(uint64_t ns)
  * Runs workload NAME (stopped once the aggregator saw want_samples, or when it ends) under the
  * sampler — only its process when all_procs is 0 — and returns the folded text (caller frees).
  */
-static char *run_workload(const char *name, int all_procs, const char *regex,
-			  uint64_t want_samples)
+static char *run_workload(const char *name, int all_procs, const char *regex, uint64_t want_samples)
 {
 	char path[PATH_MAX], go = 1, *text = NULL;
 	struct aggregate_opts ao = {.frequency = 99, .process_regex = regex};
@@ -372,7 +374,8 @@ static uint64_t tally(const char *text, const char *prefix, const char *mid, con
 				buf[slen] = '\0';
 				if ((!prefix || strncmp(buf, prefix, strlen(prefix)) == 0) &&
 				    (!mid || strstr(buf, mid)) &&
-				    (!suffix || (slen >= sfx && strcmp(buf + slen - sfx, suffix) == 0)))
+				    (!suffix ||
+				     (slen >= sfx && strcmp(buf + slen - sfx, suffix) == 0)))
 					sum += strtoull(sp + 1, NULL, 10);
 			}
 		}
@@ -451,8 +454,8 @@ static void test_workload_syscalls(void **state)
 		(unsigned long long)all, (unsigned long long)kern);
 	assert_true(all >= 50);
 	assert_true(kern >= all / 3);
-	assert_true(tally(t, "syscalls;[p] syscalls;", ";main;[l] write;[k] entry_SYSCALL_64",
-			  NULL) > 0);
+	assert_true(
+	    tally(t, "syscalls;[p] syscalls;", ";main;[l] write;[k] entry_SYSCALL_64", NULL) > 0);
 	assert_true(kernel_after_user(t));
 	free(t);
 }
@@ -483,9 +486,10 @@ static void test_workload_forkstorm(void **state)
 	uint64_t named = tally(t, "storm-child;", "child_burn", NULL);
 	uint64_t other = tally(t, NULL, NULL, NULL) - kids;
 
-	fprintf(stderr, "forkstorm: %llu child samples, %llu symbolized to child_burn; %llu "
-		"samples of other processes got stacks\n", (unsigned long long)kids,
-		(unsigned long long)named, (unsigned long long)other);
+	fprintf(stderr,
+		"forkstorm: %llu child samples, %llu symbolized to child_burn; %llu "
+		"samples of other processes got stacks\n",
+		(unsigned long long)kids, (unsigned long long)named, (unsigned long long)other);
 	assert_true(kids >= 10);
 	assert_int_equal(other, 0);
 	free(t);
@@ -494,16 +498,16 @@ static void test_workload_forkstorm(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_sampler_cpu_list),
-		cmocka_unit_test(test_sampler_boot_offset),
-		cmocka_unit_test(test_sampler_dwarf_not_yet),
-		cmocka_unit_test(test_sampler_own_process),
-		cmocka_unit_test(test_sampler_all_processes),
-		cmocka_unit_test(test_workload_cpu_split),
-		cmocka_unit_test(test_workload_threads),
-		cmocka_unit_test(test_workload_syscalls),
-		cmocka_unit_test(test_workload_shlib),
-		cmocka_unit_test(test_workload_forkstorm),
+	    cmocka_unit_test(test_sampler_cpu_list),
+	    cmocka_unit_test(test_sampler_boot_offset),
+	    cmocka_unit_test(test_sampler_dwarf_not_yet),
+	    cmocka_unit_test(test_sampler_own_process),
+	    cmocka_unit_test(test_sampler_all_processes),
+	    cmocka_unit_test(test_workload_cpu_split),
+	    cmocka_unit_test(test_workload_threads),
+	    cmocka_unit_test(test_workload_syscalls),
+	    cmocka_unit_test(test_workload_shlib),
+	    cmocka_unit_test(test_workload_forkstorm),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
