@@ -20,7 +20,7 @@ b=$(share "$E2E_TMP/split.folded" ";main;work;hot_b")
 echo "cpu_split: hot_a ${a}%, hot_b ${b}%"
 check "frames in order main;work;hot_a and hot_a ~70% (±5)" within "$a" 65 75
 check "hot_b ~30% (±5)" within "$b" 25 35
-check "every line starts with the process and [p] level" bash -c "! grep -v '^cpu_split;\[p\] cpu_split' '$E2E_TMP/split.folded' | grep -q ."
+check "every line starts with the process and a [p] level (the pre-exec child is still 'ember')" bash -c "! grep -v '^cpu_split;\\[p\\] ' '$E2E_TMP/split.folded' | grep -q ."
 check "values are sample counts (integers > 0)" bash -c "awk '\$NF !~ /^[1-9][0-9]*$/ {bad=1} END {exit bad}' '$E2E_TMP/split.folded'"
 
 "$EMBER_BIN" record -F 99 --value us -o "$E2E_TMP/us.folded" -- "$W/cpu_split" 1 >/dev/null || fail "record --value us"
