@@ -666,6 +666,24 @@ static int ehtable_from_cfi(Elf *elf, Dwarf_CFI *cfi, bool eh_frame, struct ehta
 	return rc;
 }
 
+static int ehtable_from_debug_frame(Elf *elf, struct ehtable *t)
+{
+	Dwarf *dw;
+	Dwarf_CFI *cfi;
+	int rc = -ENODATA;
+
+	if (!ehtable_find_section(elf, ".debug_frame"))
+		return rc;
+	dw = dwarf_begin_elf(elf, DWARF_C_READ, NULL);
+	if (!dw)
+		return rc;
+	cfi = dwarf_getcfi(dw);
+	if (cfi)
+		rc = ehtable_from_cfi(elf, cfi, false, t);
+	dwarf_end(dw);
+	return rc;
+}
+
 int ehtable_build_fd(int fd, const char *path, struct ehtable **out)
 {
 	uint64_t t0 = ehtable_now_ns();
@@ -702,20 +720,18 @@ int ehtable_build_fd(int fd, const char *path, struct ehtable **out)
 		rc = ehtable_from_cfi(elf, cfi, true, t);
 		dwarf_cfi_end(cfi);
 	} else {
-		int dfd = ehtable_open_debug(elf, t->id, t->id_len, t->id_is_build_id, path);
+		/* no .eh_frame: .debug_frame of the object itself, else of its debug file */
+		t->source = EHTABLE_SRC_DEBUG_FRAME;
+		rc = ehtable_from_debug_frame(elf, t);
+		int dfd = rc ? ehtable_open_debug(elf, t->id, t->id_len, t->id_is_build_id, path) : -1;
 
 		if (dfd >= 0) {
 			Elf *delf = elf_begin(dfd, ELF_C_READ_MMAP, NULL);
-			Dwarf *dw = delf ? dwarf_begin_elf(delf, DWARF_C_READ, NULL) : NULL;
-			Dwarf_CFI *dcfi = dw ? dwarf_getcfi(dw) : NULL;
 
-			t->source = EHTABLE_SRC_DEBUG_FRAME;
-			if (dcfi)
-				rc = ehtable_from_cfi(delf, dcfi, false, t);
-			if (dw)
-				dwarf_end(dw);
-			if (delf)
+			if (delf) {
+				rc = ehtable_from_debug_frame(delf, t);
 				elf_end(delf);
+			}
 			close(dfd);
 		}
 	}

@@ -2,8 +2,8 @@
  * ehtable — the compact DWARF unwind table of one ELF object (design/dwarf-unwinding.md §2.1–2.2).
  *
  * Built with elfutils libdw from .eh_frame (dwarf_getcfi_elf); an object without .eh_frame uses
- * .debug_frame of its separate debug file (build-id path or .gnu_debuglink under
- * /usr/lib/debug). Every CFI row is classified into the 8-byte struct unw_row of src/bpf/unwind.h,
+ * its own .debug_frame, else that of its separate debug file (build-id path or .gnu_debuglink,
+ * under /usr/lib/debug). Every CFI row is classified into the 8-byte struct unw_row of src/bpf/unwind.h,
  * gaps between FDEs become NONE rows, equal neighbours are merged, and a 4 KiB bucket index is
  * put in front: the result is one contiguous slot image that BPF and the plain-C walker read
  * as is. Tables are immutable once built and keyed by GNU build-id (else dev, inode, size,
