@@ -54,7 +54,7 @@
 #define UPLOAD_HTTP_TIMEOUT_MS 10000L
 /* Rows per batch: a quarter of the server's default --max-batch-rows, so a larger submit is
  * split rather than refused, and one batch stays a few MB of JSON. */
-#define UPLOAD_BATCH_ROWS_MAX 50000
+#define UPLOAD_BATCH_ROWS_DEFAULT 50000
 #define UPLOAD_MAX_RESPONSE (1u << 20)
 /* The agent part of a batch id, so "<agent>-<boot>-<seq>" always fits WIRE_BATCH_ID_MAX. */
 #define UPLOAD_ID_AGENT_MAX 96
@@ -76,7 +76,7 @@ struct upload_batch {
 struct uploader {
 	char *url, *host, *agent, *host_ip, *spool_dir;
 	char org_header[32];
-	size_t mem_bytes, spool_bytes;
+	size_t mem_bytes, spool_bytes, batch_rows;
 	double max_backoff_s, close_grace_s;
 	int spool_fd; /* the spool directory, -1 without one */
 	char id_prefix[UPLOAD_ID_AGENT_MAX + 16];
@@ -636,6 +636,7 @@ int upload_open(const struct upload_opts *opts, struct uploader **out)
 	    opts->max_backoff_s > 0 ? opts->max_backoff_s : UPLOAD_MAX_BACKOFF_DEFAULT_S;
 	u->close_grace_s =
 	    opts->close_grace_s > 0 ? opts->close_grace_s : UPLOAD_CLOSE_GRACE_DEFAULT_S;
+	u->batch_rows = opts->batch_rows ? opts->batch_rows : UPLOAD_BATCH_ROWS_DEFAULT;
 	u->backoff_s = UPLOAD_BACKOFF_MIN_S;
 	u->next_seq = 1;
 	u->st.server_ok = 1;
@@ -664,7 +665,7 @@ fail:
 	return ret;
 }
 
-/* Encodes, compresses and queues one batch of 1..UPLOAD_BATCH_ROWS_MAX rows. */
+/* Encodes, compresses and queues one batch of 1..batch_rows rows. */
 static int upload_submit_batch(struct uploader *u, const struct profile_row *rows, size_t n)
 {
 	struct strbuf json = STRBUF_INIT, z = STRBUF_INIT;
@@ -703,8 +704,8 @@ static int upload_submit_batch(struct uploader *u, const struct profile_row *row
 
 int upload_submit(struct uploader *u, const struct profile_row *rows, size_t n)
 {
-	for (size_t off = 0; off < n; off += UPLOAD_BATCH_ROWS_MAX) {
-		size_t k = n - off < UPLOAD_BATCH_ROWS_MAX ? n - off : UPLOAD_BATCH_ROWS_MAX;
+	for (size_t off = 0; off < n; off += u->batch_rows) {
+		size_t k = n - off < u->batch_rows ? n - off : u->batch_rows;
 		int ret = upload_submit_batch(u, rows + off, k);
 
 		if (ret)

@@ -1,8 +1,8 @@
 /*
  * upload — delivers the agent's rows to a server through the ingest protocol (docs/protocol.md).
  *
- * upload_submit() encodes rows into a compressed batch (one per 50,000 rows) with a fresh batch
- * id at once and queues the bytes; a sender thread POSTs queued batches in order, with retries and exponential backoff
+ * upload_submit() encodes rows into a compressed batch (one per batch_rows rows) with a fresh
+ * batch id at once and queues the bytes; a sender thread POSTs queued batches in order, with retries and exponential backoff
  * (honouring Retry-After). A batch is removed from the queue only when the server acknowledged it
  * (200, duplicate or not); a 400 is logged and the batch dropped (it can never succeed). While the
  * server is unreachable batches wait in memory up to mem_bytes, then in files under spool_dir up
@@ -28,6 +28,7 @@ struct upload_opts {
 	size_t spool_bytes;      /* default 256 MiB */
 	double max_backoff_s;    /* default 30 */
 	double close_grace_s;    /* upload_close tries to deliver this long; default 3 */
+	size_t batch_rows;       /* rows per batch, larger submits are split; default 50,000 */
 };
 
 struct upload_stats {

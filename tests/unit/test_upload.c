@@ -39,6 +39,9 @@ struct test_srv {
 	int fail_first;   /* answer 503 to this many requests first */
 	long retry_after; /* Retry-After of those 503s, -1 for none */
 	int reject;       /* answer 400 to everything */
+	int gate;         /* while set, requests wait (the test holds a batch "in flight") */
+	pthread_cond_t gate_cv;
+	int waiting;      /* requests waiting at the gate */
 	int requests, duplicates, malformed;
 	double req_time[8]; /* CLOCK_MONOTONIC of the first requests */
 	int org;          /* X-Org-Id of the last request, 1 without */
@@ -148,6 +151,10 @@ static enum MHD_Result test_srv_handler(void *arg, struct MHD_Connection *c, con
 		return MHD_YES;
 	}
 	pthread_mutex_lock(&s->mu);
+	s->waiting++;
+	while (s->gate)
+		pthread_cond_wait(&s->gate_cv, &s->mu);
+	s->waiting--;
 	if (strcmp(method, "POST") != 0 || strcmp(url, "/v1/profile/ingest") != 0) {
 		s->malformed++;
 		status = 404;
@@ -207,6 +214,7 @@ static struct test_srv *test_srv_new(void)
 	struct test_srv *s = calloc(1, sizeof(*s));
 
 	pthread_mutex_init(&s->mu, NULL);
+	pthread_cond_init(&s->gate_cv, NULL);
 	s->retry_after = -1;
 	return s;
 }
@@ -217,6 +225,7 @@ static void test_srv_free(struct test_srv *s)
 		test_srv_stop(s);
 	for (size_t i = 0; i < s->n_ids; i++)
 		free(s->ids[i]);
+	pthread_cond_destroy(&s->gate_cv);
 	pthread_mutex_destroy(&s->mu);
 	free(s);
 }
@@ -540,6 +549,59 @@ static size_t test_batch_size(int64_t t)
 	return n;
 }
 
+/* The batch being posted stays in memory while later ones go to disk; order still holds. */
+static void test_upload_spill_behind_inflight_head(void **state)
+{
+	struct test_srv *s = test_srv_new();
+	char dir[] = "/tmp/ember-test-spool-XXXXXX";
+	struct uploader *u;
+	struct upload_opts o;
+	struct upload_stats st;
+	char url[64];
+
+	assert_non_null(mkdtemp(dir));
+	s->gate = 1;
+	test_srv_start(s, 0);
+	test_opts(&o, url, sizeof(url), s->port);
+	o.spool_dir = dir;
+	o.mem_bytes = test_batch_size(10000) * 3 / 2; /* one batch fits in memory, two do not */
+	assert_int_equal(upload_open(&o, &u), 0);
+	test_submit(u, 10000);
+	/* Wait until the first request is held at the gate: batch 10000 is in flight. */
+	for (int i = 0;; i++) {
+		int w;
+
+		pthread_mutex_lock(&s->mu);
+		w = s->waiting;
+		pthread_mutex_unlock(&s->mu);
+		if (w)
+			break;
+		assert_true(i < (int)(TEST_WAIT_S * 100));
+		test_sleep_ms(10);
+	}
+	for (int i = 1; i < 4; i++)
+		test_submit(u, 10000 + i);
+	upload_get_stats(u, &st);
+	assert_int_equal(st.queued_batches, 1);
+	assert_int_equal(st.spooled_batches, 3);
+	assert_int_equal(test_count_spool(dir, NULL, 0), 3);
+	pthread_mutex_lock(&s->mu);
+	s->fail_first = 1; /* the held request fails: the head is retried before the spooled ones */
+	s->retry_after = 0;
+	s->gate = 0;
+	pthread_cond_broadcast(&s->gate_cv);
+	pthread_mutex_unlock(&s->mu);
+	assert_int_equal(upload_flush(u, TEST_WAIT_S), 0);
+	upload_get_stats(u, &st);
+	assert_int_equal(st.batches_sent, 4);
+	assert_int_equal(st.retries, 1);
+	upload_close(u);
+	test_srv_assert_in_order(s, 4, 10000);
+	assert_int_equal(test_count_spool(dir, NULL, 0), 0);
+	test_rm_spool(dir);
+	test_srv_free(s);
+}
+
 static void test_upload_spool_bound(void **state)
 {
 	struct test_srv *s = test_srv_new();
@@ -624,7 +686,7 @@ static void test_upload_memory_bound_without_spool(void **state)
 /* A submit larger than one batch may hold is split, in order, not refused by the server. */
 static void test_upload_splits_large_submit(void **state)
 {
-	enum { N = 120001 };
+	enum { N = 2501, BATCH = 1000 };
 	struct profile_row *rows = calloc(N, sizeof(*rows));
 	struct test_srv *s = test_srv_new();
 	struct uploader *u;
@@ -638,6 +700,7 @@ static void test_upload_splits_large_submit(void **state)
 					       .profile_value = 1};
 	test_srv_start(s, 0);
 	test_opts(&o, url, sizeof(url), s->port);
+	o.batch_rows = BATCH;
 	assert_int_equal(upload_open(&o, &u), 0);
 	assert_int_equal(upload_submit(u, rows, N), 0);
 	assert_int_equal(upload_flush(u, TEST_WAIT_S), 0);
@@ -649,8 +712,8 @@ static void test_upload_splits_large_submit(void **state)
 	assert_int_equal(s->n_ids, 3);
 	assert_int_equal(s->rows, N);
 	assert_int_equal(s->first_time[0], 9000);
-	assert_int_equal(s->first_time[1], 9000 + 50000);
-	assert_int_equal(s->first_time[2], 9000 + 100000);
+	assert_int_equal(s->first_time[1], 9000 + BATCH);
+	assert_int_equal(s->first_time[2], 9000 + 2 * BATCH);
 	pthread_mutex_unlock(&s->mu);
 	test_srv_free(s);
 	free(rows);
@@ -731,6 +794,7 @@ int main(void)
 		cmocka_unit_test(test_upload_honours_retry_after),
 		cmocka_unit_test(test_upload_server_down_then_back),
 		cmocka_unit_test(test_upload_spill_and_restart),
+		cmocka_unit_test(test_upload_spill_behind_inflight_head),
 		cmocka_unit_test(test_upload_spool_bound),
 		cmocka_unit_test(test_upload_memory_bound_without_spool),
 		cmocka_unit_test(test_upload_splits_large_submit),
