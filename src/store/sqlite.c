@@ -2,23 +2,34 @@
  * sqlite — profile.in_process in an embedded SQLite file (see store.h, sqlite.h, and
  * docs/store-sqlite.md for the measured numbers).
  *
- * Schema (version 1). Folded stacks repeat endlessly, so each distinct text is stored once:
- *   stacks(id INTEGER PRIMARY KEY, text TEXT, compression_algo TEXT)   id = hash of the text
- *   samples(time, app_service, ..., stack_id, ...)     one row per row of the logical table
- *   in_process  VIEW: samples JOIN stacks, every logical column under its logical name + stack_id
+ * Schema (version 1). A row of the logical table is split three ways, because most of it repeats:
+ *   stacks(id, text, compression_algo)     each distinct folded stack once; id = hash of the text
+ *   contexts(id, ckey, app_service, ...)   each distinct combination of the columns that describe
+ *                                          a process (service, unit, event, language, pid, host,
+ *                                          agent, pod, tags ...) once; id = hash of ckey
+ *   samples(time, context_id, stack_id, profile_value, profile_create_timestamp,
+ *           profile_in_timestamp)          one narrow row per row of the logical table
+ *   in_process  VIEW: samples JOIN contexts JOIN stacks, every logical column under its logical
+ *               name, plus stack_id and context_id
  *   batches(batch_id PRIMARY KEY, rows, received_us)   ids of stored batches (idempotent ingest)
  *   meta(key PRIMARY KEY, value)                       'schema_version'
- * compression_algo belongs to the stored stack text, so it lives in stacks; the view shows it per
- * row as the logical table does. Rows are written plain (""); a stack stored as 'zstd' (imported
- * data) is decompressed before it reaches a caller. tag_names/tag_values are JSON arrays of
- * strings, which the tag filter reads with json_each().
+ * One index, samples(time, context_id, stack_id, profile_value): rows arrive in time order, so
+ * it grows at its end (an index led by context_id costs twice the insert time, measured), and it
+ * covers the aggregation, so a query never touches the table itself. A query first picks the
+ * matching contexts (a few hundred rows, where the tag filter's json_each() is cheap) and then
+ * reads the time range of the index, keeping the entries of those contexts; only a filter on a
+ * per-row column (time, value, the stack text) is evaluated on the full view. Retention deletes
+ * a time range of the same index. compression_algo belongs to the stored stack text, so it
+ * lives in stacks; rows are written plain (""), and a stack stored as 'zstd' (imported data) is
+ * decompressed before it reaches a caller. tag_names/tag_values are JSON arrays of strings.
  *
- * Stack ids: a 128-bit hash of the text is computed in one pass (two 64-bit lanes). The first
- * lane is the preferred id; if that id holds a different text, id+1, id+2 ... are probed, so a
- * collision costs a lookup, never a wrong stack. A direct-mapped cache of STACK_CACHE_ENTRIES
+ * Ids: a 128-bit hash of the text (of the context key) is computed in one pass (two 64-bit
+ * lanes). The first lane is the preferred id; if that id holds a different text, id+1, id+2 ...
+ * are probed, so a collision costs a lookup, never a wrong stack. A direct-mapped cache
  * (first lane -> slot; second lane checked) remembers ids already stored, so a batch of known
- * stacks costs no stack lookups at all. The cache is emptied whenever stacks may have vanished
- * (a rolled back transaction, pruning), and trusts that no other process prunes the same file.
+ * stacks and processes costs no lookups at all; only a 128-bit collision could fool it. The
+ * caches are emptied whenever ids may have vanished (a rolled back transaction, pruning), and
+ * trust that no other process prunes the same file.
  *
  * Concurrency: every organisation database has one write connection behind a mutex (SQLite
  * allows one writer anyway; batches are short transactions) and up to READERS read connections.
@@ -61,12 +72,14 @@
 #define MAX_OPEN_DBS 64                 /* organisation databases kept open */
 #define READERS 4                       /* read connections per database */
 #define STACK_CACHE_ENTRIES (1u << 20)  /* per database, 16 bytes each, pages touched on use */
+#define CONTEXT_CACHE_ENTRIES (1u << 16) /* per database, 16 bytes each */
 #define BUSY_TIMEOUT_MS 5000            /* wait for another process's write lock */
 #define MAX_STACK_BYTES (1u << 20)      /* largest decompressed stack text */
 #define PRUNE_CHUNK 20000               /* rows deleted per write transaction when pruning */
 #define PAGE_SIZE 8192                  /* for new files */
 #define WRITER_CACHE_KIB 65536          /* page cache of the write connection */
-#define READER_CACHE_KIB 32768          /* page cache of each read connection */
+#define READER_CACHE_KIB 2048           /* page cache of each read connection (reads are mmap'ed;
+					 * a bigger cache makes GROUP BY's sorter slower) */
 #define MMAP_BYTES (256ll << 20)        /* memory-mapped reads */
 #define PROGRESS_OPS 1000               /* VM steps between deadline checks */
 
@@ -74,48 +87,46 @@ static const char *const migrations[] = {
 	/* 1: the initial schema */
 	"CREATE TABLE stacks(id INTEGER PRIMARY KEY, text TEXT NOT NULL,"
 	" compression_algo TEXT NOT NULL DEFAULT '');"
-	"CREATE TABLE samples("
-	" time INTEGER NOT NULL, app_service TEXT NOT NULL, app_instance TEXT NOT NULL,"
+	"CREATE TABLE contexts(id INTEGER PRIMARY KEY, ckey BLOB NOT NULL,"
+	" app_service TEXT NOT NULL, app_instance TEXT NOT NULL, profile_value_unit TEXT NOT NULL,"
+	" profile_event_type TEXT NOT NULL, profile_language_type TEXT NOT NULL,"
+	" process_id INTEGER NOT NULL, process_start_time INTEGER NOT NULL, host TEXT NOT NULL,"
+	" agent TEXT NOT NULL, host_ip TEXT NOT NULL, container_id TEXT NOT NULL,"
+	" pod_cluster TEXT NOT NULL, pod_ns TEXT NOT NULL, pod_node TEXT NOT NULL,"
+	" pod TEXT NOT NULL, pod_group TEXT NOT NULL, tag_names TEXT NOT NULL,"
+	" tag_values TEXT NOT NULL, trace_id TEXT NOT NULL, span_name TEXT NOT NULL,"
+	" profile_id TEXT NOT NULL);"
+	"CREATE TABLE samples(time INTEGER NOT NULL, context_id INTEGER NOT NULL,"
 	" stack_id INTEGER NOT NULL, profile_value INTEGER NOT NULL,"
-	" profile_value_unit TEXT NOT NULL, profile_event_type TEXT NOT NULL,"
-	" profile_language_type TEXT NOT NULL, profile_create_timestamp INTEGER NOT NULL,"
-	" profile_in_timestamp INTEGER NOT NULL, process_id INTEGER NOT NULL,"
-	" process_start_time INTEGER NOT NULL, host TEXT NOT NULL, agent TEXT NOT NULL,"
-	" host_ip TEXT NOT NULL, container_id TEXT NOT NULL, pod_cluster TEXT NOT NULL,"
-	" pod_ns TEXT NOT NULL, pod_node TEXT NOT NULL, pod TEXT NOT NULL, pod_group TEXT NOT NULL,"
-	" tag_names TEXT NOT NULL, tag_values TEXT NOT NULL, trace_id TEXT NOT NULL,"
-	" span_name TEXT NOT NULL, profile_id TEXT NOT NULL);"
-	"CREATE INDEX samples_service ON samples(app_service, profile_event_type,"
-	" profile_language_type, time);"
-	"CREATE INDEX samples_time ON samples(time);"
+	" profile_create_timestamp INTEGER NOT NULL, profile_in_timestamp INTEGER NOT NULL);"
+	"CREATE INDEX samples_time ON samples(time, context_id, stack_id, profile_value);"
 	"CREATE TABLE batches(batch_id TEXT PRIMARY KEY, rows INTEGER NOT NULL,"
 	" received_us INTEGER NOT NULL) WITHOUT ROWID;"
-	"CREATE VIEW in_process AS SELECT s.time AS time, s.app_service AS app_service,"
-	" s.app_instance AS app_instance, st.text AS profile_location_str,"
-	" s.profile_value AS profile_value, s.profile_value_unit AS profile_value_unit,"
-	" s.profile_event_type AS profile_event_type,"
-	" s.profile_language_type AS profile_language_type,"
+	"CREATE VIEW in_process AS SELECT s.time AS time, c.app_service AS app_service,"
+	" c.app_instance AS app_instance, st.text AS profile_location_str,"
+	" s.profile_value AS profile_value, c.profile_value_unit AS profile_value_unit,"
+	" c.profile_event_type AS profile_event_type,"
+	" c.profile_language_type AS profile_language_type,"
 	" s.profile_create_timestamp AS profile_create_timestamp,"
-	" s.profile_in_timestamp AS profile_in_timestamp, s.process_id AS process_id,"
-	" s.process_start_time AS process_start_time, s.host AS host, s.agent AS agent,"
-	" s.host_ip AS host_ip, s.container_id AS container_id, s.pod_cluster AS pod_cluster,"
-	" s.pod_ns AS pod_ns, s.pod_node AS pod_node, s.pod AS pod, s.pod_group AS pod_group,"
-	" s.tag_names AS tag_names, s.tag_values AS tag_values, s.trace_id AS trace_id,"
-	" s.span_name AS span_name, s.profile_id AS profile_id,"
-	" st.compression_algo AS compression_algo, s.stack_id AS stack_id"
-	" FROM samples s JOIN stacks st ON st.id = s.stack_id;",
+	" s.profile_in_timestamp AS profile_in_timestamp, c.process_id AS process_id,"
+	" c.process_start_time AS process_start_time, c.host AS host, c.agent AS agent,"
+	" c.host_ip AS host_ip, c.container_id AS container_id, c.pod_cluster AS pod_cluster,"
+	" c.pod_ns AS pod_ns, c.pod_node AS pod_node, c.pod AS pod, c.pod_group AS pod_group,"
+	" c.tag_names AS tag_names, c.tag_values AS tag_values, c.trace_id AS trace_id,"
+	" c.span_name AS span_name, c.profile_id AS profile_id,"
+	" st.compression_algo AS compression_algo, s.stack_id AS stack_id,"
+	" s.context_id AS context_id"
+	" FROM samples s JOIN contexts c ON c.id = s.context_id JOIN stacks st ON st.id = s.stack_id;",
 };
 
 #define SCHEMA_VERSION ((int)ARRAY_SIZE(migrations))
 
-#define SAMPLE_COLUMNS 26
-static const char sql_sample_put[] =
-	"INSERT INTO samples(time, app_service, app_instance, stack_id, profile_value,"
-	" profile_value_unit, profile_event_type, profile_language_type,"
-	" profile_create_timestamp, profile_in_timestamp, process_id, process_start_time, host,"
-	" agent, host_ip, container_id, pod_cluster, pod_ns, pod_node, pod, pod_group, tag_names,"
+static const char sql_context_put[] =
+	"INSERT INTO contexts(id, ckey, app_service, app_instance, profile_value_unit,"
+	" profile_event_type, profile_language_type, process_id, process_start_time, host, agent,"
+	" host_ip, container_id, pod_cluster, pod_ns, pod_node, pod, pod_group, tag_names,"
 	" tag_values, trace_id, span_name, profile_id)"
-	" VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+	" VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
 
 enum sq_wstmt {
 	W_BEGIN,
@@ -125,6 +136,8 @@ enum sq_wstmt {
 	W_BATCH_PUT,
 	W_STACK_GET,
 	W_STACK_PUT,
+	W_CONTEXT_GET,
+	W_CONTEXT_PUT,
 	W_SAMPLE_PUT,
 	W_COUNT
 };
@@ -135,9 +148,13 @@ static const char *const wstmt_sql[W_COUNT] = {
 	[W_ROLLBACK] = "ROLLBACK",
 	[W_BATCH_GET] = "SELECT 1 FROM batches WHERE batch_id = ?",
 	[W_BATCH_PUT] = "INSERT INTO batches(batch_id, rows, received_us) VALUES(?, ?, ?)",
-	[W_STACK_GET] = "SELECT text, compression_algo FROM stacks WHERE id = ?",
+	/* a compressed text never equals a plain one: it reads as NULL */
+	[W_STACK_GET] = "SELECT iif(compression_algo = '', text, NULL) FROM stacks WHERE id = ?",
 	[W_STACK_PUT] = "INSERT INTO stacks(id, text) VALUES(?, ?)",
-	[W_SAMPLE_PUT] = sql_sample_put,
+	[W_CONTEXT_GET] = "SELECT ckey FROM contexts WHERE id = ?",
+	[W_CONTEXT_PUT] = sql_context_put,
+	[W_SAMPLE_PUT] = "INSERT INTO samples(time, context_id, stack_id, profile_value,"
+			 " profile_create_timestamp, profile_in_timestamp) VALUES(?,?,?,?,?,?)",
 };
 
 struct sq_cache_slot {
@@ -158,10 +175,13 @@ struct sq_db {
 	int refs;          /* callers using it; guarded by the store lock */
 	uint64_t last_use; /* store tick of the last acquire */
 
-	pthread_mutex_t wlock; /* the write connection, its statements and the stack cache */
+	pthread_mutex_t wlock; /* the write connection, its statements and the id caches */
 	struct sq_conn w;
 	sqlite3_stmt *wstmt[W_COUNT];
-	struct sq_cache_slot *cache;
+	struct sq_cache_slot *stack_cache;   /* STACK_CACHE_ENTRIES */
+	struct sq_cache_slot *context_cache; /* CONTEXT_CACHE_ENTRIES */
+	struct strbuf ckey, last_ckey;       /* context key of this row and of the last one */
+	int64_t last_context_id;
 	struct strbuf tag_names, tag_values;
 
 	pthread_mutex_t rlock; /* readers[].in_use */
@@ -269,28 +289,41 @@ static inline uint64_t sq_fmix(uint64_t k)
 	return k;
 }
 
-/* Two independent 64-bit lanes over the text, 8 bytes per step. */
+static inline uint64_t sq_round(uint64_t acc, uint64_t w)
+{
+	return sq_rotl(acc + w * 0x87c37b91114253d5ull, 31) * 0x4cf5ad432745937full;
+}
+
+/*
+ * 128 bits over the text in one pass: two 64-bit lanes, each taking every other 8-byte word
+ * (two independent multiply chains run in parallel), crossed and finalised at the end.
+ */
 static void sq_hash128(const char *p, size_t n, uint64_t *h1, uint64_t *h2)
 {
-	uint64_t a = 0x9e3779b97f4a7c15ull ^ n, b = 0x85ebca77c2b2ae63ull, w;
+	uint64_t a = 0x9e3779b97f4a7c15ull ^ n, b = 0x85ebca77c2b2ae63ull, w, x;
 	size_t i;
 
-	for (i = 0; i + 8 <= n; i += 8) {
+	for (i = 0; i + 16 <= n; i += 16) {
 		memcpy(&w, p + i, 8);
-		a = sq_rotl(a ^ (w * 0x87c37b91114253d5ull), 31) * 0x4cf5ad432745937full;
-		b = sq_rotl(b + w, 27) * 0x9fb21c651e98df25ull;
+		memcpy(&x, p + i + 8, 8);
+		a = sq_round(a, w);
+		b = sq_round(b, x);
 	}
-	w = 0;
-	memcpy(&w, p + i, n - i);
-	a = sq_rotl(a ^ (w * 0x87c37b91114253d5ull), 31) * 0x4cf5ad432745937full;
-	b = sq_rotl(b + w, 27) * 0x9fb21c651e98df25ull;
+	w = x = 0;
+	memcpy(&w, p + i, n - i < 8 ? n - i : 8);
+	if (n - i > 8)
+		memcpy(&x, p + i + 8, n - i - 8);
+	a = sq_round(a, w);
+	b = sq_round(b, x);
 	*h1 = sq_fmix(a ^ sq_rotl(b, 17));
-	*h2 = sq_fmix(b + a) | 1; /* never 0: 0 marks an empty cache slot */
+	*h2 = sq_fmix(b + sq_rotl(a, 29) + n) | 1; /* never 0: 0 marks an empty cache slot */
 }
 
 static void sq_cache_clear(struct sq_db *d)
 {
-	memset(d->cache, 0, sizeof(*d->cache) * STACK_CACHE_ENTRIES);
+	memset(d->stack_cache, 0, sizeof(*d->stack_cache) * STACK_CACHE_ENTRIES);
+	memset(d->context_cache, 0, sizeof(*d->context_cache) * CONTEXT_CACHE_ENTRIES);
+	sb_reset(&d->last_ckey);
 }
 
 /* ---- connections -------------------------------------------------------------------------- */
@@ -380,7 +413,7 @@ static int sq_conn_open(struct sq_conn *c, const char *path, int create, int cac
 				   sq_regexp, NULL, NULL, NULL);
 	snprintf(pragmas, sizeof(pragmas),
 		 "PRAGMA page_size=%d; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-		 " PRAGMA cache_size=-%d; PRAGMA temp_store=MEMORY; PRAGMA mmap_size=%lld;",
+		 " PRAGMA cache_size=-%d; PRAGMA mmap_size=%lld;",
 		 PAGE_SIZE, cache_kib, MMAP_BYTES);
 	rc = sq_exec(c->db, pragmas, err, errlen, path);
 	if (rc) {
@@ -473,7 +506,10 @@ static void sq_db_free(struct sq_db *d)
 	sq_conn_close(&d->w);
 	for (int i = 0; i < READERS; i++)
 		sq_conn_close(&d->readers[i]);
-	free(d->cache);
+	free(d->stack_cache);
+	free(d->context_cache);
+	sb_free(&d->ckey);
+	sb_free(&d->last_ckey);
 	sb_free(&d->tag_names);
 	sb_free(&d->tag_values);
 	pthread_mutex_destroy(&d->wlock);
@@ -499,9 +535,10 @@ static int sq_db_open(const char *path, int org, struct sq_db **out, char *err, 
 	pthread_mutex_init(&d->wlock, NULL);
 	pthread_mutex_init(&d->rlock, NULL);
 	pthread_cond_init(&d->rfree, NULL);
-	d->cache = calloc(STACK_CACHE_ENTRIES, sizeof(*d->cache));
-	if (!d->cache) {
-		snprintf(err, errlen, "sqlite %.200s: out of memory for the stack cache", path);
+	d->stack_cache = calloc(STACK_CACHE_ENTRIES, sizeof(*d->stack_cache));
+	d->context_cache = calloc(CONTEXT_CACHE_ENTRIES, sizeof(*d->context_cache));
+	if (!d->stack_cache || !d->context_cache) {
+		snprintf(err, errlen, "sqlite %.200s: out of memory for the id caches", path);
 		rc = -ENOMEM;
 		goto fail;
 	}
@@ -666,8 +703,6 @@ static int sq_row_check(const struct profile_row *r, size_t i, char *err, size_t
 		field = "app_service", why = "must not be empty";
 	else if (!r->profile_location_str || !*r->profile_location_str)
 		field = "profile_location_str", why = "must not be empty";
-	else if (strlen(r->profile_location_str) > MAX_STACK_BYTES)
-		field = "profile_location_str", why = "longer than 1 MiB";
 	else if (r->profile_value < 0)
 		field = "profile_value", why = "expected an integer >= 0";
 	else if (!r->profile_event_type || !*r->profile_event_type)
@@ -702,17 +737,23 @@ static int sq_step_done(sqlite3_stmt *st)
 	return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
 }
 
-/* Finds or stores the stack text; *id receives its id. Called inside the batch transaction. */
-static int sq_stack_id(struct sq_db *d, const char *text, int64_t *id)
+typedef int (*sq_put_fn)(struct sq_db *d, int64_t id, const void *arg);
+
+/*
+ * The id of key in a hash-keyed table (stacks or contexts), storing it if new: the cache, else
+ * get (SELECT key WHERE id = ?) from the preferred id on until the same key or a free id.
+ * Called inside the batch transaction.
+ */
+static int sq_intern(struct sq_db *d, struct sq_cache_slot *cache, uint32_t entries,
+		     sqlite3_stmt *get, const char *key, size_t len, sq_put_fn put,
+		     const void *arg, int64_t *id)
 {
-	sqlite3_stmt *get = d->wstmt[W_STACK_GET], *put = d->wstmt[W_STACK_PUT];
-	size_t len = strlen(text);
 	uint64_t h1, h2, probe;
 	struct sq_cache_slot *slot;
 	int rc;
 
-	sq_hash128(text, len, &h1, &h2);
-	slot = &d->cache[h1 & (STACK_CACHE_ENTRIES - 1)];
+	sq_hash128(key, len, &h1, &h2);
+	slot = &cache[h1 & (entries - 1)];
 	if (slot->check == h2) {
 		*id = slot->id;
 		return SQLITE_OK;
@@ -721,24 +762,19 @@ static int sq_stack_id(struct sq_db *d, const char *text, int64_t *id)
 		sqlite3_bind_int64(get, 1, (int64_t)probe);
 		rc = sqlite3_step(get);
 		if (rc == SQLITE_ROW) {
-			const char *have = (const char *)sqlite3_column_blob(get, 0);
+			const void *have = sqlite3_column_blob(get, 0);
 			size_t have_len = (size_t)sqlite3_column_bytes(get, 0);
-			const char *algo = (const char *)sqlite3_column_text(get, 1);
-			int same = have_len == len && (!algo || !*algo) &&
-				   (len == 0 || memcmp(have, text, len) == 0);
+			int same = have && have_len == len && memcmp(have, key, len) == 0;
 
 			sqlite3_reset(get);
 			if (same)
 				break;
-			continue; /* another text owns this id: try the next one */
+			continue; /* another key owns this id: try the next one */
 		}
 		sqlite3_reset(get);
 		if (rc != SQLITE_DONE)
 			return rc;
-		sqlite3_bind_int64(put, 1, (int64_t)probe);
-		sqlite3_bind_text(put, 2, text, (int)len, SQLITE_STATIC);
-		rc = sq_step_done(put);
-		sqlite3_clear_bindings(put);
+		rc = put(d, (int64_t)probe, arg);
 		if (rc != SQLITE_OK)
 			return rc;
 		break;
@@ -747,6 +783,18 @@ static int sq_stack_id(struct sq_db *d, const char *text, int64_t *id)
 	slot->id = (int64_t)probe;
 	*id = (int64_t)probe;
 	return SQLITE_OK;
+}
+
+static int sq_stack_put(struct sq_db *d, int64_t id, const void *arg)
+{
+	sqlite3_stmt *put = d->wstmt[W_STACK_PUT];
+	int rc;
+
+	sqlite3_bind_int64(put, 1, id);
+	sqlite3_bind_text(put, 2, arg, -1, SQLITE_STATIC);
+	rc = sq_step_done(put);
+	sqlite3_clear_bindings(put);
+	return rc;
 }
 
 static void sq_tags_json(struct strbuf *sb, const char *const *items, size_t n)
@@ -761,55 +809,98 @@ static void sq_tags_json(struct strbuf *sb, const char *const *items, size_t n)
 	sb_putc(sb, ']');
 }
 
-static int sq_sample_put(struct sq_db *d, const struct profile_row *r, int64_t stack_id,
-			 int64_t in_us)
+/* The context columns of a row, in table order from app_service on. */
+#define CONTEXT_TEXTS 19
+static void sq_context_texts(const struct profile_row *r, const char *t[CONTEXT_TEXTS])
 {
-	sqlite3_stmt *st = d->wstmt[W_SAMPLE_PUT];
-	const char *texts[] = {
-		r->profile_value_unit, r->profile_event_type, r->profile_language_type,
-	};
-	const char *texts2[] = {
+	const char *v[CONTEXT_TEXTS] = {
+		r->app_service, r->app_instance, r->profile_value_unit, r->profile_event_type,
+		r->profile_language_type, NULL, NULL, /* process_id, process_start_time */
 		r->host, r->agent, r->host_ip, r->container_id, r->pod_cluster, r->pod_ns,
-		r->pod_node, r->pod, r->pod_group,
+		r->pod_node, r->pod, r->pod_group, r->trace_id, r->span_name, r->profile_id,
 	};
-	int k = 1;
 
-	sqlite3_bind_int64(st, k++, r->time);
-	sqlite3_bind_text(st, k++, r->app_service, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, k++, sq_str(r->app_instance), -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, k++, stack_id);
-	sqlite3_bind_int64(st, k++, r->profile_value);
-	for (size_t i = 0; i < ARRAY_SIZE(texts); i++)
-		sqlite3_bind_text(st, k++, sq_str(texts[i]), -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, k++, r->profile_create_timestamp);
-	sqlite3_bind_int64(st, k++, r->profile_in_timestamp ? r->profile_in_timestamp : in_us);
-	sqlite3_bind_int64(st, k++, r->process_id);
-	sqlite3_bind_int64(st, k++, r->process_start_time);
-	for (size_t i = 0; i < ARRAY_SIZE(texts2); i++)
-		sqlite3_bind_text(st, k++, sq_str(texts2[i]), -1, SQLITE_STATIC);
+	for (int i = 0; i < CONTEXT_TEXTS; i++)
+		t[i] = sq_str(v[i]);
+}
+
+static int sq_context_put(struct sq_db *d, int64_t id, const void *arg)
+{
+	const struct profile_row *r = arg;
+	sqlite3_stmt *put = d->wstmt[W_CONTEXT_PUT];
+	const char *t[CONTEXT_TEXTS];
+	int k = 1, rc;
+
+	sq_context_texts(r, t);
+	sqlite3_bind_int64(put, k++, id);
+	sqlite3_bind_blob(put, k++, d->ckey.buf, (int)d->ckey.len, SQLITE_STATIC);
+	for (int i = 0; i < 5; i++)
+		sqlite3_bind_text(put, k++, t[i], -1, SQLITE_STATIC);
+	sqlite3_bind_int64(put, k++, r->process_id);
+	sqlite3_bind_int64(put, k++, r->process_start_time);
+	for (int i = 7; i < 16; i++)
+		sqlite3_bind_text(put, k++, t[i], -1, SQLITE_STATIC);
 	sq_tags_json(&d->tag_names, r->tag_names, r->n_tags);
 	sq_tags_json(&d->tag_values, r->tag_values, r->n_tags);
-	sqlite3_bind_text(st, k++, d->tag_names.buf, (int)d->tag_names.len, SQLITE_STATIC);
-	sqlite3_bind_text(st, k++, d->tag_values.buf, (int)d->tag_values.len, SQLITE_STATIC);
-	sqlite3_bind_text(st, k++, sq_str(r->trace_id), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, k++, sq_str(r->span_name), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, k++, sq_str(r->profile_id), -1, SQLITE_STATIC);
-	return sq_step_done(st);
+	sqlite3_bind_text(put, k++, d->tag_names.buf, (int)d->tag_names.len, SQLITE_STATIC);
+	sqlite3_bind_text(put, k++, d->tag_values.buf, (int)d->tag_values.len, SQLITE_STATIC);
+	for (int i = 16; i < CONTEXT_TEXTS; i++)
+		sqlite3_bind_text(put, k++, t[i], -1, SQLITE_STATIC);
+	rc = sq_step_done(put);
+	sqlite3_clear_bindings(put);
+	return rc;
+}
+
+/* ckey: every context column of the row, texts NUL-terminated, numbers as 8 raw bytes. */
+static int sq_context_id(struct sq_db *d, const struct profile_row *r, int64_t *id)
+{
+	const char *t[CONTEXT_TEXTS];
+	uint64_t n_tags = r->n_tags;
+	int rc;
+
+	sq_context_texts(r, t);
+	sb_reset(&d->ckey);
+	for (int i = 0; i < CONTEXT_TEXTS; i++)
+		sb_append(&d->ckey, t[i], strlen(t[i]) + 1);
+	sb_append(&d->ckey, &r->process_id, 8);
+	sb_append(&d->ckey, &r->process_start_time, 8);
+	sb_append(&d->ckey, &n_tags, 8);
+	for (size_t i = 0; i < r->n_tags; i++) {
+		sb_append(&d->ckey, r->tag_names[i], strlen(r->tag_names[i]) + 1);
+		sb_append(&d->ckey, sq_str(r->tag_values[i]), strlen(sq_str(r->tag_values[i])) + 1);
+	}
+	/* Rows of one process usually follow each other: skip the hash for a repeat. */
+	if (d->last_ckey.len == d->ckey.len && memcmp(d->last_ckey.buf, d->ckey.buf,
+						      d->ckey.len) == 0) {
+		*id = d->last_context_id;
+		return SQLITE_OK;
+	}
+	rc = sq_intern(d, d->context_cache, CONTEXT_CACHE_ENTRIES, d->wstmt[W_CONTEXT_GET],
+		       d->ckey.buf, d->ckey.len, sq_context_put, r, id);
+	if (rc == SQLITE_OK) {
+		sb_reset(&d->last_ckey);
+		sb_append(&d->last_ckey, d->ckey.buf, d->ckey.len);
+		d->last_context_id = *id;
+	}
+	return rc;
 }
 
 /* The batch transaction; the caller holds d->wlock. */
 static int sq_insert_locked(struct sq_db *d, const char *batch_id, const struct profile_row *rows,
 			    size_t n, int *duplicate, char *err, size_t errlen)
 {
-	const char *what;
-	int64_t in_us = sq_now_ns(CLOCK_REALTIME) / 1000, stack_id = 0;
+	int64_t in_us = sq_now_ns(CLOCK_REALTIME) / 1000, stack_id = 0, context_id = 0;
 	sqlite3_stmt *bget = d->wstmt[W_BATCH_GET], *bput = d->wstmt[W_BATCH_PUT];
+	sqlite3_stmt *sput = d->wstmt[W_SAMPLE_PUT];
+	const char *what;
 	int rc;
 
 	what = "BEGIN";
 	rc = sq_step_done(d->wstmt[W_BEGIN]);
-	if (rc != SQLITE_OK)
+	if (rc != SQLITE_OK) {
+		snprintf(err, errlen, "%s: %s", what, sqlite3_errmsg(d->w.db));
 		return rc;
+	}
 	what = "batch lookup";
 	sqlite3_bind_text(bget, 1, batch_id, -1, SQLITE_STATIC);
 	rc = sqlite3_step(bget);
@@ -822,12 +913,26 @@ static int sq_insert_locked(struct sq_db *d, const char *batch_id, const struct 
 	if (rc != SQLITE_DONE)
 		goto rollback;
 	for (size_t i = 0; i < n; i++) {
+		const struct profile_row *r = &rows[i];
+		const char *stack = r->profile_location_str;
+
 		what = "stack";
-		rc = sq_stack_id(d, rows[i].profile_location_str, &stack_id);
+		rc = sq_intern(d, d->stack_cache, STACK_CACHE_ENTRIES, d->wstmt[W_STACK_GET], stack,
+			       strlen(stack), sq_stack_put, stack, &stack_id);
+		if (rc != SQLITE_OK)
+			goto rollback;
+		what = "context";
+		rc = sq_context_id(d, r, &context_id);
 		if (rc != SQLITE_OK)
 			goto rollback;
 		what = "row";
-		rc = sq_sample_put(d, &rows[i], stack_id, in_us);
+		sqlite3_bind_int64(sput, 1, r->time);
+		sqlite3_bind_int64(sput, 2, context_id);
+		sqlite3_bind_int64(sput, 3, stack_id);
+		sqlite3_bind_int64(sput, 4, r->profile_value);
+		sqlite3_bind_int64(sput, 5, r->profile_create_timestamp);
+		sqlite3_bind_int64(sput, 6, r->profile_in_timestamp ? r->profile_in_timestamp : in_us);
+		rc = sq_step_done(sput);
 		if (rc != SQLITE_OK)
 			goto rollback;
 	}
@@ -846,7 +951,7 @@ static int sq_insert_locked(struct sq_db *d, const char *batch_id, const struct 
 rollback:
 	snprintf(err, errlen, "%s: %s", what, sqlite3_errmsg(d->w.db));
 	sq_step_done(d->wstmt[W_ROLLBACK]);
-	/* Stacks stored by this transaction are gone again; the cache must forget them. */
+	/* Stacks and contexts stored by this transaction are gone again: forget their ids. */
 	sq_cache_clear(d);
 	return rc;
 }
@@ -893,75 +998,144 @@ static int sq_insert(struct store *s, int org, const char *batch_id, const struc
 
 /* ---- queries -------------------------------------------------------------------------------- */
 
-/* The statement text and its parameters: base[] first, then the filter's, in text order. */
+/* The statement text and its parameters, in text order. */
 struct sq_sql {
 	struct strbuf sql;
-	struct tf_param base[6];
-	size_t n_base;
-	struct tf_params filter;
-	int uses_stack_text; /* the filter reads profile_location_str / compression_algo */
+	struct tf_param *p;
+	size_t n, cap;
+	struct strbuf filter;       /* the compiled tag_filter, "" if none */
+	struct tf_params filter_p;  /* its parameters */
+	int row_level;              /* the filter reads a per-row column: evaluate on the view */
 };
+
+static void sq_sql_param(struct sq_sql *q, struct tf_param v)
+{
+	if (q->n == q->cap) {
+		q->cap = q->cap ? 2 * q->cap : 16;
+		q->p = realloc(q->p, q->cap * sizeof(*q->p));
+		if (!q->p)
+			abort(); /* as strbuf: bounded by the filter text, so a bug, not input */
+	}
+	q->p[q->n++] = v;
+}
 
 static void sq_sql_text(struct sq_sql *q, const char *text)
 {
-	q->base[q->n_base++] = (struct tf_param){.type = TF_PARAM_TEXT, .text = text,
-						 .len = strlen(text)};
+	sq_sql_param(q, (struct tf_param){.type = TF_PARAM_TEXT, .text = text, .len = strlen(text)});
 }
 
 static void sq_sql_int(struct sq_sql *q, int64_t v)
 {
-	q->base[q->n_base++] = (struct tf_param){.type = TF_PARAM_INT, .i = v};
+	sq_sql_param(q, (struct tf_param){.type = TF_PARAM_INT, .i = v});
 }
 
 static void sq_sql_free(struct sq_sql *q)
 {
 	sb_free(&q->sql);
-	tagfilter_params_free(&q->filter);
+	sb_free(&q->filter);
+	free(q->p);
+	tagfilter_params_free(&q->filter_p);
 }
 
-/* Compiles the filter first (so we know which source it needs), then writes the WHERE clause. */
-static int sq_where(struct sq_store *st, struct sq_sql *q, const struct store_query *sq,
-		    int with_service, struct strbuf *where)
+/*
+ * 1 if the compiled filter names a column that lives in samples or stacks, not in contexts.
+ * Literals are '?' parameters, so every identifier in the text is SQL the compiler wrote;
+ * qualified names (n.value) belong to its json_each subqueries.
+ */
+static int sq_filter_row_level(const char *sql)
 {
-	struct strbuf f = STRBUF_INIT;
+	static const char *const row_cols[] = {
+		"time", "profile_value", "profile_create_timestamp", "profile_in_timestamp",
+		"profile_location_str", "compression_algo", "stack_id", "context_id",
+	};
+
+	for (const char *p = sql; *p;) {
+		size_t len = 0;
+
+		if (!(*p == '_' || (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z'))) {
+			p++;
+			continue;
+		}
+		while (p[len] == '_' || (p[len] >= 'a' && p[len] <= 'z') ||
+		       (p[len] >= 'A' && p[len] <= 'Z') || (p[len] >= '0' && p[len] <= '9'))
+			len++;
+		if (p == sql || p[-1] != '.') {
+			for (size_t i = 0; i < ARRAY_SIZE(row_cols); i++)
+				if (strlen(row_cols[i]) == len && strncmp(p, row_cols[i], len) == 0)
+					return 1;
+		}
+		p += len;
+	}
+	return 0;
+}
+
+static int sq_compile_filter(struct sq_store *st, struct sq_sql *q, const struct store_query *sq)
+{
 	int rc;
 
-	if (sq->filter) {
-		rc = tagfilter_compile(sq->filter, TF_SQLITE, &f, &q->filter);
-		if (rc) {
-			sq_set_err(st, "tag_filter cannot be compiled for SQLite (%s)",
-				   strerror(-rc));
-			sb_free(&f);
-			return rc;
-		}
-		/* Literals are parameters, so a column name in the text is a real column reference. */
-		q->uses_stack_text = f.buf && (strstr(f.buf, "profile_location_str") ||
-					       strstr(f.buf, "compression_algo"));
+	if (!sq->filter)
+		return 0;
+	rc = tagfilter_compile(sq->filter, TF_SQLITE, &q->filter, &q->filter_p);
+	if (rc) {
+		sq_set_err(st, "tag_filter cannot be compiled for SQLite (%s)", strerror(-rc));
+		return rc;
 	}
-	sb_puts(where, " WHERE time >= ? AND time <= ? AND profile_language_type = ?"
-		       " AND profile_event_type = ?");
-	sq_sql_int(q, sq->time_start);
-	sq_sql_int(q, sq->time_end);
+	q->row_level = q->filter.len && sq_filter_row_level(q->filter.buf);
+	return 0;
+}
+
+/* "profile_language_type = ? AND profile_event_type = ? [AND app_service = ?] [AND filter]" */
+static void sq_sql_conds(struct sq_sql *q, const struct store_query *sq, int with_service)
+{
+	sb_puts(&q->sql, "profile_language_type = ? AND profile_event_type = ?");
 	sq_sql_text(q, sq->language_type);
 	sq_sql_text(q, sq->event_type);
 	if (with_service && sq->app_service) {
-		sb_puts(where, " AND app_service = ?");
+		sb_puts(&q->sql, " AND app_service = ?");
 		sq_sql_text(q, sq->app_service);
 	}
-	if (f.len) {
-		sb_puts(where, " AND ");
-		sb_append(where, f.buf, f.len);
+	if (q->filter.len) {
+		sb_puts(&q->sql, " AND ");
+		sb_append(&q->sql, q->filter.buf, q->filter.len);
+		for (size_t i = 0; i < q->filter_p.n; i++)
+			sq_sql_param(q, q->filter_p.items[i]);
 	}
-	sb_free(&f);
-	return 0;
+}
+
+/* "[prefix]time >= ? AND [prefix]time <= ?" */
+static void sq_sql_time(struct sq_sql *q, const struct store_query *sq, const char *prefix)
+{
+	sb_printf(&q->sql, "%stime >= ? AND %stime <= ?", prefix, prefix);
+	sq_sql_int(q, sq->time_start);
+	sq_sql_int(q, sq->time_end);
+}
+
+/*
+ * The rows that match sq, as a FROM ... WHERE tail whose columns are reachable as s.<samples
+ * column> plus, when join_contexts, c.agent and c.process_id (for the gauge grouping).
+ * Context path: the matching contexts first, then their samples through (context_id, time).
+ * Row path (the filter reads per-row columns): everything on the view.
+ */
+static void sq_sql_rows(struct sq_sql *q, const struct store_query *sq, int join_contexts)
+{
+	if (q->row_level) {
+		sb_puts(&q->sql, " FROM in_process s WHERE ");
+		sq_sql_time(q, sq, "");
+		sb_puts(&q->sql, " AND ");
+		sq_sql_conds(q, sq, 1);
+		return;
+	}
+	sb_puts(&q->sql, join_contexts ? " FROM samples s JOIN contexts c ON c.id = s.context_id"
+				       : " FROM samples s");
+	sb_puts(&q->sql, " WHERE s.context_id IN (SELECT id FROM contexts WHERE ");
+	sq_sql_conds(q, sq, 1);
+	sb_puts(&q->sql, ") AND ");
+	sq_sql_time(q, sq, "s.");
 }
 
 static const struct tf_param *sq_param_at(const struct sq_sql *q, size_t k)
 {
-	if (k < q->n_base)
-		return &q->base[k];
-	k -= q->n_base;
-	return k < q->filter.n ? &q->filter.items[k] : NULL;
+	return k < q->n ? &q->p[k] : NULL;
 }
 
 /* The SQL with every '?' replaced by its value, for the API's debug object. */
@@ -1003,7 +1177,7 @@ static void sq_render(const struct sq_sql *q, struct strbuf *out)
 static int sq_prepare(struct sq_store *st, struct sq_db *d, struct sq_conn *c,
 		      const struct sq_sql *q, sqlite3_stmt **out)
 {
-	size_t n = q->n_base + q->filter.n;
+	size_t n = q->n;
 	int rc;
 
 	rc = sqlite3_prepare_v2(c->db, q->sql.buf, (int)q->sql.len, out, NULL);
@@ -1082,9 +1256,7 @@ static int sq_query_stacks(struct store *s, int org, const struct store_query *q
 			   store_stack_cb cb, void *arg, struct store_query_info *info)
 {
 	struct sq_store *st = (struct sq_store *)s;
-	struct strbuf where = STRBUF_INIT;
-	struct sq_sql sql = {.sql = STRBUF_INIT};
-	const char *src;
+	struct sq_sql sql = {.sql = STRBUF_INIT, .filter = STRBUF_INIT};
 	struct sq_conn *c = NULL;
 	struct sq_db *d = NULL;
 	sqlite3_stmt *stmt = NULL;
@@ -1097,24 +1269,27 @@ static int sq_query_stacks(struct store *s, int org, const struct store_query *q
 	rc = sq_check_query(st, q);
 	if (rc)
 		return rc;
-	rc = sq_where(st, &sql, q, 1, &where);
+	rc = sq_compile_filter(st, &sql, q);
 	if (rc)
 		goto out;
-	src = sql.uses_stack_text ? "in_process" : "samples";
 	/*
 	 * Aggregate per stack id first and join the texts of the survivors only; ORDER BY makes
 	 * a cut by max_stacks keep the biggest stacks, and makes the order deterministic.
+	 * Gauge: SQLite takes the bare column v from the row of max(time) in each group.
 	 */
 	sb_puts(&sql.sql, "SELECT st.text, st.compression_algo, a.v FROM (");
-	if (q->gauge)
-		sb_printf(&sql.sql,
-			  "SELECT stack_id, sum(v) AS v FROM (SELECT stack_id, profile_value AS v,"
-			  " max(time) FROM %s%s GROUP BY stack_id, agent, process_id)"
-			  " GROUP BY stack_id",
-			  src, where.buf);
-	else
-		sb_printf(&sql.sql, "SELECT stack_id, sum(profile_value) AS v FROM %s%s"
-				    " GROUP BY stack_id", src, where.buf);
+	if (q->gauge) {
+		sb_puts(&sql.sql, "SELECT stack_id, sum(v) AS v FROM (SELECT s.stack_id AS stack_id,"
+				  " s.profile_value AS v, max(s.time)");
+		sq_sql_rows(&sql, q, 1);
+		sb_puts(&sql.sql, sql.row_level ? " GROUP BY s.stack_id, s.agent, s.process_id)"
+						: " GROUP BY s.stack_id, c.agent, c.process_id)");
+		sb_puts(&sql.sql, " GROUP BY stack_id");
+	} else {
+		sb_puts(&sql.sql, "SELECT s.stack_id AS stack_id, sum(s.profile_value) AS v");
+		sq_sql_rows(&sql, q, 0);
+		sb_puts(&sql.sql, " GROUP BY s.stack_id");
+	}
 	sb_puts(&sql.sql, " ORDER BY v DESC, stack_id");
 	if (q->max_stacks && q->max_stacks < INT64_MAX)
 		sb_printf(&sql.sql, " LIMIT %" PRIu64, q->max_stacks + 1);
@@ -1192,7 +1367,6 @@ out:
 	if (d)
 		sq_db_put(st, d);
 	free(zbuf);
-	sb_free(&where);
 	sq_sql_free(&sql);
 	return rc;
 }
@@ -1201,8 +1375,7 @@ static int sq_list_services(struct store *s, int org, const struct store_query *
 			    char ***names, size_t *n, struct store_query_info *info)
 {
 	struct sq_store *st = (struct sq_store *)s;
-	struct strbuf where = STRBUF_INIT;
-	struct sq_sql sql = {.sql = STRBUF_INIT};
+	struct sq_sql sql = {.sql = STRBUF_INIT, .filter = STRBUF_INIT};
 	struct sq_conn *c = NULL;
 	struct sq_db *d = NULL;
 	sqlite3_stmt *stmt = NULL;
@@ -1217,12 +1390,24 @@ static int sq_list_services(struct store *s, int org, const struct store_query *
 	rc = sq_check_query(st, q);
 	if (rc)
 		return rc;
-	rc = sq_where(st, &sql, q, 0, &where);
+	rc = sq_compile_filter(st, &sql, q);
 	if (rc)
 		goto out;
-	sb_printf(&sql.sql, "SELECT DISTINCT app_service FROM %s%s ORDER BY app_service LIMIT %zu",
-		  sql.uses_stack_text ? "in_process" : "samples", where.buf,
-		  max < SIZE_MAX ? max + 1 : max);
+	if (sql.row_level) {
+		sb_puts(&sql.sql, "SELECT DISTINCT app_service FROM in_process WHERE ");
+		sq_sql_time(&sql, q, "");
+		sb_puts(&sql.sql, " AND ");
+		sq_sql_conds(&sql, q, 0);
+	} else {
+		/* the services of matching contexts that have a row in the time range */
+		sb_puts(&sql.sql, "SELECT DISTINCT app_service FROM contexts c WHERE ");
+		sq_sql_conds(&sql, q, 0);
+		sb_puts(&sql.sql, " AND EXISTS (SELECT 1 FROM samples s WHERE s.context_id = c.id"
+				  " AND ");
+		sq_sql_time(&sql, q, "s.");
+		sb_puts(&sql.sql, ")");
+	}
+	sb_printf(&sql.sql, " ORDER BY app_service LIMIT %zu", max < SIZE_MAX ? max + 1 : max);
 	rc = sq_db_get(st, org, 1, &d);
 	if (rc == -ENOENT) {
 		rc = 0;
@@ -1286,7 +1471,6 @@ out:
 		sq_reader_put(d, c);
 	if (d)
 		sq_db_put(st, d);
-	sb_free(&where);
 	sq_sql_free(&sql);
 	return rc;
 }
@@ -1358,11 +1542,13 @@ static int sq_prune_db(struct sq_store *st, struct sq_db *d, int64_t before, uin
 	if (rc == SQLITE_OK)
 		rc = sq_prune_step(d, "DELETE FROM batches WHERE received_us < ?",
 				   before * 1000000, &changes);
-	if (rc == SQLITE_OK) {
+	if (rc == SQLITE_OK)
 		rc = sq_prune_step(d, "DELETE FROM stacks WHERE id NOT IN"
 				      " (SELECT stack_id FROM samples)", 0, &changes);
-		sq_cache_clear(d); /* cached ids may name deleted stacks */
-	}
+	if (rc == SQLITE_OK)
+		rc = sq_prune_step(d, "DELETE FROM contexts WHERE id NOT IN"
+				      " (SELECT context_id FROM samples)", 0, &changes);
+	sq_cache_clear(d); /* cached ids may name deleted stacks and contexts */
 	if (rc != SQLITE_OK)
 		sq_set_err(st, "sqlite %.200s: pruning: %s", d->path, sqlite3_errmsg(d->w.db));
 	pthread_mutex_unlock(&d->wlock);

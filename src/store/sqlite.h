@@ -23,7 +23,8 @@
 
 /*
  * Deletes, in every organisation's file that exists, the rows with time < before (unix seconds),
- * the stacks no row refers to any more and the remembered batch ids received before that time.
+ * the stacks and contexts no row refers to any more, and the remembered batch ids received
+ * before that time.
  * *rows_deleted (may be NULL) receives the number of rows deleted. Returns 0 or a negative errno
  * (-EINVAL if s is not a SQLite store; errmsg says why).
  */

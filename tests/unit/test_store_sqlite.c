@@ -185,7 +185,7 @@ static void test_insert_and_sum(void **state)
 	assert_int_equal(info.truncated, 0);
 	assert_string_equal(info.engine, "sqlite");
 	assert_string_equal(info.host, f->path);
-	assert_non_null(strstr(info.sql.buf, "time >= 100 AND time <= 101"));
+	assert_non_null(strstr(info.sql.buf, "s.time >= 100 AND s.time <= 101"));
 	assert_non_null(strstr(info.sql.buf, "profile_event_type = 'on-cpu'"));
 	assert_null(strchr(info.sql.buf, '?'));
 	sb_free(&info.sql);
@@ -586,9 +586,9 @@ static void test_zstd_stack_decoded(void **state)
 	assert_int_equal(sqlite3_step(st), SQLITE_DONE);
 	sqlite3_finalize(st);
 	raw_exec(db, "INSERT INTO stacks(id, text, compression_algo) VALUES(8, 'xx', 'lz4')");
-	raw_exec(db, "INSERT INTO samples SELECT 100, 'j', 'j', id, 5, 'microseconds', 'on-cpu',"
-		     " 'eBPF', 0, 0, 1, 0, '', '', '', '', '', '', '', '', '', '[]', '[]', '', '', ''"
-		     " FROM stacks WHERE id IN (7, 8)");
+	raw_exec(db, "INSERT INTO contexts VALUES(3, x'00', 'j', 'j', 'microseconds', 'on-cpu',"
+		     " 'eBPF', 1, 0, '', '', '', '', '', '', '', '', '', '[]', '[]', '', '', '')");
+	raw_exec(db, "INSERT INTO samples SELECT 100, 3, id, 5, 0, 0 FROM stacks WHERE id IN (7, 8)");
 	sqlite3_close(db);
 
 	assert_int_equal(query(f->s, 1, &q, &g), 0);
@@ -606,7 +606,7 @@ static void test_view_has_logical_columns(void **state)
 		"profile_create_timestamp", "profile_in_timestamp", "process_id",
 		"process_start_time", "host", "agent", "host_ip", "container_id", "pod_cluster",
 		"pod_ns", "pod_node", "pod", "pod_group", "tag_names", "tag_values", "trace_id",
-		"span_name", "profile_id", "compression_algo", "stack_id",
+		"span_name", "profile_id", "compression_algo", "stack_id", "context_id",
 	};
 	struct fixture *f = *state;
 	const char *names[] = {"k8s.label.app", "team"};
@@ -656,6 +656,7 @@ static void test_prune(void **state)
 	uint64_t deleted = 0;
 	sqlite3 *db;
 
+	rows[0].process_id = 1; /* a process with old rows only: its context goes too */
 	insert_ok(f->s, 1, "b1", rows, 4);
 	insert_ok(f->s, 2, "b1", rows, 4);
 	assert_int_equal(store_sqlite_prune(f->s, 150, &deleted), 0);
@@ -663,6 +664,7 @@ static void test_prune(void **state)
 	db = raw_open(f->path);
 	assert_int_equal(raw_int(db, "SELECT count(*) FROM stacks"), 2);
 	assert_int_equal(raw_int(db, "SELECT count(*) FROM samples"), 2);
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM contexts"), 1);
 	sqlite3_close(db);
 	assert_int_equal(query(f->s, 2, &q, &g), 0);
 	assert_int_equal(g.n, 2);
@@ -838,42 +840,54 @@ static void test_tag_filters(void **state)
 	got_free(&g);
 }
 
-/* The query plans use the indexes instead of scanning every row. */
+static void plan_expect(sqlite3 *db, const char *sql, const char *want)
+{
+	struct strbuf plan = STRBUF_INIT, q = STRBUF_INIT;
+	sqlite3_stmt *st;
+
+	sb_printf(&q, "EXPLAIN QUERY PLAN %s", sql);
+	if (sqlite3_prepare_v2(db, q.buf, -1, &st, NULL) != SQLITE_OK)
+		fail_msg("%s: %s", q.buf, sqlite3_errmsg(db));
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		sb_puts(&plan, (const char *)sqlite3_column_text(st, 3));
+		sb_putc(&plan, '\n');
+	}
+	sqlite3_finalize(st);
+	if (!strstr(plan.buf, want) || strstr(plan.buf, "SCAN s\n"))
+		fail_msg("%s\nplan:\n%s\nwanted: %s", sql, plan.buf, want);
+	sb_free(&plan);
+	sb_free(&q);
+}
+
+/* The statements the store runs read samples by index, never by scanning the whole table. */
 static void test_query_plans_use_indexes(void **state)
 {
 	struct fixture *f = *state;
-	sqlite3 *db = raw_open(f->path);
-	static const char *const plans[][2] = {
-		{"EXPLAIN QUERY PLAN SELECT stack_id, sum(profile_value) FROM samples WHERE"
-		 " time >= 1 AND time <= 2 AND profile_language_type = 'eBPF' AND"
-		 " profile_event_type = 'on-cpu' AND app_service = 'x' GROUP BY stack_id",
-		 "USING INDEX samples_service"},
-		{"EXPLAIN QUERY PLAN SELECT stack_id, sum(profile_value) FROM in_process WHERE"
-		 " time >= 1 AND time <= 2 AND profile_language_type = 'eBPF' AND"
-		 " profile_event_type = 'on-cpu' AND app_service = 'x'"
-		 " AND profile_location_str LIKE '%a%' GROUP BY stack_id",
-		 "USING INDEX samples_service"},
-		{"EXPLAIN QUERY PLAN SELECT stack_id, sum(profile_value) FROM samples WHERE"
-		 " time >= 1 AND time <= 2 AND profile_language_type = 'eBPF' AND"
-		 " profile_event_type = 'on-cpu' GROUP BY stack_id",
-		 "USING INDEX samples_time"},
-	};
+	struct profile_row rows[] = {row_make(100, "x", "s", 1)};
+	struct store_query_info info = {.sql = STRBUF_INIT};
+	struct store_query q = query_make(0, 1000);
+	struct got g = {0};
+	sqlite3 *db;
+	char **names;
+	size_t n;
 
-	for (size_t i = 0; i < sizeof(plans) / sizeof(plans[0]); i++) {
-		struct strbuf all = STRBUF_INIT;
-		sqlite3_stmt *st;
-
-		assert_int_equal(sqlite3_prepare_v2(db, plans[i][0], -1, &st, NULL), SQLITE_OK);
-		while (sqlite3_step(st) == SQLITE_ROW) {
-			sb_puts(&all, (const char *)sqlite3_column_text(st, 3));
-			sb_putc(&all, '\n');
-		}
-		sqlite3_finalize(st);
-		if (!strstr(all.buf, plans[i][1]))
-			fail_msg("plan %zu:\n%s", i, all.buf);
-		sb_free(&all);
-	}
+	insert_ok(f->s, 1, "b1", rows, 1);
+	db = raw_open(f->path);
+	q.app_service = "x";
+	assert_int_equal(store_query_stacks(f->s, 1, &q, got_cb, &g, &info), 0);
+	plan_expect(db, info.sql.buf, "COVERING INDEX samples_time");
+	q.gauge = 1;
+	assert_int_equal(store_query_stacks(f->s, 1, &q, got_cb, &g, &info), 0);
+	plan_expect(db, info.sql.buf, "COVERING INDEX samples_time");
+	assert_int_equal(store_list_services(f->s, 1, &q, 10, &names, &n, &info), 0);
+	store_free_names(names, n);
+	plan_expect(db, info.sql.buf, "COVERING INDEX samples_time");
+	q.gauge = 0;
+	assert_int_equal(query_filter(f->s, "profile_location_str LIKE '%s%'", &g, &info), 0);
+	plan_expect(db, info.sql.buf, "INDEX samples_time");
 	sqlite3_close(db);
+	sb_free(&info.sql);
+	got_free(&g);
 }
 
 struct writer_arg {
