@@ -100,18 +100,32 @@ $(BUILD)/bpf/%.bpf.o: src/bpf/%.bpf.c src/bpf/profile.h $(BUILD)/vmlinux.h
 $(BUILD)/%.skel.h: $(BUILD)/bpf/%.bpf.o
 	$(BPFTOOL) gen skeleton $< > $@
 
+# Made by pattern rules, so make would delete them as intermediates and every object (they all
+# depend on the skeletons) would be rebuilt on the next run.
+.SECONDARY: $(BPF_OBJ) $(BPF_SKEL)
+
 FUZZ_SRC := $(wildcard fuzz/fuzz_*.c)
 FUZZ_BIN := $(patsubst fuzz/%.c,build-fuzz/%,$(FUZZ_SRC))
 FUZZ_SECONDS ?= 20
+# Each target runs FUZZ_SECONDS over its seeds and its growing corpus; the log and any crash,
+# leak or timeout input stay in build-fuzz/ and fail the run (the exit status is the fuzzer's).
+# Undefined behaviour in the library is fatal; in a harness it is reported and the run goes on.
 fuzz:
 	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=$(CLANG) CFLAGS="-O1 -g" \
-		SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer" build-fuzz/libember.a
+		SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined \
+		-fno-omit-frame-pointer" build-fuzz/libember.a
 	@for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
 		$(CLANG) -O1 -g -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc -Ibuild-fuzz $(PKG_CFLAGS) \
 			-o build-fuzz/$$n $$f build-fuzz/libember.a $(LIBS) || exit 1; \
 		mkdir -p build-fuzz/corpus-$$n; \
 		echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
-		build-fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -max_len=8192 build-fuzz/corpus-$$n fuzz/seeds/$$n 2>&1 | tail -2 || exit 1; \
+		if ! build-fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -max_len=8192 \
+			-artifact_prefix=build-fuzz/$$n- build-fuzz/corpus-$$n fuzz/seeds/$$n \
+			> build-fuzz/$$n.log 2>&1; then \
+			grep -B2 -A30 'ERROR\|runtime error\|Test unit written' build-fuzz/$$n.log | head -60; \
+			echo "fuzz: $$n FAILED (log: build-fuzz/$$n.log)"; exit 1; \
+		fi; \
+		tail -n 2 build-fuzz/$$n.log; \
 	done
 
 bench: all
