@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <regex.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -57,6 +58,8 @@ struct aggregate {
 	size_t n_entries;
 	struct strbuf scratch;
 	struct aggregate_stats stats;
+	uint32_t *exited; /* tgids found gone at the last flush, forgotten at the next one */
+	size_t n_exited, cap_exited;
 };
 
 static void *agg_arena_alloc(struct agg_arena *a, size_t size)
@@ -188,6 +191,7 @@ void aggregate_free(struct aggregate *agg)
 	free(agg->agent);
 	free(agg->host_ip);
 	sb_free(&agg->scratch);
+	free(agg->exited);
 	free(agg);
 }
 
@@ -345,6 +349,54 @@ void aggregate_add(void *arg, const struct sample_rec *rec)
 	agg_insert(agg, rec->tgid, sb->buf, sb->len, pcomm, start_ms, container, rec->count);
 }
 
+static int agg_cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Releases what the symbolizer and procinfo keep for processes that exited. A process found
+ * gone at flush N is forgotten at flush N + 1: samples it took just before exiting may sit in
+ * the other map set and arrive with the next drain, and must still symbolize.
+ */
+static void agg_forget_exited(struct aggregate *agg)
+{
+	size_t n = 0, n_dead = 0;
+
+	for (size_t i = 0; i < agg->n_exited; i++) {
+		sym_process_forget(agg->sym, agg->exited[i]);
+		procinfo_forget(agg->procs, agg->exited[i]);
+	}
+	agg->n_exited = 0;
+	if (agg->n_entries > agg->cap_exited) {
+		uint32_t *v = realloc(agg->exited, agg->n_entries * sizeof(*v));
+
+		if (!v)
+			return; /* the caches stay bounded by their LRU; forgetting is an
+				   optimisation */
+		agg->exited = v;
+		agg->cap_exited = agg->n_entries;
+	}
+	/* Only processes with stacks were symbolized; Total-only ones age out of procinfo's LRU. */
+	for (size_t i = 0; i < agg->n_buckets; i++) {
+		for (struct agg_entry *e = agg->buckets[i]; e; e = e->next) {
+			if (e->tgid)
+				agg->exited[n++] = e->tgid;
+		}
+	}
+	qsort(agg->exited, n, sizeof(*agg->exited), agg_cmp_u32);
+	for (size_t i = 0; i < n; i++) {
+		if (i > 0 && agg->exited[i] == agg->exited[i - 1])
+			continue;
+		/* A zombie still answers; it is forgotten once reaped. */
+		if (kill((pid_t)agg->exited[i], 0) < 0 && errno == ESRCH)
+			agg->exited[n_dead++] = agg->exited[i];
+	}
+	agg->n_exited = n_dead;
+}
+
 static int64_t agg_now_us(void)
 {
 	struct timespec ts;
@@ -389,6 +441,7 @@ int aggregate_flush(struct aggregate *agg, int64_t window_start, aggregate_sink_
 	}
 	ret = sink(arg, rows, n);
 	agg->stats.rows_flushed += n;
+	agg_forget_exited(agg);
 
 	/* The flushed arena stays alive for the caller; the one before it is released. */
 	agg->cur ^= 1;

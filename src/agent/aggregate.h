@@ -16,6 +16,9 @@
  * row are dropped and counted. aggregate_flush() hands the window's rows to a sink as one array;
  * the rows and their strings stay valid until the next aggregate_flush() or aggregate_free().
  *
+ * A flush also tells the symbolizer and procinfo to forget processes that exited, one window
+ * late (their last samples may come with the next drain).
+ *
  * For `ember record` the same aggregator runs without windows: aggregate_write_folded() writes
  * "<process comm>;<stack> <value>\n" lines (Total rows left out; processes of one name merged,
  * as under one app_service), value in samples by default (the flamegraph.pl convention) or in µs.

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -445,6 +446,55 @@ static void test_aggregate_folded_merges_processes(void **state)
 	free(text);
 }
 
+static int sink_count(void *arg, const struct profile_row *rows, size_t n)
+{
+	return 0;
+}
+
+static int child_stack_resolves(struct fixture *fx, uint32_t pid, int64_t window)
+{
+	struct sample_rec r = own_rec(fx, pid, "child", 1);
+	struct sink_rows sr = {0};
+	char want[256];
+
+	r.tgid = pid;
+	aggregate_add(fx->agg, &r);
+	snprintf(want, sizeof(want), "[p] child;agg_test_root;agg_test_mid;agg_test_leaf");
+	aggregate_flush(fx->agg, window, sink_keep, &sr);
+	return find_row(&sr, fx->comm, want) != NULL || find_row(&sr, "child", want) != NULL;
+}
+
+/*
+ * An exited process symbolizes from its kept mappings for one more window, then is forgotten.
+ * The child is a fork of this test: its mappings hold the agg_test_* functions.
+ */
+static void test_aggregate_forgets_exited_processes(void **state)
+{
+	struct fixture *fx = *state;
+	int gate[2];
+	char c;
+	pid_t pid;
+
+	assert_int_equal(pipe(gate), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		close(gate[1]);
+		_exit(read(gate[0], &c, 1) < 0);
+	}
+	close(gate[0]);
+	/* Alive: its maps are read and kept. */
+	assert_true(child_stack_resolves(fx, (uint32_t)pid, 1));
+	close(gate[1]);
+	assert_int_equal(waitpid(pid, NULL, 0), pid);
+	/* Gone: the window that notices still resolves (samples from the other map set)... */
+	assert_true(child_stack_resolves(fx, (uint32_t)pid, 2));
+	assert_true(child_stack_resolves(fx, (uint32_t)pid, 3));
+	/* ...and the flush after it forgot the mappings. */
+	aggregate_flush(fx->agg, 4, sink_count, NULL);
+	assert_false(child_stack_resolves(fx, (uint32_t)pid, 5));
+}
+
 static void test_aggregate_bad_options(void **state)
 {
 	struct fixture *fx = *state;
@@ -488,6 +538,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_aggregate_flush_lifetime, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_aggregate_folded, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_aggregate_folded_merges_processes, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_forgets_exited_processes, setup,
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_aggregate_bad_options, setup, teardown),
 	};
