@@ -16,6 +16,7 @@
 #include <zstd.h>
 
 #include "common/wire.h"
+#include "server/ingest.h"
 
 static const struct wire_batch_hdr test_hdr = {"node1-00c0ffee-000001", "node1",
 					       "ember-agent@node1", "10.1.2.3"};
@@ -251,6 +252,91 @@ static void test_encode_many(void **state)
 	free(names);
 }
 
+static void test_str_eq(const char *got, const char *want)
+{
+	assert_string_equal(got ? got : "", want ? want : "");
+}
+
+/* The contract test: the server's decoder reads back exactly what was encoded, defaults applied. */
+static void test_encode_ingest_round_trip(void **state)
+{
+	const char *tn[] = {"k8s.label.app", "team"};
+	const char *tv[] = {"web", "caf\xc3\xa9"};
+	struct profile_row rows[3] = {
+		{.time = 1764064800, .app_service = "nginx", .profile_location_str = "[p] nginx;a",
+		 .profile_value = 10101, .process_id = 4711, .process_start_time = 1764060000123},
+		{.time = 1764064800, .app_service = "Total", .profile_location_str = "[p] nginx;a",
+		 .profile_value = 7, .profile_event_type = "mem-alloc", .host = "elsewhere"},
+		{.time = 1764064801, .app_service = "java", .app_instance = "java-1",
+		 .profile_location_str = "[p] java;\"q\";\x01", .profile_value = 0,
+		 .profile_value_unit = "bytes", .profile_event_type = "off-cpu",
+		 .profile_language_type = "Java", .profile_create_timestamp = 1764064801000123,
+		 .container_id = "c", .pod_cluster = "pc", .pod_ns = "ns", .pod_node = "pn",
+		 .pod = "p", .pod_group = "pg", .trace_id = "t", .span_name = "s",
+		 .profile_id = "i", .n_tags = 2, .tag_names = tn, .tag_values = tv},
+	};
+	struct profile_row want[3];
+	struct strbuf sb = STRBUF_INIT, err = STRBUF_INIT;
+	struct ingest_batch b = {0};
+
+	assert_int_equal(wire_encode(&test_hdr, rows, 3, &sb), 0);
+	if (ingest_decode(sb.buf, sb.len, 10, 42, &b, &err) != 0)
+		fail_msg("ingest_decode: %s", err.buf);
+	assert_string_equal(b.batch_id, test_hdr.batch_id);
+	assert_int_equal(b.n, 3);
+	memcpy(want, rows, sizeof(want));
+	want[0].profile_event_type = "on-cpu";
+	want[0].profile_value_unit = "microseconds";
+	want[0].app_instance = "nginx";
+	want[1].profile_value_unit = "bytes";
+	want[1].app_instance = "Total";
+	for (int i = 0; i < 2; i++) {
+		want[i].profile_language_type = "eBPF";
+		want[i].profile_create_timestamp = want[i].time * 1000000;
+	}
+	for (int i = 0; i < 3; i++) {
+		const struct profile_row *g = &b.rows[i];
+		struct profile_row *w = &want[i];
+
+		if (!w->host)
+			w->host = test_hdr.host;
+		w->agent = test_hdr.agent;
+		w->host_ip = test_hdr.host_ip;
+		assert_int_equal(g->time, w->time);
+		assert_int_equal(g->profile_value, w->profile_value);
+		assert_int_equal(g->profile_create_timestamp, w->profile_create_timestamp);
+		assert_int_equal(g->profile_in_timestamp, 42);
+		assert_int_equal(g->process_id, w->process_id);
+		assert_int_equal(g->process_start_time, w->process_start_time);
+		test_str_eq(g->app_service, w->app_service);
+		test_str_eq(g->app_instance, w->app_instance);
+		test_str_eq(g->profile_location_str, w->profile_location_str);
+		test_str_eq(g->profile_value_unit, w->profile_value_unit);
+		test_str_eq(g->profile_event_type, w->profile_event_type);
+		test_str_eq(g->profile_language_type, w->profile_language_type);
+		test_str_eq(g->host, w->host);
+		test_str_eq(g->agent, w->agent);
+		test_str_eq(g->host_ip, w->host_ip);
+		test_str_eq(g->container_id, w->container_id);
+		test_str_eq(g->pod_cluster, w->pod_cluster);
+		test_str_eq(g->pod_ns, w->pod_ns);
+		test_str_eq(g->pod_node, w->pod_node);
+		test_str_eq(g->pod, w->pod);
+		test_str_eq(g->pod_group, w->pod_group);
+		test_str_eq(g->trace_id, w->trace_id);
+		test_str_eq(g->span_name, w->span_name);
+		test_str_eq(g->profile_id, w->profile_id);
+		assert_int_equal(g->n_tags, w->n_tags);
+		for (size_t t = 0; t < w->n_tags; t++) {
+			test_str_eq(g->tag_names[t], w->tag_names[t]);
+			test_str_eq(g->tag_values[t], w->tag_values[t]);
+		}
+	}
+	ingest_batch_free(&b);
+	sb_free(&sb);
+	sb_free(&err);
+}
+
 static void test_compress_round_trip(void **state)
 {
 	struct strbuf text = STRBUF_INIT, z = STRBUF_INIT, back = STRBUF_INIT;
@@ -329,6 +415,7 @@ int main(void)
 		cmocka_unit_test(test_encode_escaping),
 		cmocka_unit_test(test_encode_rejects),
 		cmocka_unit_test(test_encode_many),
+		cmocka_unit_test(test_encode_ingest_round_trip),
 		cmocka_unit_test(test_compress_round_trip),
 		cmocka_unit_test(test_decompress_cap),
 		cmocka_unit_test(test_decompress_corrupt),
