@@ -240,8 +240,11 @@ static void sampler_size_maps(struct sampler *s, int ncpu)
 					    SAMPLER_STACK_MAX);
 	s->ustacks_max = sampler_pow2_clamp(per_window * SAMPLER_USTACK_FACTOR, SAMPLER_STACK_MIN,
 					    SAMPLER_STACK_MAX);
-	s->counts_max = sampler_pow2_clamp(per_window * SAMPLER_COUNTS_FACTOR, SAMPLER_COUNTS_MIN,
-					   SAMPLER_COUNTS_MAX);
+	if (s->opts.counts_entries)
+		s->counts_max = s->opts.counts_entries;
+	else
+		s->counts_max = sampler_pow2_clamp(per_window * SAMPLER_COUNTS_FACTOR,
+						   SAMPLER_COUNTS_MIN, SAMPLER_COUNTS_MAX);
 	bpf_map__set_max_entries(s->skel->maps.kstacks_a, s->kstacks_max);
 	bpf_map__set_max_entries(s->skel->maps.kstacks_b, s->kstacks_max);
 	bpf_map__set_max_entries(s->skel->maps.ustacks_a, s->ustacks_max);
@@ -262,9 +265,10 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 		return -EOPNOTSUPP;
 	}
 	if (opts->frequency < 0 || opts->frequency > SAMPLER_MAX_FREQUENCY ||
-	    opts->flush_seconds < 0) {
-		log_error("bad options: frequency %d Hz (1..%d), flush %.3f s", opts->frequency,
-			  SAMPLER_MAX_FREQUENCY, opts->flush_seconds);
+	    opts->flush_seconds < 0 || opts->counts_entries > SAMPLER_COUNTS_MAX) {
+		log_error("bad options: frequency %d Hz (1..%d), flush %.3f s, counts %u (max %u)",
+			  opts->frequency, SAMPLER_MAX_FREQUENCY, opts->flush_seconds,
+			  opts->counts_entries, SAMPLER_COUNTS_MAX);
 		return -EINVAL;
 	}
 	ncpu = sampler_read_online(online, sizeof(online));

@@ -29,6 +29,8 @@ struct sampler_opts {
 	enum sampler_unwind unwind;
 	uint32_t only_tgid;           /* 0: all processes; else this process (ember record -p) */
 	double flush_seconds;         /* expected drain period, sizes the maps; default 1 */
+	uint32_t counts_entries;      /* distinct keys per drain period; 0: sized from frequency ×
+				       * CPUs × flush_seconds (samples beyond are counted, lost) */
 };
 
 /* One aggregated key of one drain period. Pointers are valid during the callback only. */

@@ -203,6 +203,49 @@ static void test_sampler_all_processes(void **state)
 	sampler_close(s);
 }
 
+/*
+ * A counts map of 2 entries fills at once: the samples beyond are counted as lost, and the
+ * drains still find exactly what BPF counted.
+ */
+static void test_sampler_counts_map_full(void **state)
+{
+	struct sampler_opts o = {.frequency = 99,
+				 .unwind = SAMPLER_UNWIND_FP,
+				 .only_tgid = (uint32_t)getpid(),
+				 .counts_entries = 2};
+	struct seen sn = {.tgid = (uint32_t)getpid()};
+	struct sampler_stats st;
+	struct sampler *s = NULL;
+	int ret;
+
+	if (geteuid() != 0)
+		skip();
+	ret = sampler_open(&o, &s);
+	if (ret == -EPERM || ret == -EACCES || ret == -ENOSYS)
+		skip();
+	assert_int_equal(ret, 0);
+	/* Distinct keys: the busy loop and the syscall loop, main and a kernel stack each. */
+	for (int round = 0; round < BUSY_ROUNDS_MAX; round++) {
+		busy_spin(BUSY_ROUND_NS / 3);
+		syscall_spin(BUSY_ROUND_NS / 3);
+		busy_spin(BUSY_ROUND_NS / 3);
+		assert_int_equal(sampler_drain(s, seen_cb, &sn), 0);
+		sampler_get_stats(s, &st);
+		if (st.map_full_drops >= 5)
+			break;
+	}
+	assert_int_equal(sampler_drain(s, seen_cb, &sn), 0);
+	sampler_get_stats(s, &st);
+	report("counts map of 2", s);
+	assert_true(st.map_full_drops >= 5);
+	assert_int_equal(st.lost, st.map_full_drops);
+	assert_int_equal(st.drain_mismatch, 0);
+	assert_true(sn.total + st.lost <= st.samples);
+	sampler_close(s);
+	o.counts_entries = 1u << 30;
+	assert_int_equal(sampler_open(&o, &s), -EINVAL);
+}
+
 static void test_sampler_dwarf_not_yet(void **state)
 {
 	struct sampler_opts o = {.frequency = 99, .unwind = SAMPLER_UNWIND_DWARF};
@@ -503,6 +546,7 @@ int main(void)
 	    cmocka_unit_test(test_sampler_dwarf_not_yet),
 	    cmocka_unit_test(test_sampler_own_process),
 	    cmocka_unit_test(test_sampler_all_processes),
+	    cmocka_unit_test(test_sampler_counts_map_full),
 	    cmocka_unit_test(test_workload_cpu_split),
 	    cmocka_unit_test(test_workload_threads),
 	    cmocka_unit_test(test_workload_syscalls),
