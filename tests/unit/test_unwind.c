@@ -417,7 +417,7 @@ static void self_free(struct self *s)
 	free(s);
 }
 
-static volatile int depth_sink;
+static volatile unsigned depth_sink;
 
 __attribute__((noinline)) static void capture_walk(struct self *s, struct unw_stack *out)
 {
@@ -430,7 +430,7 @@ __attribute__((noinline)) static void capture_walk(struct self *s, struct unw_st
 	unw_walk(&env, &regs, out);
 }
 
-__attribute__((noinline)) static int recurse(struct self *s, struct unw_stack *out, int n)
+__attribute__((noinline)) static unsigned recurse(struct self *s, struct unw_stack *out, int n)
 {
 	if (n == 0)
 		capture_walk(s, out);
