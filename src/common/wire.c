@@ -131,8 +131,13 @@ static int wire_row_check(const struct profile_row *r, size_t i)
 		why = "profile_location_str is empty";
 	else if (r->profile_value < 0)
 		why = "profile_value < 0";
+	else if (r->process_id < 0 || r->process_id > UINT32_MAX || r->process_start_time < 0)
+		why = "process_id or process_start_time out of range";
 	else if (r->n_tags > ROW_MAX_TAGS)
 		why = "more than ROW_MAX_TAGS tags";
+	for (size_t t = 0; !why && t < r->n_tags; t++)
+		if (!r->tag_names[t] || !*r->tag_names[t])
+			why = "empty tag name";
 	if (!why)
 		return 0;
 	log_warn("row %zu: %s", i, why);

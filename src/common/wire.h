@@ -24,7 +24,8 @@ struct wire_batch_hdr {
 /* Appends the JSON body of one batch to out. Row fields equal to the batch's host/agent/host_ip
  * or to their protocol defaults are omitted (NULL/"" there means "the default"). Strings must be
  * UTF-8; invalid bytes arrive as U+FFFD. Returns 0 or -EINVAL (bad batch id, no rows, or a row
- * the server must refuse: time <= 0, empty app_service or stack, negative value, > 64 tags). */
+ * the server must refuse: time <= 0, empty app_service or stack, negative value, pid outside
+ * 0..2^32-1, negative start time, > 64 tags, an empty tag name). */
 int wire_encode(const struct wire_batch_hdr *hdr, const struct profile_row *rows, size_t n,
 		struct strbuf *out);
 

@@ -190,6 +190,7 @@ static void test_encode_escaping(void **state)
 
 static void test_encode_rejects(void **state)
 {
+	const char *empty_tag[] = {"ok", ""};
 	struct profile_row ok = {.time = 1, .app_service = "a", .profile_location_str = "s",
 				 .profile_value = 1};
 	struct profile_row bad[] = {
@@ -199,6 +200,13 @@ static void test_encode_rejects(void **state)
 		{.time = 1, .app_service = "a", .profile_location_str = "s", .profile_value = -1},
 		{.time = 1, .app_service = "a", .profile_location_str = "s",
 		 .n_tags = ROW_MAX_TAGS + 1},
+		{.time = 1, .app_service = "a", .profile_location_str = "s", .process_id = -1},
+		{.time = 1, .app_service = "a", .profile_location_str = "s",
+		 .process_id = (int64_t)UINT32_MAX + 1},
+		{.time = 1, .app_service = "a", .profile_location_str = "s",
+		 .process_start_time = -5},
+		{.time = 1, .app_service = "a", .profile_location_str = "s", .n_tags = 2,
+		 .tag_names = empty_tag, .tag_values = empty_tag},
 	};
 	const char *bad_ids[] = {NULL, "", "has space", "slash/", "quote\"", "ü",
 				 "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
