@@ -818,16 +818,21 @@ struct ehtable_file_hdr {
 	uint32_t n_loads;
 	uint32_t reserved2;
 	struct ehtable_load loads[EHTABLE_MAX_LOADS];
-	uint64_t checksum; /* FNV-1a over this header (checksum 0) and the slots */
+	uint64_t checksum; /* ehtable_fnv over this header (checksum 0) and the slots */
 };
 
+/* FNV-1a over 8-byte words (n is a multiple of 8 for every caller): fast on MiB tables. */
 static uint64_t ehtable_fnv(uint64_t h, const void *p, size_t n)
 {
 	const uint8_t *b = p;
 
-	for (size_t i = 0; i < n; i++) {
-		h ^= b[i];
+	for (size_t i = 0; i + 8 <= n; i += 8) {
+		uint64_t w;
+
+		memcpy(&w, b + i, 8);
+		h ^= w;
 		h *= 0x100000001b3ull;
+		h ^= h >> 29;
 	}
 	return h;
 }

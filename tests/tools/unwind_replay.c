@@ -5,7 +5,7 @@
  * `perf script --ns --no-inline -F tid,time,ip,sym,dso` (design/dwarf-unwinding.md §3.2 (a)).
  *
  * Usage: unwind_replay -i perf.data -s script.txt [-n name] [-t min_identical_pct] [-v]
- *        unwind_replay -b OBJECT...      (table build time, rows and size per object)
+ *        unwind_replay -b OBJECT...      (table build time, rows, size, cache load time)
  *
  * Samples are matched by (tid, time). A frame matches when perf's address equals ours, as an
  * absolute pc, a file offset or an ELF va (perf prints user frames relative to their object);
@@ -27,6 +27,7 @@
 #include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent/ehtable.h"
@@ -652,25 +653,47 @@ static int replay_script(struct replay *r, const char *path, struct tally *t, in
 	return 0;
 }
 
+static uint64_t replay_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Build time and size per object, and the time to load the same table from a cache file. */
 static int replay_bench(int argc, char **argv)
 {
-	printf("%-48s %9s %9s %10s %9s  %s\n", "object", "rows", "cfi rows", "size KiB", "build ms",
-	       "rows per kind");
+	char tmp[] = "/tmp/ember-bench-XXXXXX";
+	int fd = mkstemp(tmp);
+
+	if (fd < 0)
+		return 2;
+	close(fd);
+	printf("%-48s %9s %9s %10s %9s %9s  %s\n", "object", "rows", "cfi rows", "size KiB",
+	       "build ms", "save+load", "rows per kind");
 	for (int i = 0; i < argc; i++) {
-		struct ehtable *t;
+		struct ehtable *t, *u = NULL;
+		uint64_t t0;
 		int rc = ehtable_build(argv[i], &t);
 
 		if (rc) {
 			printf("%-48s error %s\n", argv[i], strerror(-rc));
 			continue;
 		}
-		printf("%-48s %9u %9u %10.1f %9.1f ", argv[i], ehtable_hdr(t)->n_rows, t->cfi_rows,
-		       ehtable_size_bytes(t) / 1024.0, t->build_ns / 1e6);
+		t0 = replay_now_ns();
+		if (ehtable_save(t, tmp) != 0 || ehtable_load(tmp, &u) != 0)
+			printf("%-48s cache round trip failed\n", argv[i]);
+		t0 = replay_now_ns() - t0;
+		ehtable_free(u);
+		printf("%-48s %9u %9u %10.1f %9.1f %9.1f ", argv[i], ehtable_hdr(t)->n_rows,
+		       t->cfi_rows, ehtable_size_bytes(t) / 1024.0, t->build_ns / 1e6, t0 / 1e6);
 		for (unsigned k = 0; k < UNW_KIND_COUNT; k++)
 			printf(" %s=%u", ehtable_kind_name(k), t->kind_rows[k]);
 		printf("\n");
 		ehtable_free(t);
 	}
+	unlink(tmp);
 	return 0;
 }
 
