@@ -541,7 +541,9 @@ static int ch_http(struct ch_store *s, const struct ch_call *c, struct httpc_res
 	req.should_abort = c->should_abort;
 	req.arg = c->arg;
 	rc = httpc_do(&req, resp, herr, sizeof(herr));
-	/* A streamed response has no body buffer; an error status still needs its text. */
+	/* httpc prefixes its message with the URL, which holds a whole INSERT statement: drop it */
+	if (strlen(herr) >= url.len + 2 && strncmp(herr, url.buf, url.len) == 0)
+		memmove(herr, herr + url.len + 2, strlen(herr + url.len + 2) + 1);
 	rc = ch_result(s, rc, herr, resp, err, errlen);
 	sb_free(&url);
 	sb_free(&huser);
