@@ -38,9 +38,9 @@
 
 #include "common/log.h"
 
-#define EHTABLE_MAX_FDES (2u << 20)	   /* FDE starts read from one CFI section */
-#define EHTABLE_CIE_CACHE 64		   /* CIE pointer encodings remembered while scanning */
-#define EHTABLE_CACHE_MAX_FILES 4096	   /* files considered when trimming the cache dir */
+#define EHTABLE_MAX_FDES (2u << 20)  /* FDE starts read from one CFI section */
+#define EHTABLE_CIE_CACHE 64	     /* CIE pointer encodings remembered while scanning */
+#define EHTABLE_CACHE_MAX_FILES 4096 /* files considered when trimming the cache dir */
 #define EHTABLE_DEBUG_ROOT "/usr/lib/debug"
 #define EHTABLE_FILE_MAGIC "EMBEHTB1"
 #define EHTABLE_FILE_VERSION 1u
@@ -60,7 +60,7 @@ static uint64_t ehtable_now_ns(void)
 const char *ehtable_kind_name(unsigned kind)
 {
 	static const char *const names[UNW_KIND_COUNT] = {
-		"none", "rsp", "rbp", "plt", "signal", "stop", "unsup",
+	    "none", "rsp", "rbp", "plt", "signal", "stop", "unsup",
 	};
 
 	return kind < UNW_KIND_COUNT ? names[kind] : "?";
@@ -103,8 +103,8 @@ static bool ehtable_breg(const Dwarf_Op *ops, size_t nops, unsigned *reg, int64_
 static bool ehtable_is_plt(const Dwarf_Op *ops, size_t nops, int64_t *threshold)
 {
 	static const uint8_t shape[9] = {
-		DW_OP_breg7, DW_OP_breg16, DW_OP_lit15, DW_OP_and, 0 /* litT */,
-		DW_OP_ge, DW_OP_lit3, DW_OP_shl, DW_OP_plus,
+	    DW_OP_breg7, DW_OP_breg16, DW_OP_lit15, DW_OP_and,	0 /* litT */,
+	    DW_OP_ge,	 DW_OP_lit3,   DW_OP_shl,   DW_OP_plus,
 	};
 
 	if (nops != 9)
@@ -177,8 +177,8 @@ struct ehtable_cie_enc {
 };
 
 /* Decodes a DW_EH_PE value; returns bytes consumed or -1. */
-static int ehtable_read_encoded(const uint8_t *p, const uint8_t *end, uint8_t enc, uint64_t field_va,
-				uint64_t *val)
+static int ehtable_read_encoded(const uint8_t *p, const uint8_t *end, uint8_t enc,
+				uint64_t field_va, uint64_t *val)
 {
 	uint64_t v = 0;
 	int len;
@@ -328,17 +328,21 @@ static int ehtable_fde_starts(Elf *elf, Elf_Scn *scn, bool eh_frame, uint64_t **
 				Dwarf_CFI_Entry ce;
 				Dwarf_Off cn;
 
-				if (dwarf_next_cfi(ident, data, true, e.fde.CIE_pointer, &cn, &ce) != 0 ||
-				    !dwarf_cfi_cie_p(&ce) || ehtable_cie_fde_encoding(&ce.cie, &enc) != 0)
+				if (dwarf_next_cfi(ident, data, true, e.fde.CIE_pointer, &cn,
+						   &ce) != 0 ||
+				    !dwarf_cfi_cie_p(&ce) ||
+				    ehtable_cie_fde_encoding(&ce.cie, &enc) != 0)
 					continue;
 				if (n_cies < EHTABLE_CIE_CACHE)
-					cies[n_cies++] = (struct ehtable_cie_enc){ e.fde.CIE_pointer, enc };
+					cies[n_cies++] =
+					    (struct ehtable_cie_enc){e.fde.CIE_pointer, enc};
 			}
 		} else {
 			enc = DW_EH_PE_udata8;
 		}
 		if (ehtable_read_encoded(e.fde.start, e.fde.end, enc,
-					 shdr.sh_addr + (uint64_t)(e.fde.start - (const uint8_t *)data->d_buf),
+					 shdr.sh_addr +
+					     (uint64_t)(e.fde.start - (const uint8_t *)data->d_buf),
 					 &start) < 0)
 			continue;
 		if (start == 0 && !eh_frame)
@@ -420,7 +424,7 @@ static int ehtable_push(struct ehtable_rows *b, uint64_t pc, const struct unw_ro
 static int ehtable_walk_cfi(Dwarf_CFI *cfi, const uint64_t *starts, size_t n_starts,
 			    struct ehtable_rows *b)
 {
-	static const struct unw_row none = { 0, UNW_KIND_NONE, 0, 0 };
+	static const struct unw_row none = {0, UNW_KIND_NONE, 0, 0};
 	size_t i = 0;
 	uint64_t a;
 	int rc;
@@ -542,8 +546,8 @@ static int ehtable_elf_identity(Elf *elf, int fd, uint8_t *id, uint32_t *len, in
 	}
 	if (fstat(fd, &st) != 0)
 		return -errno;
-	uint64_t facts[4] = { st.st_dev, st.st_ino, (uint64_t)st.st_size,
-			      (uint64_t)st.st_mtim.tv_sec * 1000000000ull + st.st_mtim.tv_nsec };
+	uint64_t facts[4] = {st.st_dev, st.st_ino, (uint64_t)st.st_size,
+			     (uint64_t)st.st_mtim.tv_sec * 1000000000ull + st.st_mtim.tv_nsec};
 	memcpy(id, facts, sizeof(facts));
 	*len = sizeof(facts);
 	*is_bid = 0;
@@ -580,7 +584,8 @@ static int ehtable_open_debug(Elf *elf, const uint8_t *bid, uint32_t bid_len, in
 	int fd;
 
 	if (is_bid && bid_len >= 2) {
-		int o = snprintf(buf, sizeof(buf), "%s/.build-id/%02x/", EHTABLE_DEBUG_ROOT, bid[0]);
+		int o =
+		    snprintf(buf, sizeof(buf), "%s/.build-id/%02x/", EHTABLE_DEBUG_ROOT, bid[0]);
 
 		for (uint32_t i = 1; i < bid_len && o + 3 < (int)sizeof(buf); i++)
 			o += snprintf(buf + o, sizeof(buf) - (size_t)o, "%02x", bid[i]);
@@ -598,7 +603,7 @@ static int ehtable_open_debug(Elf *elf, const uint8_t *bid, uint32_t bid_len, in
 		snprintf(real, sizeof(real), "%s", path);
 	snprintf(dir, sizeof(dir), "%s", real);
 	const char *d = dirname(dir);
-	const char *fmts[3] = { "%s/%s", "%s/.debug/%s", EHTABLE_DEBUG_ROOT "%s/%s" };
+	const char *fmts[3] = {"%s/%s", "%s/.debug/%s", EHTABLE_DEBUG_ROOT "%s/%s"};
 
 	for (int i = 0; i < 3; i++) {
 		snprintf(buf, sizeof(buf), fmts[i], d, link);
@@ -623,8 +628,10 @@ static void ehtable_read_loads(Elf *elf, struct ehtable *t)
 		if (!gelf_getphdr(elf, (int)i, &ph) || ph.p_type != PT_LOAD)
 			continue;
 		t->loads[t->n_loads++] = (struct ehtable_load){
-			.offset = ph.p_offset, .vaddr = ph.p_vaddr, .filesz = ph.p_filesz,
-			.flags = ph.p_flags,
+		    .offset = ph.p_offset,
+		    .vaddr = ph.p_vaddr,
+		    .filesz = ph.p_filesz,
+		    .flags = ph.p_flags,
 		};
 	}
 }
@@ -648,7 +655,7 @@ int ehtable_bias(const struct ehtable *t, uint64_t map_start, uint64_t pgoff, ui
 
 static int ehtable_from_cfi(Elf *elf, Dwarf_CFI *cfi, bool eh_frame, struct ehtable *t)
 {
-	struct ehtable_rows b = { 0 };
+	struct ehtable_rows b = {0};
 	uint64_t *starts = NULL;
 	size_t n_starts = 0;
 	Elf_Scn *scn = ehtable_find_section(elf, eh_frame ? ".eh_frame" : ".debug_frame");
@@ -723,7 +730,8 @@ int ehtable_build_fd(int fd, const char *path, struct ehtable **out)
 		/* no .eh_frame: .debug_frame of the object itself, else of its debug file */
 		t->source = EHTABLE_SRC_DEBUG_FRAME;
 		rc = ehtable_from_debug_frame(elf, t);
-		int dfd = rc ? ehtable_open_debug(elf, t->id, t->id_len, t->id_is_build_id, path) : -1;
+		int dfd =
+		    rc ? ehtable_open_debug(elf, t->id, t->id_len, t->id_is_build_id, path) : -1;
 
 		if (dfd >= 0) {
 			Elf *delf = elf_begin(dfd, ELF_C_READ_MMAP, NULL);
@@ -866,7 +874,7 @@ static int ehtable_validate(const struct ehtable *t)
 
 int ehtable_save(const struct ehtable *t, const char *path)
 {
-	struct ehtable_file_hdr fh = { .version = EHTABLE_FILE_VERSION };
+	struct ehtable_file_hdr fh = {.version = EHTABLE_FILE_VERSION};
 	FILE *f;
 	int rc = 0;
 
@@ -1008,7 +1016,8 @@ static void ehtable_cache_trim(const char *dir, uint64_t max_bytes)
 		size_t len = strlen(de->d_name);
 		struct stat st;
 
-		if (len < 7 || len >= sizeof(files[0].name) || strcmp(de->d_name + len - 6, ".ehtab"))
+		if (len < 7 || len >= sizeof(files[0].name) ||
+		    strcmp(de->d_name + len - 6, ".ehtab"))
 			continue;
 		if (fstatat(dirfd(d), de->d_name, &st, 0) != 0)
 			continue;

@@ -1,13 +1,13 @@
 /*
- * ehtable — the compact DWARF unwind table of one ELF object (design/dwarf-unwinding.md §2.1–2.2).
+ * ehtable — the compact DWARF unwind table of one ELF object (design brief §2.1-2.2).
  *
  * Built with elfutils libdw from .eh_frame (dwarf_getcfi_elf); an object without .eh_frame uses
  * its own .debug_frame, else that of its separate debug file (build-id path or .gnu_debuglink,
- * under /usr/lib/debug). Every CFI row is classified into the 8-byte struct unw_row of src/bpf/unwind.h,
- * gaps between FDEs become NONE rows, equal neighbours are merged, and a 4 KiB bucket index is
- * put in front: the result is one contiguous slot image that BPF and the plain-C walker read
- * as is. Tables are immutable once built and keyed by GNU build-id (else dev, inode, size,
- * mtime), so one table serves every process that maps the object.
+ * under /usr/lib/debug). Every CFI row is classified into the 8-byte struct unw_row of
+ * src/bpf/unwind.h, gaps between FDEs become NONE rows, equal neighbours are merged, and a 4 KiB
+ * bucket index is put in front: the result is one contiguous slot image that BPF and the plain-C
+ * walker read as is. Tables are immutable once built and keyed by GNU build-id (else dev, inode,
+ * size, mtime), so one table serves every process that maps the object.
  *
  * Cache: ehtable_save/ehtable_load write and read one table file (checked by magic, version,
  * length and checksum); ehtable_cache_get/put keep them in a directory by identity, bounded by
@@ -24,11 +24,11 @@
 
 #include "bpf/unwind.h"
 
-#define EHTABLE_MAX_ROWS (4u << 20)	/* rows per object; libLLVM needs ~0.95 M */
-#define EHTABLE_ID_MAX 40		/* identity bytes: build-id (≤ 40) or file facts */
+#define EHTABLE_MAX_ROWS (4u << 20)	    /* rows per object; libLLVM needs ~0.95 M */
+#define EHTABLE_ID_MAX 40		    /* identity bytes: build-id (≤ 40) or file facts */
 #define EHTABLE_CACHE_MAX_BYTES (64u << 20) /* default on-disk cache budget */
 
-#define EHTABLE_MAX_LOADS 8		/* PT_LOAD segments remembered for load-bias lookups */
+#define EHTABLE_MAX_LOADS 8 /* PT_LOAD segments remembered for load-bias lookups */
 
 enum ehtable_source { EHTABLE_SRC_EH_FRAME, EHTABLE_SRC_DEBUG_FRAME };
 

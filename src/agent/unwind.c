@@ -22,7 +22,7 @@
 const char *unw_reason_name(unsigned reason)
 {
 	static const char *const names[UNW_REASON_COUNT] = {
-		"complete", "no-mapping", "no-row", "unsupported", "read-fail", "ra-zero", "max-frames",
+	    "complete", "no-mapping", "no-row", "unsupported", "read-fail", "ra-zero", "max-frames",
 	};
 
 	return reason < UNW_REASON_COUNT ? names[reason] : "?";
@@ -218,6 +218,10 @@ int unw_step(const struct unw_env *env, struct unw_state *st)
 	struct unw_row row;
 	uint64_t va, cfa, ra, base;
 
+	if (st->out->n >= UNW_MAX_FRAMES) { /* the bound BPF's verifier needs, too */
+		st->reason = UNW_REASON_MAX_FRAMES;
+		return 1;
+	}
 	st->out->ips[st->out->n++] = st->pc;
 
 	m = unw_proc_find(env->proc, st->pc);
@@ -300,8 +304,13 @@ int unw_step(const struct unw_env *env, struct unw_state *st)
 int unw_walk(const struct unw_env *env, const struct unw_regs *regs, struct unw_stack *out)
 {
 	struct unw_state st = {
-		.pc = regs->ip, .sp = regs->sp, .bp = regs->bp, .bp_known = 1, .exact = 1,
-		.reason = UNW_REASON_MAX_FRAMES, .out = out,
+	    .pc = regs->ip,
+	    .sp = regs->sp,
+	    .bp = regs->bp,
+	    .bp_known = 1,
+	    .exact = 1,
+	    .reason = UNW_REASON_MAX_FRAMES,
+	    .out = out,
 	};
 
 	out->n = 0;

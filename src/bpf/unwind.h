@@ -19,15 +19,15 @@
 #include <linux/types.h>
 #endif
 
-#define UNW_MAX_FRAMES 127	  /* frames per walk (one bpf_loop) */
-#define UNW_MAX_MAPPINGS 128	  /* executable mappings per process */
-#define UNW_MAPPING_STEPS 8	  /* binary search steps over the mappings: 2^8 > 128 */
-#define UNW_BUCKET_SHIFT 12	  /* one index slot per 4 KiB of code */
-#define UNW_ROW_STEPS 16	  /* binary search steps inside one bucket (≤ 4097 rows) */
-#define UNW_HDR_SLOTS 2		  /* struct unw_table_hdr is two slots */
-#define UNW_RBP_UNKNOWN (-128)	  /* unw_row.rbp: rbp saved by a rule we do not encode */
-#define UNW_SIGFRAME_OFFSET 40	  /* sigcontext of an rt_sigframe, from the handler's sp */
-#define UNW_SIGCTX_RBP 10	  /* words of struct sigcontext */
+#define UNW_MAX_FRAMES 127     /* frames per walk (one bpf_loop) */
+#define UNW_MAX_MAPPINGS 128   /* executable mappings per process */
+#define UNW_MAPPING_STEPS 8    /* binary search steps over the mappings: 2^8 > 128 */
+#define UNW_BUCKET_SHIFT 12    /* one index slot per 4 KiB of code */
+#define UNW_ROW_STEPS 16       /* binary search steps inside one bucket (≤ 4097 rows) */
+#define UNW_HDR_SLOTS 2	       /* struct unw_table_hdr is two slots */
+#define UNW_RBP_UNKNOWN (-128) /* unw_row.rbp: rbp saved by a rule we do not encode */
+#define UNW_SIGFRAME_OFFSET 40 /* sigcontext of an rt_sigframe, from the handler's sp */
+#define UNW_SIGCTX_RBP 10      /* words of struct sigcontext */
 #define UNW_SIGCTX_RSP 15
 #define UNW_SIGCTX_RIP 16
 
@@ -46,8 +46,8 @@ enum unw_kind {
 /* Why a walk ended; the BPF side counts these per CPU as unwind-quality telemetry. */
 enum unw_reason {
 	UNW_REASON_COMPLETE = 0, /* reached a STOP row (entry point or clone3) */
-	UNW_REASON_NO_MAPPING,	 /* pc outside every mapping and no frame-pointer step possible */
-	UNW_REASON_NO_ROW,	 /* no table or no FDE for pc and no frame-pointer step possible */
+	UNW_REASON_NO_MAPPING,	 /* pc in no mapping, and no frame-pointer step possible */
+	UNW_REASON_NO_ROW,	 /* no table or FDE for pc, and no frame-pointer step possible */
 	UNW_REASON_UNSUPPORTED,	 /* UNSUP row, or the rule needs an rbp we lost */
 	UNW_REASON_READ_FAIL,	 /* reading the user stack failed */
 	UNW_REASON_RA_ZERO,	 /* return address 0 */
@@ -56,10 +56,10 @@ enum unw_reason {
 };
 
 struct unw_row {
-	__u32 pc;   /* ELF virtual address where the rule starts */
-	__u8 kind;  /* enum unw_kind */
-	__s8 rbp;   /* caller's rbp at CFA + rbp*8; 0 = unchanged; UNW_RBP_UNKNOWN */
-	__s16 cfa;  /* CFA offset / 8; for PLT the threshold T */
+	__u32 pc;  /* ELF virtual address where the rule starts */
+	__u8 kind; /* enum unw_kind */
+	__s8 rbp;  /* caller's rbp at CFA + rbp*8; 0 = unchanged; UNW_RBP_UNKNOWN */
+	__s16 cfa; /* CFA offset / 8; for PLT the threshold T */
 };
 
 struct unw_bucket {
@@ -75,18 +75,18 @@ struct unw_table_hdr {
 };
 
 /* unw_mapping.flags */
-#define UNW_MAP_FP (1u << 0)	   /* object keeps frame pointers (Go): always a frame-pointer step */
+#define UNW_MAP_FP (1u << 0) /* object keeps frame pointers (Go): always a frame-pointer step */
 #define UNW_MAP_NO_TABLE (1u << 1) /* table not (yet) available */
 
 struct unw_mapping {
-	__u64 start, end;  /* [start, end) in the process */
-	__u64 bias;	   /* va = pc - bias */
-	__u32 table_base;  /* first slot of the table in the slot array */
-	__u32 flags;	   /* UNW_MAP_* */
+	__u64 start, end; /* [start, end) in the process */
+	__u64 bias;	  /* va = pc - bias */
+	__u32 table_base; /* first slot of the table in the slot array */
+	__u32 flags;	  /* UNW_MAP_* */
 };
 
 struct unw_proc {
-	__u32 n;	/* mappings in use, sorted by start, non-overlapping */
+	__u32 n; /* mappings in use, sorted by start, non-overlapping */
 	__u32 reserved;
 	struct unw_mapping maps[UNW_MAX_MAPPINGS];
 };

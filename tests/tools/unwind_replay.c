@@ -33,11 +33,11 @@
 #include "agent/ehtable.h"
 #include "agent/unwind.h"
 
-#define REPLAY_MAX_OBJS 256	   /* distinct mapped objects */
-#define REPLAY_MAX_PROCS 256	   /* processes followed */
-#define REPLAY_MAX_RAW_MAPS 512	   /* exec mappings remembered per process for file offsets */
-#define REPLAY_MAX_SAMPLES 100000  /* samples replayed */
-#define REPLAY_MAX_EXAMPLES 10	   /* mismatches printed with -v */
+#define REPLAY_MAX_OBJS 256	  /* distinct mapped objects */
+#define REPLAY_MAX_PROCS 256	  /* processes followed */
+#define REPLAY_MAX_RAW_MAPS 512	  /* exec mappings remembered per process for file offsets */
+#define REPLAY_MAX_SAMPLES 100000 /* samples replayed */
+#define REPLAY_MAX_EXAMPLES 10	  /* mismatches printed with -v */
 #define REPLAY_MAX_PERF_FRAMES 1024
 
 struct perf_file_section {
@@ -182,7 +182,7 @@ static void replay_mmap(struct replay *r, uint32_t pid, uint64_t start, uint64_t
 			uint64_t pgoff, const char *name)
 {
 	struct proc *p = replay_proc(r, pid, 1);
-	struct unw_mapping m = { .start = start, .end = start + len };
+	struct unw_mapping m = {.start = start, .end = start + len};
 	uint64_t bias;
 	int oi;
 
@@ -199,7 +199,7 @@ static void replay_mmap(struct replay *r, uint32_t pid, uint64_t start, uint64_t
 	if (unw_proc_insert(&p->up, &m) != 0)
 		fprintf(stderr, "pid %u: mapping list full, %s not added\n", pid, name);
 	if (p->n_raw < REPLAY_MAX_RAW_MAPS)
-		p->raw[p->n_raw++] = (struct raw_map){ start, start + len, pgoff, oi };
+		p->raw[p->n_raw++] = (struct raw_map){start, start + len, pgoff, oi};
 }
 
 static const struct raw_map *replay_raw_find(const struct proc *p, uint64_t pc)
@@ -224,7 +224,7 @@ static void replay_walk(struct replay *r, uint32_t pid, uint32_t tid, uint64_t t
 {
 	struct proc *p = replay_proc(r, pid, 0);
 	static const struct unw_proc empty;
-	struct unw_env env = { &r->arena, p ? &p->up : &empty, replay_read_stack, (void *)sc };
+	struct unw_env env = {&r->arena, p ? &p->up : &empty, replay_read_stack, (void *)sc};
 	struct unw_stack out;
 	struct result *res;
 
@@ -249,18 +249,18 @@ static void replay_walk(struct replay *r, uint32_t pid, uint32_t tid, uint64_t t
 
 		res->f[i].pc = out.ips[i];
 		res->f[i].rel = m ? out.ips[i] - m->start + m->pgoff : out.ips[i];
-		res->f[i].va = um && !(um->flags & UNW_MAP_NO_TABLE) ? out.ips[i] - um->bias
-								    : res->f[i].rel;
+		res->f[i].va =
+		    um && !(um->flags & UNW_MAP_NO_TABLE) ? out.ips[i] - um->bias : res->f[i].rel;
 	}
 	r->n_res++;
 }
 
-#define TAKE(dst, n)                                                                            \
-	do {                                                                                    \
-		if ((uint64_t)(end - d) < (uint64_t)(n))                                        \
-			return;                                                                 \
-		memcpy((dst), d, (n));                                                          \
-		d += (n);                                                                       \
+#define TAKE(dst, n)                                                                               \
+	do {                                                                                       \
+		if ((uint64_t)(end - d) < (uint64_t)(n))                                           \
+			return;                                                                    \
+		memcpy((dst), d, (n));                                                             \
+		d += (n);                                                                          \
 	} while (0)
 
 static void replay_sample(struct replay *r, const uint8_t *d, const uint8_t *end)
@@ -471,7 +471,7 @@ static int replay_records_in_time_order(struct replay *r, const uint8_t *data, u
 			refs = p;
 			cap = ncap;
 		}
-		refs[n] = (struct rec_ref){ replay_record_time(r, h, sample_id_all), n, h };
+		refs[n] = (struct rec_ref){replay_record_time(r, h, sample_id_all), n, h};
 		n++;
 	}
 	qsort(refs, n, sizeof(*refs), replay_cmp_rec);
@@ -502,7 +502,8 @@ static int replay_perf_data(struct replay *r, const char *path)
 	if ((uint64_t)st.st_size < sizeof(*fh) || memcmp(&fh->magic, "PERFILE2", 8) != 0 ||
 	    fh->attr_size < sizeof(struct perf_file_section) + PERF_ATTR_SIZE_VER3 ||
 	    fh->attrs.offset + fh->attrs.size > (uint64_t)st.st_size ||
-	    fh->data.offset + fh->data.size > (uint64_t)st.st_size || fh->attrs.size < fh->attr_size) {
+	    fh->data.offset + fh->data.size > (uint64_t)st.st_size ||
+	    fh->attrs.size < fh->attr_size) {
 		fprintf(stderr, "%s: not a file-mode perf.data\n", path);
 		return -1;
 	}
@@ -518,7 +519,8 @@ static int replay_perf_data(struct replay *r, const char *path)
 			return -1;
 		}
 	}
-	if (!(r->sample_type & PERF_SAMPLE_REGS_USER) || !(r->sample_type & PERF_SAMPLE_STACK_USER) ||
+	if (!(r->sample_type & PERF_SAMPLE_REGS_USER) ||
+	    !(r->sample_type & PERF_SAMPLE_STACK_USER) ||
 	    (r->sample_type & (PERF_SAMPLE_READ | PERF_SAMPLE_BRANCH_STACK)) ||
 	    !(mask & (1ull << PERF_REG_X86_IP)) || !(mask & (1ull << PERF_REG_X86_SP)) ||
 	    !(mask & (1ull << PERF_REG_X86_BP))) {
@@ -545,7 +547,7 @@ static int replay_perf_data(struct replay *r, const char *path)
 
 static int replay_frame_match(const struct frame *f, uint64_t ip, int leaf)
 {
-	uint64_t c[3] = { f->pc, f->rel, f->va };
+	uint64_t c[3] = {f->pc, f->rel, f->va};
 
 	for (int i = 0; i < 3; i++)
 		if (ip == c[i] || (!leaf && (ip + 1 == c[i] || ip == c[i] + 1)))
@@ -562,9 +564,9 @@ struct tally {
 static void replay_compare(struct replay *r, uint32_t tid, uint64_t time, const uint64_t *ips,
 			   const char (*syms)[96], uint32_t n, struct tally *t, int verbose)
 {
-	struct result key = { .tid = tid, .time = time };
-	const struct result *res = bsearch(&key, r->res, r->n_res, sizeof(*r->res),
-					   replay_cmp_result);
+	struct result key = {.tid = tid, .time = time};
+	const struct result *res =
+	    bsearch(&key, r->res, r->n_res, sizeof(*r->res), replay_cmp_result);
 	uint32_t cmp_n;
 	int same;
 
@@ -573,7 +575,8 @@ static void replay_compare(struct replay *r, uint32_t tid, uint64_t time, const 
 		return;
 	}
 	if (n == 0) {
-		t->perf_no_user++; /* perf printed no user frame (exec in progress): nothing to compare */
+		t->perf_no_user++; /* perf printed no user frame (exec in progress): nothing to
+				      compare */
 		return;
 	}
 	t->compared++;
@@ -703,17 +706,29 @@ int main(int argc, char **argv)
 	double min_pct = 0;
 	int verbose = 0, opt, rc = 2;
 	struct replay *r;
-	struct tally t = { 0 };
+	struct tally t = {0};
 
 	while ((opt = getopt(argc, argv, "i:s:n:t:vb")) != -1) {
 		switch (opt) {
-		case 'i': data = optarg; break;
-		case 's': script = optarg; break;
-		case 'n': name = optarg; break;
-		case 't': min_pct = atof(optarg); break;
-		case 'v': verbose = 1; break;
-		case 'b': return replay_bench(argc - optind, argv + optind);
-		default: goto usage;
+		case 'i':
+			data = optarg;
+			break;
+		case 's':
+			script = optarg;
+			break;
+		case 'n':
+			name = optarg;
+			break;
+		case 't':
+			min_pct = atof(optarg);
+			break;
+		case 'v':
+			verbose = 1;
+			break;
+		case 'b':
+			return replay_bench(argc - optind, argv + optind);
+		default:
+			goto usage;
 		}
 	}
 	if (!data || !script)
@@ -750,7 +765,9 @@ int main(int argc, char **argv)
 	free(r);
 	return rc;
 usage:
-	fprintf(stderr, "usage: %s -i perf.data -s script.txt [-n name] [-t min_pct] [-v]\n"
-			"       %s -b OBJECT...\n", argv[0], argv[0]);
+	fprintf(stderr,
+		"usage: %s -i perf.data -s script.txt [-n name] [-t min_pct] [-v]\n"
+		"       %s -b OBJECT...\n",
+		argv[0], argv[0]);
 	return 2;
 }

@@ -36,14 +36,11 @@ struct golden {
 };
 
 static const struct golden goldens[] = {
-	{ LIBC, "93ac61ec5a8eb1396f9fbd350e3169a558528a40", 28274,
-	  { 3404, 24680, 181, 1, 1, 2, 5 } },
-	{ LDSO, "7ebc65e52f2bbea498b4040fa92f7238377aaba9", 2397, { 265, 2079, 41, 1, 1, 0, 10 } },
-	{ PERL, "1fe33ad875fa0cb11cd1fe798112b559290b4fc6", 31355, { 2058, 29295, 0, 1, 0, 1, 0 } },
-	{ PYTHON, "571d98e01096d5c1c32420d229a6731a0a50d2a0", 64575,
-	  { 4465, 60107, 1, 1, 0, 1, 0 } },
-	{ LIBPYTHON, "9c43ffefa67ac31d2070c69c46db6d8ced25b942", 74123,
-	  { 5801, 68320, 1, 1, 0, 0, 0 } },
+    {LIBC, "93ac61ec5a8eb1396f9fbd350e3169a558528a40", 28274, {3404, 24680, 181, 1, 1, 2, 5}},
+    {LDSO, "7ebc65e52f2bbea498b4040fa92f7238377aaba9", 2397, {265, 2079, 41, 1, 1, 0, 10}},
+    {PERL, "1fe33ad875fa0cb11cd1fe798112b559290b4fc6", 31355, {2058, 29295, 0, 1, 0, 1, 0}},
+    {PYTHON, "571d98e01096d5c1c32420d229a6731a0a50d2a0", 64575, {4465, 60107, 1, 1, 0, 1, 0}},
+    {LIBPYTHON, "9c43ffefa67ac31d2070c69c46db6d8ced25b942", 74123, {5801, 68320, 1, 1, 0, 0, 0}},
 };
 
 /* The build-id as the test reads it itself, in hex; "" when absent. */
@@ -82,7 +79,8 @@ static int find_symbol_in(const char *file, const char *name, uint64_t *addr, ui
 		GElf_Shdr sh;
 		Elf_Data *d;
 
-		if (!gelf_getshdr(scn, &sh) || (sh.sh_type != SHT_SYMTAB && sh.sh_type != SHT_DYNSYM))
+		if (!gelf_getshdr(scn, &sh) ||
+		    (sh.sh_type != SHT_SYMTAB && sh.sh_type != SHT_DYNSYM))
 			continue;
 		d = elf_getdata(scn, NULL);
 		for (size_t i = 0; d && sh.sh_entsize && i < sh.sh_size / sh.sh_entsize; i++) {
@@ -186,7 +184,8 @@ static void check_invariants(const struct ehtable *t)
 	}
 	/* the bucketed lookup agrees with a plain search over all rows, around every row edge */
 	for (uint32_t i = 0; i < h->n_rows; i++) {
-		uint64_t probes[3] = { rows[i].pc, (uint64_t)rows[i].pc - 1, (uint64_t)rows[i].pc + 1 };
+		uint64_t probes[3] = {rows[i].pc, (uint64_t)rows[i].pc - 1,
+				      (uint64_t)rows[i].pc + 1};
 
 		for (int p = 0; p < 3; p++) {
 			const struct unw_row *want = NULL;
@@ -235,11 +234,26 @@ static void check_golden(const struct golden *g)
 	ehtable_free(t);
 }
 
-static void test_golden_libc(void **state) { check_golden(&goldens[0]); }
-static void test_golden_ldso(void **state) { check_golden(&goldens[1]); }
-static void test_golden_perl(void **state) { check_golden(&goldens[2]); }
-static void test_golden_python(void **state) { check_golden(&goldens[3]); }
-static void test_golden_libpython(void **state) { check_golden(&goldens[4]); }
+static void test_golden_libc(void **state)
+{
+	check_golden(&goldens[0]);
+}
+static void test_golden_ldso(void **state)
+{
+	check_golden(&goldens[1]);
+}
+static void test_golden_perl(void **state)
+{
+	check_golden(&goldens[2]);
+}
+static void test_golden_python(void **state)
+{
+	check_golden(&goldens[3]);
+}
+static void test_golden_libpython(void **state)
+{
+	check_golden(&goldens[4]);
+}
 
 static const struct unw_row *row_at(const struct ehtable *t, uint64_t va)
 {
@@ -318,7 +332,7 @@ static void test_entry_rules(void **state)
 {
 	static const struct {
 		const char *path, *sym;
-	} cases[] = { { PERL, "perl_run" }, { PYTHON, "Py_BytesMain" }, { LIBC, "malloc" } };
+	} cases[] = {{PERL, "perl_run"}, {PYTHON, "Py_BytesMain"}, {LIBC, "malloc"}};
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct ehtable *t = build_or_skip(cases[i].path);
@@ -393,7 +407,8 @@ static void test_debug_frame_fallback(void **state)
 	fputs("__attribute__((noinline)) int use(volatile char *b, int n) { return b[n % 300]; }\n"
 	      "__attribute__((noinline)) int work(int n) { volatile char b[300];\n"
 	      "  for (int i = 0; i < n && i < 300; i++) b[i] = i; return use(b, n) + 1; }\n"
-	      "int main(int c, char **v) { return work(c * 100); }\n", f);
+	      "int main(int c, char **v) { return work(c * 100); }\n",
+	      f);
 	fclose(f);
 	snprintf(cmd, sizeof(cmd),
 		 "gcc -O2 -g -fno-asynchronous-unwind-tables -o %s %s && objcopy "
@@ -462,7 +477,7 @@ static void test_cache_budget(void **state)
 	struct ehtable *a = build_or_skip(LDSO), *b = build_or_skip(LIBC), *c = build_or_skip(PERL);
 	struct ehtable *got;
 	char dir[] = "/tmp/ember-ehcache-XXXXXX", path[512], hex[2 * EHTABLE_ID_MAX + 1];
-	struct timespec old[2] = { { 1000, 0 }, { 1000, 0 } };
+	struct timespec old[2] = {{1000, 0}, {1000, 0}};
 	uint64_t budget;
 
 	if (!a || !b || !c) {
@@ -507,13 +522,19 @@ static void test_cache_budget(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_golden_libc),   cmocka_unit_test(test_golden_ldso),
-		cmocka_unit_test(test_golden_perl),   cmocka_unit_test(test_golden_python),
-		cmocka_unit_test(test_golden_libpython), cmocka_unit_test(test_libc_rules),
-		cmocka_unit_test(test_ldso_rules),    cmocka_unit_test(test_entry_rules),
-		cmocka_unit_test(test_bias),	      cmocka_unit_test(test_errors),
-		cmocka_unit_test(test_debug_frame_fallback), cmocka_unit_test(test_save_load),
-		cmocka_unit_test(test_cache_budget),
+	    cmocka_unit_test(test_golden_libc),
+	    cmocka_unit_test(test_golden_ldso),
+	    cmocka_unit_test(test_golden_perl),
+	    cmocka_unit_test(test_golden_python),
+	    cmocka_unit_test(test_golden_libpython),
+	    cmocka_unit_test(test_libc_rules),
+	    cmocka_unit_test(test_ldso_rules),
+	    cmocka_unit_test(test_entry_rules),
+	    cmocka_unit_test(test_bias),
+	    cmocka_unit_test(test_errors),
+	    cmocka_unit_test(test_debug_frame_fallback),
+	    cmocka_unit_test(test_save_load),
+	    cmocka_unit_test(test_cache_budget),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

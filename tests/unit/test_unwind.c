@@ -29,23 +29,33 @@
 #define STACK 0x7ff000000000ull
 #define STACK_WORDS 4096
 
-enum { VA_A = 0x1000, VA_B = 0x1100, VA_PLT = 0x1200, VA_SIG = 0x1300, VA_STOP = 0x1400,
-       VA_UNSUP = 0x1500, VA_NONE = 0x1600, VA_F = 0x1700, VA_G = 0x1800, VA_END = 0x1900,
-       VA_LOOP = 0x5000 };
+enum {
+	VA_A = 0x1000,
+	VA_B = 0x1100,
+	VA_PLT = 0x1200,
+	VA_SIG = 0x1300,
+	VA_STOP = 0x1400,
+	VA_UNSUP = 0x1500,
+	VA_NONE = 0x1600,
+	VA_F = 0x1700,
+	VA_G = 0x1800,
+	VA_END = 0x1900,
+	VA_LOOP = 0x5000
+};
 
 static const struct unw_row rows[] = {
-	{ VA_A, UNW_KIND_RSP, -2, 2 },	  /* CFA = rsp+16, rbp saved at CFA-16 */
-	{ VA_B, UNW_KIND_RBP, -2, 2 },	  /* CFA = rbp+16, rbp saved at CFA-16 */
-	{ VA_PLT, UNW_KIND_PLT, 0, 11 },
-	{ VA_SIG, UNW_KIND_SIGNAL, 0, 0 },
-	{ VA_STOP, UNW_KIND_STOP, 0, 0 },
-	{ VA_UNSUP, UNW_KIND_UNSUP, 0, 0 },
-	{ VA_NONE, UNW_KIND_NONE, 0, 0 },
-	{ VA_F, UNW_KIND_RSP, UNW_RBP_UNKNOWN, 1 },
-	{ VA_G, UNW_KIND_RBP, 0, 2 },
-	{ VA_END, UNW_KIND_NONE, 0, 0 },
-	{ VA_LOOP, UNW_KIND_RSP, 0, 2 }, /* a frame that "returns" into itself */
-	{ VA_LOOP + 0x100, UNW_KIND_NONE, 0, 0 },
+    {VA_A, UNW_KIND_RSP, -2, 2}, /* CFA = rsp+16, rbp saved at CFA-16 */
+    {VA_B, UNW_KIND_RBP, -2, 2}, /* CFA = rbp+16, rbp saved at CFA-16 */
+    {VA_PLT, UNW_KIND_PLT, 0, 11},
+    {VA_SIG, UNW_KIND_SIGNAL, 0, 0},
+    {VA_STOP, UNW_KIND_STOP, 0, 0},
+    {VA_UNSUP, UNW_KIND_UNSUP, 0, 0},
+    {VA_NONE, UNW_KIND_NONE, 0, 0},
+    {VA_F, UNW_KIND_RSP, UNW_RBP_UNKNOWN, 1},
+    {VA_G, UNW_KIND_RBP, 0, 2},
+    {VA_END, UNW_KIND_NONE, 0, 0},
+    {VA_LOOP, UNW_KIND_RSP, 0, 2}, /* a frame that "returns" into itself */
+    {VA_LOOP + 0x100, UNW_KIND_NONE, 0, 0},
 };
 
 struct fixture {
@@ -99,7 +109,7 @@ static void put(struct fixture *f, uint64_t addr, uint64_t val)
 static int setup(void **state)
 {
 	struct fixture *f = calloc(1, sizeof(*f));
-	struct unw_mapping m = { .start = OBJ_START, .end = OBJ_END, .bias = OBJ_START };
+	struct unw_mapping m = {.start = OBJ_START, .end = OBJ_END, .bias = OBJ_START};
 
 	assert_non_null(f);
 	add_table(&f->arena, rows, sizeof(rows) / sizeof(rows[0]), &m.table_base);
@@ -119,8 +129,8 @@ static int teardown(void **state)
 
 static uint32_t walk(struct fixture *f, uint64_t ip, uint64_t sp, uint64_t bp, struct unw_stack *st)
 {
-	struct unw_env env = { &f->arena, &f->proc, read_mem, f };
-	struct unw_regs regs = { ip, sp, bp };
+	struct unw_env env = {&f->arena, &f->proc, read_mem, f};
+	struct unw_regs regs = {ip, sp, bp};
 
 	unw_walk(&env, &regs, st);
 	return st->n;
@@ -138,14 +148,14 @@ static void test_walk_every_rule(void **state)
 	uint64_t S = STACK + 0x100, bp_b = S + 64, sig_sp = S + 96, f_sp = S + 0x400;
 	uint64_t fp1 = S + 0x800, fp2 = S + 0x900;
 	uint64_t pcs[8] = {
-		OBJ_START + VA_A + 0x10,   /* leaf in A */
-		OBJ_START + VA_B + 0x1,	   /* return address right after B's first byte */
-		OBJ_START + VA_PLT + 0xc,  /* PLT: (pc & 15) = 12 >= 11 → CFA = sp + 16 */
-		OBJ_START + VA_SIG + 0x1,  /* __restore_rt */
-		OBJ_START + VA_F,	   /* exact pc from the sigcontext: row F, not NONE */
-		OBJ_START + VA_NONE + 0x20, /* no CFI: frame-pointer step */
-		JIT_START + 0x44,	   /* no mapping: frame-pointer step */
-		OBJ_START + VA_STOP + 0x8, /* _start */
+	    OBJ_START + VA_A + 0x10,	/* leaf in A */
+	    OBJ_START + VA_B + 0x1,	/* return address right after B's first byte */
+	    OBJ_START + VA_PLT + 0xc,	/* PLT: (pc & 15) = 12 >= 11 → CFA = sp + 16 */
+	    OBJ_START + VA_SIG + 0x1,	/* __restore_rt */
+	    OBJ_START + VA_F,		/* exact pc from the sigcontext: row F, not NONE */
+	    OBJ_START + VA_NONE + 0x20, /* no CFI: frame-pointer step */
+	    JIT_START + 0x44,		/* no mapping: frame-pointer step */
+	    OBJ_START + VA_STOP + 0x8,	/* _start */
 	};
 
 	/* A: CFA = S+16; RA at S+8; caller's rbp at S */
@@ -174,7 +184,7 @@ static void test_walk_every_rule(void **state)
 
 	/* with F's row known-unchanged (rbp stays fp1) the walk completes */
 	struct unw_row keep[sizeof(rows) / sizeof(rows[0])];
-	struct unw_mapping m = { .start = OBJ_START, .end = OBJ_END, .bias = OBJ_START };
+	struct unw_mapping m = {.start = OBJ_START, .end = OBJ_END, .bias = OBJ_START};
 
 	memcpy(keep, rows, sizeof(rows));
 	keep[7].rbp = 0;
@@ -262,7 +272,7 @@ static void test_table_not_ready(void **state)
 {
 	struct fixture *f = *state;
 	struct unw_stack st;
-	struct unw_mapping m = { .start = 0x40000, .end = 0x50000, .flags = UNW_MAP_NO_TABLE };
+	struct unw_mapping m = {.start = 0x40000, .end = 0x50000, .flags = UNW_MAP_NO_TABLE};
 	uint64_t S = STACK + 0x100;
 
 	assert_int_equal(unw_proc_insert(&f->proc, &m), 0);
@@ -280,7 +290,7 @@ static void test_table_not_ready(void **state)
 static void test_proc_list(void **state)
 {
 	struct unw_proc *p = calloc(1, sizeof(*p));
-	struct unw_mapping m = { 0 };
+	struct unw_mapping m = {0};
 
 	assert_non_null(p);
 	/* 128 mappings inserted out of order, each found by binary search */
@@ -314,9 +324,9 @@ static void test_proc_list(void **state)
 
 	/* a mapping over the middle of another splits it, as mmap(MAP_FIXED) does */
 	memset(p, 0, sizeof(*p));
-	m = (struct unw_mapping){ .start = 0x1000, .end = 0x9000, .bias = 7, .table_base = 1 };
+	m = (struct unw_mapping){.start = 0x1000, .end = 0x9000, .bias = 7, .table_base = 1};
 	assert_int_equal(unw_proc_insert(p, &m), 0);
-	m = (struct unw_mapping){ .start = 0x3000, .end = 0x4000, .table_base = 2 };
+	m = (struct unw_mapping){.start = 0x3000, .end = 0x4000, .table_base = 2};
 	assert_int_equal(unw_proc_insert(p, &m), 0);
 	assert_int_equal(p->n, 3);
 	assert_int_equal(unw_proc_find(p, 0x2fff)->table_base, 1);
@@ -325,7 +335,7 @@ static void test_proc_list(void **state)
 	assert_int_equal(unw_proc_find(p, 0x4000)->bias, 7);
 	assert_int_equal(p->maps[0].end, 0x3000);
 	assert_int_equal(p->maps[2].start, 0x4000);
-	m = (struct unw_mapping){ .start = 0x5000, .end = 0x5000 };
+	m = (struct unw_mapping){.start = 0x5000, .end = 0x5000};
 	assert_int_equal(unw_proc_insert(p, &m), -EINVAL);
 	free(p);
 }
@@ -366,7 +376,7 @@ static void self_load(struct self *s)
 	while (fgets(line, sizeof(line), maps)) {
 		uint64_t lo, hi, off;
 		char perm[8], path[256] = "";
-		struct unw_mapping m = { 0 };
+		struct unw_mapping m = {0};
 		int i;
 
 		if (sscanf(line, "%" SCNx64 "-%" SCNx64 " %7s %" SCNx64 " %*s %*s %255s", &lo, &hi,
@@ -385,7 +395,8 @@ static void self_load(struct self *s)
 			snprintf(s->paths[i], sizeof(s->paths[i]), "%s", path);
 			assert_int_equal(ehtable_build(path, &s->tables[i]), 0);
 			assert_int_equal(unw_arena_add(&s->arena, s->tables[i]->slots,
-						       s->tables[i]->n_slots, &s->bases[i]), 0);
+						       s->tables[i]->n_slots, &s->bases[i]),
+					 0);
 			s->n_tables++;
 		}
 		uint64_t bias;
@@ -421,7 +432,7 @@ static volatile unsigned depth_sink;
 
 __attribute__((noinline)) static void capture_walk(struct self *s, struct unw_stack *out)
 {
-	struct unw_env env = { &s->arena, &s->proc, read_self, s };
+	struct unw_env env = {&s->arena, &s->proc, read_self, s};
 	struct unw_regs regs;
 
 	/* ip and the sp/bp at that same instruction, so the CFA row matches */
@@ -496,12 +507,12 @@ static void test_walk_own_stack(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_walk_every_rule, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_return_address_minus_one, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_stop_reasons, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_table_not_ready, setup, teardown),
-		cmocka_unit_test(test_proc_list),
-		cmocka_unit_test(test_walk_own_stack),
+	    cmocka_unit_test_setup_teardown(test_walk_every_rule, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_return_address_minus_one, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_stop_reasons, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_table_not_ready, setup, teardown),
+	    cmocka_unit_test(test_proc_list),
+	    cmocka_unit_test(test_walk_own_stack),
 	};
 
 	elf_version(EV_CURRENT);
