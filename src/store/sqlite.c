@@ -73,6 +73,7 @@
 #define READERS 4                       /* read connections per database */
 #define STACK_CACHE_ENTRIES (1u << 20)  /* per database, 16 bytes each, pages touched on use */
 #define CONTEXT_CACHE_ENTRIES (1u << 16) /* per database, 16 bytes each */
+#define POINTER_MEMO_ENTRIES 4096        /* per database: stack string address -> id, per batch */
 #define BUSY_TIMEOUT_MS 5000            /* wait for another process's write lock */
 #define MAX_STACK_BYTES (1u << 20)      /* largest decompressed stack text */
 #define PRUNE_CHUNK 20000               /* rows deleted per write transaction when pruning */
@@ -157,6 +158,16 @@ static const char *const wstmt_sql[W_COUNT] = {
 			 " profile_create_timestamp, profile_in_timestamp) VALUES(?,?,?,?,?,?)",
 };
 
+/*
+ * Ingest decodes a batch's stack dictionary once, so rows of one batch share the same string
+ * for the same stack: the address alone finds the id again, without strlen, hash or cache miss.
+ */
+struct sq_memo_slot {
+	const char *text;
+	int64_t id;
+	uint64_t batch; /* the batch it is valid for */
+};
+
 struct sq_cache_slot {
 	uint64_t check; /* second hash lane; 0 = empty (a real 0 is stored as 1) */
 	int64_t id;
@@ -182,6 +193,8 @@ struct sq_db {
 	struct sq_cache_slot *context_cache; /* CONTEXT_CACHE_ENTRIES */
 	struct strbuf ckey, last_ckey;       /* context key of this row and of the last one */
 	int64_t last_context_id;
+	struct sq_memo_slot memo[POINTER_MEMO_ENTRIES];
+	uint64_t batch_seq;
 	struct strbuf tag_names, tag_values;
 
 	pthread_mutex_t rlock; /* readers[].in_use */
@@ -912,15 +925,24 @@ static int sq_insert_locked(struct sq_db *d, const char *batch_id, const struct 
 	}
 	if (rc != SQLITE_DONE)
 		goto rollback;
+	d->batch_seq++;
 	for (size_t i = 0; i < n; i++) {
 		const struct profile_row *r = &rows[i];
 		const char *stack = r->profile_location_str;
+		uint64_t slot = ((uintptr_t)stack >> 3) * 0x9e3779b97f4a7c15ull >> 32;
+		struct sq_memo_slot *m = &d->memo[slot & (POINTER_MEMO_ENTRIES - 1)];
 
 		what = "stack";
-		rc = sq_intern(d, d->stack_cache, STACK_CACHE_ENTRIES, d->wstmt[W_STACK_GET], stack,
-			       strlen(stack), sq_stack_put, stack, &stack_id);
-		if (rc != SQLITE_OK)
-			goto rollback;
+		if (m->text == stack && m->batch == d->batch_seq) {
+			stack_id = m->id;
+		} else {
+			rc = sq_intern(d, d->stack_cache, STACK_CACHE_ENTRIES, d->wstmt[W_STACK_GET],
+				       stack, strlen(stack), sq_stack_put, stack, &stack_id);
+			if (rc != SQLITE_OK)
+				goto rollback;
+			*m = (struct sq_memo_slot){.text = stack, .id = stack_id,
+						   .batch = d->batch_seq};
+		}
 		what = "context";
 		rc = sq_context_id(d, r, &context_id);
 		if (rc != SQLITE_OK)
