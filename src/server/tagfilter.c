@@ -40,7 +40,7 @@
 #define TF_MAX_VALUES 16384      /* literal values in the whole filter */
 #define TF_MAX_NODES 4096        /* comparisons + AND/OR/NOT nodes */
 #define TF_MAX_REGEX_LEN 1024    /* bytes of one REGEXP pattern */
-#define TF_MAX_REGEX_COST 8192   /* estimated NFA size of one REGEXP pattern, see tf_regex_cost */
+#define TF_MAX_REGEX_COST 8192   /* atoms of one REGEXP once {m,n} is expanded, tf_regex_screen */
 #define TF_MAX_REGEX_GROUPS 256  /* parenthesis nesting inside one REGEXP pattern */
 #define TF_ARENA_BLOCK 4096      /* default arena block size */
 #define TF_MSG_NAME_MAX 48       /* bytes of a name quoted in an error message */
@@ -637,75 +637,97 @@ static int tf_like_forms(struct tf_parser *ps, struct tf_value *v, size_t pos)
 	return 0;
 }
 
-static size_t tf_cost_mul(size_t a, size_t b)
-{
-	return b && a > SIZE_MAX / 4 / b ? SIZE_MAX / 4 : a * b;
-}
-
 /*
- * Estimates how many NFA nodes glibc's regcomp builds for an ERE: it copies the operand of
- * {m,n} n times and of + twice, so nested counted repetitions grow multiplicatively. Patterns
- * over TF_MAX_REGEX_COST are rejected before regcomp sees them. Returns -1 for a back-reference
- * (not in ClickHouse's re2, and exponential to match in glibc), -2 for nesting too deep.
+ * glibc's regcomp is slow on some small patterns: it copies the operand of {m,n} n times and of
+ * + twice, and its epsilon-closure work grows much faster than linearly with the loops inside
+ * such copies ((a|b*)+{64} takes 60 ms, ((a?|b?|c?)+){64} more than 10 s). So before regcomp
+ * sees a pattern this scan rejects, with a message:
+ *   - back-references (not in ClickHouse's re2; exponential to match in glibc);
+ *   - a quantifier right after a quantifier (a** a+? a{2}{3}; re2 rejects most of them too);
+ *   - + or {m,n} applied to a group that contains a quantifier (nested quantifiers);
+ *   - more than TF_MAX_REGEX_COST atoms once counted repetitions are expanded.
+ * What remains compiles in milliseconds ((a|b|c){1000}: 8 ms); fuzzing with a per-input time
+ * limit looks for exceptions.
  */
-static long tf_regex_cost(const char *re, size_t len)
+static const char *tf_regex_screen(const char *re, size_t len)
 {
-	size_t sum[TF_MAX_REGEX_GROUPS + 1];
-	size_t last = 0; /* cost of the atom a quantifier would apply to */
+	size_t sum[TF_MAX_REGEX_GROUPS + 1];      /* expanded atoms per open group */
+	unsigned char has_q[TF_MAX_REGEX_GROUPS + 1]; /* the group contains a quantifier */
+	size_t last = 0;  /* expanded size of the operand a quantifier would apply to */
+	int last_q = 0;   /* that operand contains a quantifier */
+	int after_q = 0;  /* the previous token was a quantifier */
 	size_t depth = 0, i = 0;
 
 	sum[0] = 0;
+	has_q[0] = 0;
 	while (i < len) {
 		char c = re[i];
-		size_t count = 0;
+		size_t copies = 0;
 
+		if (c == '*' || c == '?' || c == '+' ||
+		    (c == '{' && i + 1 < len && (tf_is_digit(re[i + 1]) || re[i + 1] == ','))) {
+			if (after_q)
+				return "a quantifier follows a quantifier in REGEXP";
+			if (c == '{') {
+				/* {m} {m,} {m,n} and glibc's {,n}; a malformed one is left to regcomp. */
+				size_t m = 0, n, j = i + 1;
+
+				while (j < len && tf_is_digit(re[j]) && m < 100000)
+					m = m * 10 + (size_t)(re[j++] - '0');
+				n = m;
+				if (j < len && re[j] == ',') {
+					j++;
+					n = m + 1;
+					if (j < len && tf_is_digit(re[j])) {
+						n = 0;
+						while (j < len && tf_is_digit(re[j]) && n < 100000)
+							n = n * 10 + (size_t)(re[j++] - '0');
+					}
+				}
+				if (j < len && re[j] == '}')
+					j++;
+				copies = (m > n ? m : n) + 1;
+				i = j;
+			} else {
+				copies = c == '+' ? 2 : 0;
+				i++;
+			}
+			if (copies && last_q)
+				return "nested quantifiers are not supported in REGEXP";
+			if (copies) {
+				/* The operand was counted once already; both factors are bounded
+				 * (the limit and 100001), so the product fits. */
+				sum[depth] += last * (copies - 1);
+				if (sum[depth] > TF_MAX_REGEX_COST)
+					return "regular expression too complex";
+			}
+			has_q[depth] = 1;
+			after_q = 1;
+			continue;
+		}
+		after_q = 0;
 		if (c == '(') {
 			if (++depth > TF_MAX_REGEX_GROUPS)
-				return -2;
+				return "regular expression nested too deeply";
 			sum[depth] = 0;
+			has_q[depth] = 0;
 			last = 0;
+			last_q = 0;
 			i++;
 			continue;
 		}
 		if (c == ')' && depth > 0) {
-			last = sum[depth] + 1;
+			last = sum[depth];
+			last_q = has_q[depth];
 			depth--;
 			sum[depth] += last;
+			has_q[depth] |= (unsigned char)last_q;
 			i++;
-			continue;
-		}
-		if (c == '+') {
-			count = 2;
-			i++;
-		} else if (c == '{' && i + 1 < len && tf_is_digit(re[i + 1])) {
-			size_t m = 0, n;
-			size_t j = i + 1;
-
-			while (j < len && tf_is_digit(re[j]) && m < 100000)
-				m = m * 10 + (size_t)(re[j++] - '0');
-			n = m;
-			if (j < len && re[j] == ',') {
-				j++;
-				if (j < len && tf_is_digit(re[j])) {
-					n = 0;
-					while (j < len && tf_is_digit(re[j]) && n < 100000)
-						n = n * 10 + (size_t)(re[j++] - '0');
-				} else {
-					n = m + 1;
-				}
-			}
-			count = (m > n ? m : n) + 1;
-			i = j;
-		}
-		if (count) {
-			/* The operand was already counted once. */
-			sum[depth] += tf_cost_mul(last, count - 1);
-			last = tf_cost_mul(last, count);
 			continue;
 		}
 		if (c == '\\' && i + 1 < len) {
 			if (re[i + 1] >= '1' && re[i + 1] <= '9')
-				return -1;
+				return "back-references are not supported in REGEXP";
 			i += 2;
 		} else if (c == '[') {
 			/* A bracket expression is one atom: skip to its closing ']'. */
@@ -733,29 +755,31 @@ static long tf_regex_cost(const char *re, size_t len)
 			i++;
 		}
 		last = 1;
-		sum[depth] += 1;
+		last_q = 0;
+		if (++sum[depth] > TF_MAX_REGEX_COST)
+			return "regular expression too complex";
 	}
 	while (depth > 0) {
 		sum[depth - 1] += sum[depth];
 		depth--;
+		if (sum[depth] > TF_MAX_REGEX_COST)
+			return "regular expression too complex";
 	}
-	return sum[0] > (size_t)LONG_MAX ? LONG_MAX : (long)sum[0];
+	return NULL;
 }
 
 static int tf_check_regex(struct tf_parser *ps, const struct tf_value *v, size_t pos)
 {
+	const char *why;
 	char msg[128];
 	regex_t re;
-	long cost;
 	int rc;
 
 	if (v->len > TF_MAX_REGEX_LEN)
 		return tf_fail(ps, pos, "regular expression longer than %d bytes", TF_MAX_REGEX_LEN);
-	cost = tf_regex_cost(v->s, v->len);
-	if (cost == -1)
-		return tf_fail(ps, pos, "back-references are not supported in REGEXP");
-	if (cost == -2 || cost > TF_MAX_REGEX_COST)
-		return tf_fail(ps, pos, "regular expression too complex");
+	why = tf_regex_screen(v->s, v->len);
+	if (why)
+		return tf_fail(ps, pos, "%s", why);
 	rc = regcomp(&re, v->s, REG_EXTENDED | REG_NOSUB);
 	if (rc != 0) {
 		regerror(rc, &re, msg, sizeof(msg));

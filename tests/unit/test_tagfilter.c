@@ -100,6 +100,15 @@ static void expect_error(const char *text, size_t pos, const char *message)
 	assert_int_equal(err.pos, pos);
 }
 
+static int parse_status(const char *text, struct tf_error *err)
+{
+	struct tf_expr *expr = NULL;
+	int rc = tagfilter_parse(text, &expr, err);
+
+	tagfilter_free(expr);
+	return rc;
+}
+
 /* ---- grammar and SQL ------------------------------------------------------------------ */
 
 static void test_empty(void **state)
@@ -159,6 +168,26 @@ static void test_in_like_regexp(void **state)
 	expect_sql("pod REGEXP '^web-[0-9]+$'", "(pod REGEXP ?)", "T:^web-[0-9]+$",
 		   "(match(pod, '^web-[0-9]+$'))");
 	expect_sql("pod regexp 'a\\.b'", "(pod REGEXP ?)", "T:a\\.b", "(match(pod, 'a\\\\.b'))");
+}
+
+/* Patterns the REGEXP screen must let through (a screen that rejects too much is a bug too). */
+static void test_regexp_accepted(void **state)
+{
+	static const char *const ok[] = {
+		"pod REGEXP '^web-[0-9]+$'",   "pod REGEXP '[0-9]{4}-[0-9]{2}'",
+		"pod REGEXP '(a|b|c){1000}'",  "pod REGEXP '((((a*)*)*)*)*'",
+		"pod REGEXP '\\(a+\\)+'",  "pod REGEXP '[(]a+[)]+'",
+		"pod REGEXP 'x{2,3}y{,4}z{5,}'", "pod REGEXP '[[:alpha:]_]+(-[0-9]+)?$'",
+		"pod REGEXP '[]a]+|[^]b]*'",  "pod REGEXP '(ab|cd)*e?f+'",
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		struct tf_error err;
+
+		if (parse_status(ok[i], &err) != 0)
+			fail_msg("<%s> rejected: %s", ok[i], err.message);
+	}
 }
 
 static void test_strings(void **state)
@@ -340,9 +369,16 @@ static void test_errors(void **state)
 		 "invalid regular expression (Unmatched [, [^, [:, [., or [=) at position 11"},
 		{"pod REGEXP '(a)\\1'", 11,
 		 "back-references are not supported in REGEXP at position 11"},
-		{"pod REGEXP '((((((((((((((a+)+)+)+)+)+)+)+)+)+)+)+)+)+)'", 11,
-		 "regular expression too complex at position 11"},
-		{"pod REGEXP '((a{100}){100})'", 11, "regular expression too complex at position 11"},
+		{"pod REGEXP '((((a+)+)+)+)'", 11,
+		 "nested quantifiers are not supported in REGEXP at position 11"},
+		{"pod REGEXP '((a|b*)+){64}'", 11,
+		 "nested quantifiers are not supported in REGEXP at position 11"},
+		{"pod REGEXP '((a){100}){100}'", 11,
+		 "nested quantifiers are not supported in REGEXP at position 11"},
+		{"pod REGEXP 'a**'", 11, "a quantifier follows a quantifier in REGEXP at position 11"},
+		{"pod REGEXP 'a{9}{9}'", 11,
+		 "a quantifier follows a quantifier in REGEXP at position 11"},
+		{"pod REGEXP '(a|b|c){3000}'", 11, "regular expression too complex at position 11"},
 		{"time = 9223372036854775808", 7, "number out of range at position 7"},
 		{"time = -9223372036854775809", 7, "number out of range at position 7"},
 		{"time = 12abc", 7, "malformed number at position 7"},
@@ -392,15 +428,6 @@ static char *repeat_join(const char *head, const char *item, const char *sep, si
 	}
 	sb_puts(&sb, tail);
 	return sb_detach(&sb, NULL);
-}
-
-static int parse_status(const char *text, struct tf_error *err)
-{
-	struct tf_expr *expr = NULL;
-	int rc = tagfilter_parse(text, &expr, err);
-
-	tagfilter_free(expr);
-	return rc;
 }
 
 static void test_limits(void **state)
@@ -1165,6 +1192,7 @@ int main(void)
 		cmocka_unit_test(test_empty),
 		cmocka_unit_test(test_comparisons),
 		cmocka_unit_test(test_in_like_regexp),
+		cmocka_unit_test(test_regexp_accepted),
 		cmocka_unit_test(test_strings),
 		cmocka_unit_test(test_tags),
 		cmocka_unit_test(test_aliases_and_keywords),
