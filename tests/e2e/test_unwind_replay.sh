@@ -62,9 +62,9 @@ for my $i (1..200000) { $h{"k$i"} = sqrt($i) } my @k = sort { $h{$a} <=> $h{$b} 
 my $m = 0; for (@k) { $m++ if /7.*3/ } print fib(24) + $m, "\n";'
 run_py='import sys
 def fib(n): return n if n < 2 else fib(n-1) + fib(n-2)
-d = {str(i): i * i for i in range(300000)}
+d = {str(i): i * i for i in range(1000000)}
 s = sorted(d, key=lambda k: -d[k])
-print(fib(29) + len(s))'
+print(fib(31) + len(s))'
 run_sql='WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<6000000) SELECT sum(x) FROM c;'
 
 names=() cmds=()
