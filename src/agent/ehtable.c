@@ -304,7 +304,10 @@ static int ehtable_fde_starts(Elf *elf, Elf_Scn *scn, bool eh_frame, uint64_t **
 		Dwarf_CFI_Entry e;
 		uint64_t start;
 		uint8_t enc = DW_EH_PE_absptr;
-		int r = dwarf_next_cfi(ident, data, eh_frame, off, &next, &e);
+		int r;
+
+		next = (Dwarf_Off)-1; /* left alone by errors that do not allow skipping */
+		r = dwarf_next_cfi(ident, data, eh_frame, off, &next, &e);
 
 		if (r == 1)
 			break;
