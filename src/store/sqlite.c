@@ -1135,22 +1135,23 @@ static void sq_sql_time(struct sq_sql *q, const struct store_query *sq, const ch
 /*
  * The rows that match sq, as a FROM ... WHERE tail whose columns are reachable as s.<samples
  * column> plus, when join_contexts, c.agent and c.process_id (for the gauge grouping).
- * Context path: the matching contexts first, then their samples through (context_id, time).
- * Row path (the filter reads per-row columns): everything on the view.
+ * Context path: the ids of the matching contexts first, then the time range of the index,
+ * keeping their entries. Row path (the filter reads per-row columns): everything on the view.
  */
-static void sq_sql_rows(struct sq_sql *q, const struct store_query *sq, int join_contexts)
+static void sq_sql_rows(struct sq_sql *q, const struct store_query *sq, int join_contexts,
+			int with_service)
 {
 	if (q->row_level) {
 		sb_puts(&q->sql, " FROM in_process s WHERE ");
 		sq_sql_time(q, sq, "");
 		sb_puts(&q->sql, " AND ");
-		sq_sql_conds(q, sq, 1);
+		sq_sql_conds(q, sq, with_service);
 		return;
 	}
 	sb_puts(&q->sql, join_contexts ? " FROM samples s JOIN contexts c ON c.id = s.context_id"
 				       : " FROM samples s");
 	sb_puts(&q->sql, " WHERE s.context_id IN (SELECT id FROM contexts WHERE ");
-	sq_sql_conds(q, sq, 1);
+	sq_sql_conds(q, sq, with_service);
 	sb_puts(&q->sql, ") AND ");
 	sq_sql_time(q, sq, "s.");
 }
@@ -1303,13 +1304,13 @@ static int sq_query_stacks(struct store *s, int org, const struct store_query *q
 	if (q->gauge) {
 		sb_puts(&sql.sql, "SELECT stack_id, sum(v) AS v FROM (SELECT s.stack_id AS stack_id,"
 				  " s.profile_value AS v, max(s.time)");
-		sq_sql_rows(&sql, q, 1);
+		sq_sql_rows(&sql, q, 1, 1);
 		sb_puts(&sql.sql, sql.row_level ? " GROUP BY s.stack_id, s.agent, s.process_id)"
 						: " GROUP BY s.stack_id, c.agent, c.process_id)");
 		sb_puts(&sql.sql, " GROUP BY stack_id");
 	} else {
 		sb_puts(&sql.sql, "SELECT s.stack_id AS stack_id, sum(s.profile_value) AS v");
-		sq_sql_rows(&sql, q, 0);
+		sq_sql_rows(&sql, q, 0, 1);
 		sb_puts(&sql.sql, " GROUP BY s.stack_id");
 	}
 	sb_puts(&sql.sql, " ORDER BY v DESC, stack_id");
@@ -1421,12 +1422,10 @@ static int sq_list_services(struct store *s, int org, const struct store_query *
 		sb_puts(&sql.sql, " AND ");
 		sq_sql_conds(&sql, q, 0);
 	} else {
-		/* the services of matching contexts that have a row in the time range */
-		sb_puts(&sql.sql, "SELECT DISTINCT app_service FROM contexts c WHERE ");
-		sq_sql_conds(&sql, q, 0);
-		sb_puts(&sql.sql, " AND EXISTS (SELECT 1 FROM samples s WHERE s.context_id = c.id"
-				  " AND ");
-		sq_sql_time(&sql, q, "s.");
+		/* the services of matching contexts seen in one scan of the time range */
+		sb_puts(&sql.sql, "SELECT DISTINCT app_service FROM contexts WHERE id IN"
+				  " (SELECT s.context_id");
+		sq_sql_rows(&sql, q, 0, 0);
 		sb_puts(&sql.sql, ")");
 	}
 	sb_printf(&sql.sql, " ORDER BY app_service LIMIT %zu", max < SIZE_MAX ? max + 1 : max);

@@ -367,6 +367,26 @@ static void test_failed_transaction_rolls_back(void **state)
 	got_free(&g);
 }
 
+/* One string address reused by the next batch with other text must not keep the old id. */
+static void test_same_address_other_batch(void **state)
+{
+	struct fixture *f = *state;
+	char buf[32] = "first;stack";
+	struct profile_row rows[] = {row_make(100, "x", buf, 1), row_make(101, "x", buf, 2)};
+	struct store_query q = query_make(0, 1000);
+	struct got g = {0};
+
+	insert_ok(f->s, 1, "b1", rows, 2);
+	snprintf(buf, sizeof(buf), "second;stack");
+	rows[0].profile_value = 4;
+	insert_ok(f->s, 1, "b2", rows, 1);
+	assert_int_equal(query(f->s, 1, &q, &g), 0);
+	assert_int_equal(g.n, 2);
+	assert_int_equal(got_value(&g, "first;stack"), 3);
+	assert_int_equal(got_value(&g, "second;stack"), 4);
+	got_free(&g);
+}
+
 static void test_gauge_latest_per_process(void **state)
 {
 	struct fixture *f = *state;
@@ -514,12 +534,15 @@ static void test_persistence(void **state)
 	struct profile_row rows[] = {row_make(100, "x", "kept", 9)};
 	struct store_query q = query_make(0, 1000);
 	struct got g = {0};
-	char err[256];
+	char err[256], wal[160];
 	int dup = -1;
 
 	insert_ok(f->s, 1, "b1", rows, 1);
 	insert_ok(f->s, 5, "b1", rows, 1);
 	store_close(f->s);
+	/* every connection was closed cleanly: the last one folded the WAL into the file */
+	snprintf(wal, sizeof(wal), "%s-wal", f->path);
+	assert_int_equal(access(wal, F_OK), -1);
 	assert_int_equal(store_sqlite_open(f->path, &f->s, err, sizeof(err)), 0);
 	assert_int_equal(query(f->s, 1, &q, &g), 0);
 	assert_int_equal(got_value(&g, "kept"), 9);
@@ -963,6 +986,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_bad_row_stores_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failed_transaction_rolls_back, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_same_address_other_batch, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_gauge_latest_per_process, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_truncation_keeps_biggest, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_callback_stops, setup, teardown),
