@@ -5,7 +5,8 @@
  * Organisation files: organisation 1 uses PATH as given; organisation N > 1 uses a sibling file
  * whose name is PATH with ".NNNN_profile" (N zero-padded to 4 digits, as DeepFlow's database
  * names) inserted before the extension of the last path component, or appended when it has none:
- *   ./ember.db -> ./ember.0002_profile.db,   /var/lib/ember/data -> /var/lib/ember/data.0002_profile
+ *   ./ember.db -> ./ember.0002_profile.db
+ *   /var/lib/ember/data -> /var/lib/ember/data.0002_profile
  *
  * Threading: like every store function, both are thread-safe and may run next to inserts and
  * queries; pruning takes each database's write lock for one bounded chunk at a time.
