@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The agent for real: `ember run` profiles this host into SQLite while test workloads run, and
+# the API answers with their stacks; `ember agent` against a server that goes away for a while
+# delivers every row exactly once from its spool.
+. "$(dirname "$0")/../lib/e2e.sh"
+[ "$(id -u)" -eq 0 ] || { echo "needs root for BPF"; exit 77; }
+W=${EMBER_BUILD:?}/workloads
+
+# run_start NAME [ember run flags]: like server_start, for `ember run`
+run_start() {
+	local name=$1; shift
+	local log=$E2E_TMP/$name.log port=""
+	"$EMBER_BIN" run --listen 127.0.0.1:0 "$@" >"$log" 2>&1 &
+	local pid=$!
+	E2E_PIDS+=("$pid")
+	for _ in $(seq 1 200); do
+		port=$(sed -n 's/.*serving on .* (port \([0-9]*\)).*/\1/p' "$log" | head -n1)
+		grep -q "profiling this host" "$log" && [ -n "$port" ] && break
+		kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; fail "ember run exited at start"; }
+		sleep 0.1
+	done
+	grep -q "profiling this host" "$log" || { cat "$log" >&2; fail "ember run did not start profiling"; }
+	printf -v "SRV_URL_$name" 'http://127.0.0.1:%s' "$port"
+	printf -v "SRV_PID_$name" '%s' "$pid"
+}
+q() { # url app [extra]
+	local now; now=$(date +%s)
+	api "$1" "{\"app_service\":\"$2\",\"profile_language_type\":\"eBPF\",\"profile_event_type\":\"on-cpu\",\"time_start\":$((now - 120)),\"time_end\":$now${3:-}}"
+}
+
+# 999 Hz: enough samples for a proportion check on a loaded 2-CPU machine (1001 µs each).
+run_start r --frequency 999 --store "sqlite:$E2E_TMP/run.db" --process-regex '^(cpu_split|threads|storm-child)$'
+START=$(date +%s)
+loads=()
+for w in cpu_split threads syscalls forkstorm; do "$W/$w" 4 >/dev/null & loads+=($!); done
+wait "${loads[@]}"
+sleep 2.5   # the last windows reach the store
+
+q "$SRV_URL_r" cpu_split >/dev/null
+check "cpu_split: root names the service" [ "$(jqr '.result[0].profile_location_str')" = cpu_split ]
+check "cpu_split: first level is [p] cpu_split" [ "$(jqr '[.result[] | select(.parent_node_id == "")][0].profile_location_str')" = "[p] cpu_split" ]
+check "cpu_split: work → hot_a and work → hot_b in the tree" bash -c "jq -e '
+	(reduce .result[] as \$n ({}; .[\$n.node_id] = \$n)) as \$by |
+	[.result[] | select(.profile_location_str == \"hot_a\" or .profile_location_str == \"hot_b\") |
+	 \$by[.parent_node_id].profile_location_str] | unique == [\"work\"]' '$E2E_TMP/resp.json' >/dev/null"
+check "values are multiples of 10^6/999 = 1001 µs" bash -c "jq -e '[.result[] | .self_value % 1001 == 0 and .total_value % 1001 == 0] | all' '$E2E_TMP/resp.json' >/dev/null"
+a=$(jqr '[.result[] | select(.profile_location_str == "hot_a") | .total_value] | add')
+t=$(jqr '.result[0].total_value')
+echo "cpu_split via the API: hot_a $((100 * a / t))% of $t µs"
+check "hot_a about 70% through the API as well (±8)" [ $((100 * a / t)) -ge 62 -a $((100 * a / t)) -le 78 ]
+
+q "$SRV_URL_r" threads >/dev/null
+check "threads: [t] worker-a and [t] worker-b levels" bash -c "jq -e '[.result[] | select(.parent_node_id == \"\") | .profile_location_str] | contains([\"[t] worker-a\", \"[t] worker-b\"])' '$E2E_TMP/resp.json' >/dev/null"
+
+q "$SRV_URL_r" Total >/dev/null
+check "Total has [p] cpu_split" bash -c "jq -e '[.result[] | .profile_location_str] | index(\"[p] cpu_split\")' '$E2E_TMP/resp.json' >/dev/null"
+check "Total: [p] threads → [t] worker-a" bash -c "jq -e '
+	(reduce .result[] as \$n ({}; .[\$n.node_id] = \$n)) as \$by |
+	[.result[] | select(.profile_location_str == \"[t] worker-a\") | \$by[.parent_node_id].profile_location_str] | index(\"[p] threads\")' '$E2E_TMP/resp.json' >/dev/null"
+check "Total is at most three levels deep (Total → [p] → [t])" bash -c "jq -e '
+	(reduce .result[] as \$n ({}; .[\$n.node_id] = \$n)) as \$by |
+	[.result[] | select(.parent_node_id != \"-1\" and .parent_node_id != \"\") | \$by[.parent_node_id].parent_node_id] | all(. == \"\")' '$E2E_TMP/resp.json' >/dev/null"
+check "Total includes processes outside --process-regex (syscalls)" bash -c "jq -e '[.result[] | .profile_location_str] | index(\"[p] syscalls\")' '$E2E_TMP/resp.json' >/dev/null"
+q "$SRV_URL_r" syscalls >/dev/null
+check "a process outside --process-regex has no full-stack rows" [ "$(jqr .result)" = null ]
+q "$SRV_URL_r" storm-child >/dev/null
+check "short-lived processes are named (storm-child) with their function" bash -c "jq -e '[.result[] | .profile_location_str] | index(\"child_burn\")' '$E2E_TMP/resp.json' >/dev/null"
+q "$SRV_URL_r" cpu_split ',"tag_filter":"process_id > 0 AND process_start_time > 0"' >/dev/null
+check "rows carry process_id and process_start_time" [ "$(jqr '.result[0].total_value')" = "$t" ]
+server_stop r
+check "ember run logged its minute summary at shutdown" grep -q "samples [0-9]*, rows" "$E2E_TMP/r.log"
+
+# --- delivery across a server outage ----------------------------------------------------------
+DB=$E2E_TMP/fleet.db
+server_start s1 --store "sqlite:$DB"
+PORT=${SRV_URL_s1##*:}
+"$EMBER_BIN" agent --server "$SRV_URL_s1" --spool-dir "$E2E_TMP/spool" --process-regex '^cpu_split$' \
+	>"$E2E_TMP/agent.log" 2>&1 &
+AGENT=$!
+E2E_PIDS+=("$AGENT")
+"$W/cpu_split" 14 >/dev/null &
+LOAD=$!
+sleep 4
+server_stop s1                      # the server goes away for 5 seconds
+sleep 5
+"$EMBER_BIN" server --listen 127.0.0.1:$PORT --store "sqlite:$DB" >"$E2E_TMP/s2.log" 2>&1 &
+E2E_PIDS+=("$!")
+S2=$!
+wait $LOAD
+sleep 2
+kill -TERM $AGENT; wait $AGENT
+check "agent exited cleanly" [ $? -eq 0 ]
+dups=$(sqlite3 "$DB" "SELECT count(*) FROM (SELECT time, app_service, process_id, stack_id, count(*) c FROM in_process GROUP BY 1,2,3,4 HAVING c > 1)")
+check "no row stored twice" [ "$dups" = 0 ]
+secs=$(sqlite3 "$DB" "SELECT count(DISTINCT time) FROM in_process WHERE app_service = 'cpu_split'")
+span=$(sqlite3 "$DB" "SELECT max(time) - min(time) + 1 FROM in_process WHERE app_service = 'cpu_split'")
+bad=$(sqlite3 "$DB" "SELECT count(*) FROM in_process WHERE profile_value % 10101 != 0")
+check "agent at the default 99 Hz: every value a multiple of 10101 µs" [ "$bad" = 0 ]
+echo "cpu_split rows cover $secs of $span seconds, across a 5 s outage"
+check "every second of the run arrived, including the outage" [ "$secs" -ge $((span - 1)) -a "$span" -ge 12 ]
+check "the agent saw the outage" grep -qiE "unreachable|retry|refused" "$E2E_TMP/agent.log"
+kill -TERM $S2; wait $S2
+e2e_done
