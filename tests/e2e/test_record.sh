@@ -60,7 +60,7 @@ const end = Date.now() + 3000; let s = 0;
 while (Date.now() < end) s += emberHotLoop(100000);
 console.log(s > 0);
 JS
-	"$EMBER_BIN" record -F 99 -o "$E2E_TMP/node.folded" -- node --perf-basic-prof "$E2E_TMP/jit.js" >/dev/null || fail "record node"
+	(cd "$E2E_TMP" && "$EMBER_BIN" record -F 99 -o "$E2E_TMP/node.folded" -- node --perf-basic-prof "$E2E_TMP/jit.js" >/dev/null) || fail "record node"
 	j=$(share "$E2E_TMP/node.folded" "emberHotLoop")
 	echo "node: ${j}% of samples in emberHotLoop (from /tmp/perf-PID.map)"
 	check "JIT frames named from the perf map" [ "$j" -ge 50 ]
