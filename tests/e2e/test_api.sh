@@ -4,9 +4,11 @@
 . "$(dirname "$0")/../lib/e2e.sh"
 FIX=$EMBER_TOP/tests/fixtures/api
 DB=$E2E_TMP/ember.db
+# The same suite runs on ClickHouse: tests/e2e/test_api_clickhouse.sh sets EMBER_TEST_STORE.
+STORE=${EMBER_TEST_STORE:-sqlite:$DB}
 T=$(( $(date +%s) / 60 * 60 - 3600 ))  # an hour ago: inside the 72 h retention
 
-server_start s --store "sqlite:$DB" --max-body 64k
+server_start s --store "$STORE" --max-body 64k
 URL=$SRV_URL_s
 req() { # app_service [extra json]
 	printf '{"app_service":"%s","profile_language_type":"eBPF","profile_event_type":"on-cpu","time_start":%d,"time_end":%d%s}' \
@@ -114,7 +116,7 @@ check "org 2 does not see org 1's data" [ "$(jqr .result)" = null ]
 
 # --- restart: the data is still there ----------------------------------------------------------
 server_stop s
-server_start s2 --store "sqlite:$DB"
+server_start s2 --store "$STORE"
 api "$SRV_URL_s2" "$(req deepflow-agent)" >/dev/null
 check "after restart: same answer byte for byte" cmp -s "$E2E_TMP/resp.json" "$FIX/worked-example.golden.json"
 server_stop s2
