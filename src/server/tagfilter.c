@@ -42,6 +42,7 @@
 #define TF_MAX_REGEX_LEN 1024    /* bytes of one REGEXP pattern */
 #define TF_MAX_REGEX_COST 8192   /* atoms of one REGEXP once {m,n} is expanded, tf_regex_screen */
 #define TF_MAX_REGEX_GROUPS 256  /* parenthesis nesting inside one REGEXP pattern */
+#define TF_MAX_REGEX_REPEAT 1000 /* largest count in {m,n}: re2's own limit */
 #define TF_ARENA_BLOCK 4096      /* default arena block size */
 #define TF_MSG_NAME_MAX 48       /* bytes of a name quoted in an error message */
 
@@ -646,6 +647,10 @@ static int tf_like_forms(struct tf_parser *ps, struct tf_value *v, size_t pos)
  *   - a quantifier right after a quantifier (a** a+? a{2}{3}; re2 rejects most of them too);
  *   - + or {m,n} applied to a group that contains a quantifier (nested quantifiers);
  *   - more than TF_MAX_REGEX_COST atoms once counted repetitions are expanded.
+ * It also rejects what the two engines read differently, so that a filter means the same on
+ * SQLite (glibc POSIX ERE) and ClickHouse (re2): a backslash before a letter or digit (\d is a
+ * class in re2 and a plain 'd' in glibc), an unmatched ')', {,n} (literal text in re2) and counts
+ * above TF_MAX_REGEX_REPEAT (an error in re2).
  * What remains compiles in milliseconds ((a|b|c){1000}: 8 ms); fuzzing with a per-input time
  * limit looks for exceptions.
  */
@@ -669,8 +674,11 @@ static const char *tf_regex_screen(const char *re, size_t len)
 			if (after_q)
 				return "a quantifier follows a quantifier in REGEXP";
 			if (c == '{') {
-				/* {m} {m,} {m,n} and glibc's {,n}; a malformed one is left to regcomp. */
+				/* {m} {m,} {m,n}; a malformed one is left to regcomp. */
 				size_t m = 0, n, j = i + 1;
+
+				if (re[j] == ',')
+					return "write {0,n} instead of {,n} in REGEXP";
 
 				while (j < len && tf_is_digit(re[j]) && m < 100000)
 					m = m * 10 + (size_t)(re[j++] - '0');
@@ -686,6 +694,8 @@ static const char *tf_regex_screen(const char *re, size_t len)
 				}
 				if (j < len && re[j] == '}')
 					j++;
+				if (m > TF_MAX_REGEX_REPEAT || n > TF_MAX_REGEX_REPEAT + 1)
+					return "repetition count above 1000 in REGEXP";
 				copies = (m > n ? m : n) + 1;
 				i = j;
 			} else {
@@ -725,9 +735,13 @@ static const char *tf_regex_screen(const char *re, size_t len)
 			i++;
 			continue;
 		}
+		if (c == ')')
+			return "unmatched ')' in REGEXP";
 		if (c == '\\' && i + 1 < len) {
 			if (re[i + 1] >= '1' && re[i + 1] <= '9')
 				return "back-references are not supported in REGEXP";
+			if (tf_is_ident_start(re[i + 1]) || tf_is_digit(re[i + 1]))
+				return "a backslash before a letter or digit is not supported in REGEXP";
 			i += 2;
 		} else if (c == '[') {
 			/* A bracket expression is one atom: skip to its closing ']'. */

@@ -176,8 +176,9 @@ static void test_regexp_accepted(void **state)
 	static const char *const ok[] = {
 		"pod REGEXP '^web-[0-9]+$'",   "pod REGEXP '[0-9]{4}-[0-9]{2}'",
 		"pod REGEXP '(a|b|c){1000}'",  "pod REGEXP '((((a*)*)*)*)*'",
+		"pod REGEXP 'a\\.b\\$\\{\\}\\-\\/'",
 		"pod REGEXP '\\(a+\\)+'",  "pod REGEXP '[(]a+[)]+'",
-		"pod REGEXP 'x{2,3}y{,4}z{5,}'", "pod REGEXP '[[:alpha:]_]+(-[0-9]+)?$'",
+		"pod REGEXP 'x{2,3}y{0,4}z{5,}'", "pod REGEXP '[[:alpha:]_]+(-[0-9]+)?$'",
 		"pod REGEXP '[]a]+|[^]b]*'",  "pod REGEXP '(ab|cd)*e?f+'",
 	};
 	size_t i;
@@ -378,7 +379,13 @@ static void test_errors(void **state)
 		{"pod REGEXP 'a**'", 11, "a quantifier follows a quantifier in REGEXP at position 11"},
 		{"pod REGEXP 'a{9}{9}'", 11,
 		 "a quantifier follows a quantifier in REGEXP at position 11"},
-		{"pod REGEXP '(a|b|c){3000}'", 11, "regular expression too complex at position 11"},
+		{"pod REGEXP '(a|b|c|d|e|f|g|h|i){999}'", 11,
+		 "regular expression too complex at position 11"},
+		{"pod REGEXP 'a{1001}'", 11, "repetition count above 1000 in REGEXP at position 11"},
+		{"pod REGEXP 'a{,3}'", 11, "write {0,n} instead of {,n} in REGEXP at position 11"},
+		{"pod REGEXP 'a)'", 11, "unmatched ')' in REGEXP at position 11"},
+		{"pod REGEXP '\\d+'", 11,
+		 "a backslash before a letter or digit is not supported in REGEXP at position 11"},
 		{"time = 9223372036854775808", 7, "number out of range at position 7"},
 		{"time = -9223372036854775809", 7, "number out of range at position 7"},
 		{"time = 12abc", 7, "malformed number at position 7"},
