@@ -77,8 +77,8 @@ static int query_print(json_t *result, enum query_format fmt, double min_percent
 		if (fmt == QF_TREE) {
 			if (pct < min_percent)
 				continue;
-			printf("%*s%6.2f%%  %-12" PRId64 " %s\n", nodes[i].depth * 2, "", pct,
-			       nodes[i].total, nodes[i].label ? nodes[i].label : "");
+			printf("%6.2f%% %12" PRId64 "  %*s%s\n", pct, nodes[i].total,
+			       nodes[i].depth * 2, "", nodes[i].label ? nodes[i].label : "");
 		} else if (nodes[i].self > 0 && i > 0) {
 			struct strbuf sb = STRBUF_INIT;
 

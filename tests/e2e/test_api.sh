@@ -114,6 +114,22 @@ check "org 1 does not see org 2's data" [ "$(jqr .result)" = null ]
 api "$URL" "$(req deepflow-agent)" -H 'X-Org-Id: 2' >/dev/null
 check "org 2 does not see org 1's data" [ "$(jqr .result)" = null ]
 
+# --- ember query: the same data as a tree, folded stacks and JSON -------------------------------
+Q=("$EMBER_BIN" query --server "$URL" --app-service deepflow-agent --from $((T - 10)) --to $((T + 10)))
+"${Q[@]}" > "$E2E_TMP/tree.txt" || fail "ember query tree"
+check "query tree: root 100% with the total" grep -qE '^100\.00% +50505  deepflow-agent$' "$E2E_TMP/tree.txt"
+check "query tree: children indented under their parent, with percentages" grep -qE '^ 80\.00% +40404    \[t\] tokio-runtime-w$' "$E2E_TMP/tree.txt"
+check "query tree: depth shown by indentation" grep -qE '^ 40\.00% +20202            \[k\] do_syscall_64$' "$E2E_TMP/tree.txt"
+"${Q[@]}" --format folded | sort > "$E2E_TMP/q.folded"
+sort "$FIX/worked-example.folded" | awk '{v=$NF; $NF=""; sub(/ $/, ""); s[$0]+=v} END {for (k in s) print k, s[k]}' | sort > "$E2E_TMP/want.folded"
+check "query folded: the imported stacks back, duplicates summed" cmp -s "$E2E_TMP/q.folded" "$E2E_TMP/want.folded"
+"${Q[@]}" --format json > "$E2E_TMP/q.json"
+check "query json: the API's answer" [ "$(jq -r '.result[0].total_value' "$E2E_TMP/q.json")" = 50505 ]
+"${Q[@]}" --tag-filter 'nosuchfield = 1' 2>"$E2E_TMP/q.err" >/dev/null
+check "query with a bad filter: non-zero exit and the server's message" bash -c "[ $? -ne 0 ] && grep -q 'nosuchfield' '$E2E_TMP/q.err'"
+"$EMBER_BIN" query --server "$URL" --app-service deepflow-agent --since 10m --max-kernel-depth 0 --format folded > "$E2E_TMP/q0.folded" 2>/dev/null
+check "query --since and --max-kernel-depth 0 (no data this recent: empty, exit 0)" [ $? -eq 0 ]
+
 # --- restart: the data is still there ----------------------------------------------------------
 server_stop s
 server_start s2 --store "$STORE"
