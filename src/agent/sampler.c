@@ -19,10 +19,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <linux/perf_event.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -30,7 +33,10 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
+#include "agent/unwind.h"
+#include "agent/unwinder.h"
 #include "bpf/profile.h"
+#include "bpf/unwind.h"
 #include "common/log.h"
 #include "oncpu.skel.h"
 
@@ -51,6 +57,14 @@
 #define SAMPLER_COUNTS_FACTOR 4
 #define SAMPLER_COUNTS_MIN 1024u
 #define SAMPLER_COUNTS_MAX 262144u
+/* DWARF unwinding: the global table array (32 MiB) and the processes with a mapping list. */
+#define SAMPLER_UNW_SLOTS UNW_ARENA_MAX_SLOTS
+#define SAMPLER_UNW_PROCS UNWINDER_MAX_PROCS
+#define SAMPLER_UNW_POLL_MS 20		     /* event thread wake-up */
+#define SAMPLER_UNW_RESCAN_NS 50000000ull    /* after exec, scan again once ld.so mapped libs */
+#define SAMPLER_UNW_PENDING 1024	     /* delayed rescans queued */
+#define SAMPLER_UNW_COLLECT_NS 5000000000ull /* how often unused tables are collected */
+#define SAMPLER_UNW_NICE 10		     /* the event thread builds tables at low priority */
 
 struct sampler_set {
 	int counts_fd;
@@ -59,8 +73,24 @@ struct sampler_set {
 	uint32_t counted_idx;
 };
 
+struct sampler_rescan {
+	uint32_t pid;
+	uint64_t due_ns;
+};
+
 struct sampler {
 	struct oncpu_bpf *skel;
+	struct unwinder *unw;	       /* DWARF only */
+	struct ring_buffer *events;    /* DWARF only: exec/exit/unknown events */
+	struct ring_buffer *overflow;  /* samples whose counts map was full */
+	struct bpf_link *unw_links[2]; /* exec and exit tracepoints */
+	pthread_t unw_thread;
+	int unw_thread_started;
+	int unw_stop;
+	struct sampler_rescan pending[SAMPLER_UNW_PENDING];
+	uint32_t n_pending;
+	sampler_cb drain_cb; /* set during sampler_drain, for overflow records */
+	void *drain_arg;
 	struct sampler_opts opts;
 	struct bpf_link **links;
 	size_t n_links;
@@ -251,6 +281,119 @@ static void sampler_size_maps(struct sampler *s, int ncpu)
 	bpf_map__set_max_entries(s->skel->maps.ustacks_b, s->ustacks_max);
 	bpf_map__set_max_entries(s->skel->maps.counts_a, s->counts_max);
 	bpf_map__set_max_entries(s->skel->maps.counts_b, s->counts_max);
+	if (s->opts.unwind == SAMPLER_UNWIND_DWARF) {
+		bpf_map__set_max_entries(s->skel->maps.unw_slots, SAMPLER_UNW_SLOTS);
+		bpf_map__set_max_entries(s->skel->maps.unw_procs, SAMPLER_UNW_PROCS);
+	}
+}
+
+static uint64_t sampler_now_ns(clockid_t clk);
+static int sampler_on_overflow(void *ctx, void *data, size_t size);
+
+static void sampler_queue_rescan(struct sampler *s, uint32_t pid, uint64_t due)
+{
+	if (s->n_pending < SAMPLER_UNW_PENDING)
+		s->pending[s->n_pending++] = (struct sampler_rescan){pid, due};
+}
+
+/* An exec, exit or unknown-address event from BPF (on the event thread). */
+static int sampler_on_event(void *ctx, void *data, size_t size)
+{
+	struct sampler *s = ctx;
+	const struct unw_event *ev = data;
+
+	if (size < sizeof(*ev))
+		return 0;
+	switch (ev->type) {
+	case UNW_EVENT_EXEC:
+		unwinder_scan_process(s->unw, ev->pid);
+		/* ld.so maps the libraries after exec: look again shortly. */
+		sampler_queue_rescan(s, ev->pid,
+				     sampler_now_ns(CLOCK_MONOTONIC) + SAMPLER_UNW_RESCAN_NS);
+		break;
+	case UNW_EVENT_UNKNOWN:
+		unwinder_scan_process(s->unw, ev->pid);
+		break;
+	case UNW_EVENT_EXIT:
+		unwinder_drop_process(s->unw, ev->pid);
+		break;
+	}
+	return 0;
+}
+
+/* Follows process lifecycle events and builds tables, off the sampling and draining path. */
+static void *sampler_unw_main(void *arg)
+{
+	struct sampler *s = arg;
+	uint64_t last_collect = sampler_now_ns(CLOCK_MONOTONIC);
+
+	setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), SAMPLER_UNW_NICE);
+	while (!__atomic_load_n(&s->unw_stop, __ATOMIC_ACQUIRE)) {
+		uint64_t now;
+		uint32_t keep = 0;
+
+		ring_buffer__poll(s->events, SAMPLER_UNW_POLL_MS);
+		now = sampler_now_ns(CLOCK_MONOTONIC);
+		for (uint32_t i = 0; i < s->n_pending; i++) {
+			if (s->pending[i].due_ns <= now)
+				unwinder_scan_process(s->unw, s->pending[i].pid);
+			else
+				s->pending[keep++] = s->pending[i];
+		}
+		s->n_pending = keep;
+		if (now - last_collect >= SAMPLER_UNW_COLLECT_NS) {
+			unwinder_collect(s->unw);
+			last_collect = now;
+		}
+	}
+	return NULL;
+}
+
+/* Tables for the processes to profile, then the exec/exit programs and the event thread. */
+static int sampler_start_unwinder(struct sampler *s)
+{
+	struct unwinder_opts uo = {
+	    .slots_fd = bpf_map__fd(s->skel->maps.unw_slots),
+	    .max_slots = SAMPLER_UNW_SLOTS,
+	    .procs_fd = bpf_map__fd(s->skel->maps.unw_procs),
+	    .max_procs = SAMPLER_UNW_PROCS,
+	};
+	struct unwinder_stats us;
+	uint64_t t0 = sampler_now_ns(CLOCK_MONOTONIC);
+	int ret, n;
+
+	ret = unwinder_open(&uo, &s->unw);
+	if (ret)
+		return ret;
+	s->events =
+	    ring_buffer__new(bpf_map__fd(s->skel->maps.unw_events), sampler_on_event, s, NULL);
+	if (!s->events)
+		return -errno;
+	/* Events first, so a process exec'ed during the scan is not missed. */
+	s->unw_links[0] = bpf_program__attach(s->skel->progs.oncpu_exec);
+	s->unw_links[1] = s->unw_links[0] ? bpf_program__attach(s->skel->progs.oncpu_exit) : NULL;
+	if (!s->unw_links[1]) {
+		ret = -errno;
+		log_error("attach sched_process_exec/exit tracepoints: %s", strerror(-ret));
+		return ret;
+	}
+	/* Our own libraries (libc, ld.so, libcrypto ...) are the common ones: tables early. */
+	unwinder_scan_process(s->unw, (uint32_t)getpid());
+	if (s->opts.only_tgid) {
+		unwinder_scan_process(s->unw, s->opts.only_tgid);
+		n = 1;
+	} else {
+		n = unwinder_scan_all(s->unw);
+	}
+	unwinder_get_stats(s->unw, &us);
+	log_info("unwind tables: %d processes, %" PRIu64 " objects, %.1f MiB in %.0f ms",
+		 n < 0 ? 0 : n, us.objects, (double)us.slots_used * 8 / (1 << 20),
+		 (double)(sampler_now_ns(CLOCK_MONOTONIC) - t0) / 1e6);
+	ret = pthread_create(&s->unw_thread, NULL, sampler_unw_main, s);
+	if (ret)
+		return -ret;
+	s->unw_thread_started = 1;
+	return 0;
 }
 
 int sampler_open(const struct sampler_opts *opts, struct sampler **out)
@@ -260,11 +403,8 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 	int ncpu, ret;
 
 	*out = NULL;
-	if (opts->unwind == SAMPLER_UNWIND_DWARF) {
-		log_error("DWARF unwinding is not available yet; use frame pointers");
-		return -EOPNOTSUPP;
-	}
-	if (opts->frequency < 0 || opts->frequency > SAMPLER_MAX_FREQUENCY ||
+	if ((opts->unwind != SAMPLER_UNWIND_FP && opts->unwind != SAMPLER_UNWIND_DWARF) ||
+	    opts->frequency < 0 || opts->frequency > SAMPLER_MAX_FREQUENCY ||
 	    opts->flush_seconds < 0 || opts->counts_entries > SAMPLER_COUNTS_MAX) {
 		log_error("bad options: frequency %d Hz (1..%d), flush %.3f s, counts %u (max %u)",
 			  opts->frequency, SAMPLER_MAX_FREQUENCY, opts->flush_seconds,
@@ -298,6 +438,11 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 		goto cleanup;
 	}
 	s->skel->rodata->targ_tgid = s->opts.only_tgid;
+	s->skel->rodata->unwind_dwarf = s->opts.unwind == SAMPLER_UNWIND_DWARF;
+	if (s->opts.unwind != SAMPLER_UNWIND_DWARF) {
+		bpf_program__set_autoload(s->skel->progs.oncpu_exec, false);
+		bpf_program__set_autoload(s->skel->progs.oncpu_exit, false);
+	}
 	sampler_size_maps(s, ncpu);
 
 	ret = oncpu_bpf__load(s->skel);
@@ -318,6 +463,20 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 		log_error("create the map-in-map used as drain barrier: %s", strerror(-ret));
 		goto cleanup;
 	}
+	s->overflow =
+	    ring_buffer__new(bpf_map__fd(s->skel->maps.overflow), sampler_on_overflow, s, NULL);
+	if (!s->overflow) {
+		ret = -errno;
+		log_error("overflow ring buffer: %s", strerror(-ret));
+		goto cleanup;
+	}
+	if (s->opts.unwind == SAMPLER_UNWIND_DWARF) {
+		ret = sampler_start_unwinder(s);
+		if (ret) {
+			log_error("start DWARF unwinding: %s", strerror(-ret));
+			goto cleanup;
+		}
+	}
 	s->keys = calloc(s->counts_max, sizeof(*s->keys));
 	s->vals = calloc(s->counts_max, sizeof(*s->vals));
 	if (!s->keys || !s->vals) {
@@ -334,9 +493,11 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 	ret = sampler_attach_cpus(s);
 	if (ret)
 		goto cleanup;
-	log_info("sampling %zu CPUs at %d Hz%s; kernel/user stacks %u/%u, counts %u entries",
+	log_info("sampling %zu CPUs at %d Hz%s, %s unwinding; kernel/user stacks %u/%u, counts %u "
+		 "entries",
 		 s->n_links, s->opts.frequency, s->opts.only_tgid ? " (one process)" : "",
-		 s->kstacks_max, s->ustacks_max, s->counts_max);
+		 s->opts.unwind == SAMPLER_UNWIND_DWARF ? "DWARF" : "frame-pointer", s->kstacks_max,
+		 s->ustacks_max, s->counts_max);
 	*out = s;
 	return 0;
 
@@ -380,7 +541,11 @@ static void sampler_emit(struct sampler *s, const struct sampler_set *set,
 		rec.kstack_error = key->kstack_id;
 	}
 
-	switch (key->ustack_kind) {
+	switch (key->ustack_kind & PROFILE_USTACK_KIND_MASK) {
+	case PROFILE_USTACK_DWARF_HASH:
+		rec.ustack_reason = (key->ustack_kind >> PROFILE_USTACK_REASON_SHIFT) + 1;
+		/* the frames are stored the same way */
+		__attribute__((fallthrough));
 	case PROFILE_USTACK_FP_HASH: {
 		uint64_t hash = key->ustack;
 
@@ -397,11 +562,23 @@ static void sampler_emit(struct sampler *s, const struct sampler_set *set,
 		break;
 	case PROFILE_USTACK_NONE:
 		break;
-	default: /* PROFILE_USTACK_DWARF_HASH: not produced until the DWARF walk lands */
+	default:
 		rec.ustack_error = -EPROTO;
 		break;
 	}
 	cb(arg, &rec);
+}
+
+/* One sample whose counts map was full: delivered as a count of 1 by the running drain. */
+static int sampler_on_overflow(void *ctx, void *data, size_t size)
+{
+	struct sampler *s = ctx;
+	const struct profile_overflow *o = data;
+
+	if (size < sizeof(*o) || !s->drain_cb)
+		return 0;
+	sampler_emit(s, &s->sets[o->set & 1], &o->key, 1, s->drain_cb, s->drain_arg);
+	return 0;
 }
 
 /* Deletes every entry of a stack map (u32 or u64 keys) that no program writes to any more. */
@@ -481,6 +658,11 @@ int sampler_drain(struct sampler *s, sampler_cb cb, void *arg)
 		batch_in = batch_out;
 		first = 0;
 	}
+	/* Overflowed samples of both sets (the other set's stacks are not cleared yet). */
+	s->drain_cb = cb;
+	s->drain_arg = arg;
+	ring_buffer__consume(s->overflow);
+	s->drain_cb = NULL;
 	sampler_clear_stacks(set->kstacks_fd);
 	sampler_clear_stacks(set->ustacks_fd);
 
@@ -508,7 +690,28 @@ void sampler_get_stats(struct sampler *s, struct sampler_stats *st)
 	st->ustack_errors = sampler_sum_counter(s, PROFILE_CNT_USTACK_ERR, 0);
 	st->stack_collisions = sampler_sum_counter(s, PROFILE_CNT_COLLISION, 0);
 	st->map_full_drops = sampler_sum_counter(s, PROFILE_CNT_MAP_FULL, 0);
-	st->lost = st->map_full_drops + sampler_sum_counter(s, PROFILE_CNT_COUNT_ERR, 0);
+	st->overflow_samples = sampler_sum_counter(s, PROFILE_CNT_OVERFLOW, 0);
+	st->overflow_lost = sampler_sum_counter(s, PROFILE_CNT_OVERFLOW_LOST, 0);
+	st->lost = st->overflow_lost + sampler_sum_counter(s, PROFILE_CNT_COUNT_ERR, 0);
+	for (uint32_t r = 0; r < SAMPLER_UNW_REASONS && r < UNW_REASON_COUNT; r++)
+		st->unwind_reasons[r] = sampler_sum_counter(s, PROFILE_CNT_UNW_REASON + r, 0);
+	st->unwind_events = sampler_sum_counter(s, PROFILE_CNT_UNW_EVENTS, 0);
+	st->unwind_events_lost = sampler_sum_counter(s, PROFILE_CNT_UNW_EVENT_LOST, 0);
+	if (s->unw) {
+		struct unwinder_stats us;
+
+		unwinder_get_stats(s->unw, &us);
+		st->unwind_procs = us.procs;
+		st->unwind_objects = us.objects;
+		st->unwind_slots_used = us.slots_used;
+		st->unwind_slots_max = us.slots_max;
+		st->unwind_tables_built = us.tables_built;
+		st->unwind_table_failures = us.table_failures;
+		st->unwind_build_ns = us.build_ns;
+		st->unwind_scans = us.scans;
+		st->unwind_slots_full = us.slots_full;
+		st->unwind_procs_full = us.procs_full;
+	}
 	st->drains = s->drains;
 	st->drain_mismatch = s->drain_mismatch;
 	st->last_drain_ns = s->last_drain_ns;
@@ -537,6 +740,15 @@ void sampler_close(struct sampler *s)
 	for (size_t i = 0; i < s->n_links; i++)
 		bpf_link__destroy(s->links[i]);
 	free(s->links);
+	if (s->unw_thread_started) {
+		__atomic_store_n(&s->unw_stop, 1, __ATOMIC_RELEASE);
+		pthread_join(s->unw_thread, NULL);
+	}
+	bpf_link__destroy(s->unw_links[0]);
+	bpf_link__destroy(s->unw_links[1]);
+	ring_buffer__free(s->events);
+	ring_buffer__free(s->overflow);
+	unwinder_close(s->unw);
 	oncpu_bpf__destroy(s->skel);
 	if (s->barrier_outer_fd >= 0)
 		close(s->barrier_outer_fd);

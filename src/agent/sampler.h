@@ -8,11 +8,18 @@
  * hands each one to the callback. No sample is lost or counted twice across flips.
  *
  * The user stack has one seam: sample_rec.uframes are either raw addresses from a
- * frame-pointer walk (unwind = SAMPLER_UNWIND_FP) or, once DWARF unwinding lands, frames
- * encoded as object id + offset (uframes_encoded = 1). Nothing outside sampler and symbolize
- * needs to know which.
+ * frame-pointer walk (unwind = SAMPLER_UNWIND_FP) or from the DWARF walk in BPF
+ * (SAMPLER_UNWIND_DWARF, the default of the CLI; ustack_reason then says how the walk ended).
+ * uframes_encoded = 1 (object id << 40 | offset) is reserved for frames that outlive their
+ * process; no unwinder produces it yet.
  *
- * Threading: one thread owns a sampler. Map sizes are set from frequency × CPUs before load.
+ * DWARF unwinding keeps tables and mapping lists in BPF maps through src/agent/unwinder.c: all
+ * processes (or only_tgid) are scanned at open; a background thread of the sampler (low
+ * priority) then follows exec, exit and unknown-address events from BPF. When a counts map is
+ * full the sample goes through an overflow ring buffer and is delivered by the next drain.
+ *
+ * Threading: one thread owns a sampler (the event thread is internal). Map sizes are set from
+ * frequency × CPUs before load.
  */
 #ifndef EMBER_AGENT_SAMPLER_H
 #define EMBER_AGENT_SAMPLER_H
@@ -47,7 +54,11 @@ struct sample_rec {
 	int ustack_error;     /* negative errno from the user stack walk, 0 if fine */
 	int kstack_error;     /* negative errno from the kernel stack walk; 0 if fine or if the
 			       * sample hit user mode (no kernel stack is not an error) */
+	uint32_t ustack_reason; /* DWARF walk: enum unw_reason + 1 (1 = complete); 0 for frame
+				 * pointers or no user stack */
 };
+
+#define SAMPLER_UNW_REASONS 8 /* ≥ UNW_REASON_COUNT (src/bpf/unwind.h) */
 
 struct sampler_stats {
 	uint64_t samples;         /* seen by BPF */
@@ -62,6 +73,15 @@ struct sampler_stats {
 	uint64_t bpf_run_cnt;
 	uint64_t drain_mismatch;   /* |BPF-counted - drained| samples: must stay 0 */
 	uint64_t last_drain_ns;    /* wall time of the last sampler_drain(), callbacks included */
+	uint64_t overflow_samples; /* counts map full: delivered through the overflow ring buffer */
+	uint64_t overflow_lost;    /* ... that ring buffer was full too (also in lost) */
+	/* DWARF unwinding (all 0 with frame pointers) */
+	uint64_t unwind_reasons[SAMPLER_UNW_REASONS]; /* walks per enum unw_reason */
+	uint64_t unwind_events, unwind_events_lost;   /* exec/exit/unknown events from BPF */
+	uint64_t unwind_procs, unwind_objects;        /* mapping lists and tables held now */
+	uint64_t unwind_slots_used, unwind_slots_max; /* 8-byte table slots */
+	uint64_t unwind_tables_built, unwind_table_failures, unwind_build_ns, unwind_scans;
+	uint64_t unwind_slots_full, unwind_procs_full;
 };
 
 struct sampler;

@@ -13,6 +13,14 @@
  * pointing it at another stack. User stacks (frame pointers) come from bpf_get_stack() into a
  * per-CPU scratch buffer, are hashed to 64 bits and stored once per hash in ustacks_<set>, a
  * plain HASH map, so distinct stacks never collide (see profile.h).
+ *
+ * With unwind_dwarf set, user stacks come instead from a DWARF walk over .eh_frame tables
+ * (design/dwarf-unwinding.md §2.3-2.5, the plain-C twin is src/agent/unwind.c): tables live in
+ * one global ARRAY of 8-byte slots (unw_slots), each process's sorted executable mappings in
+ * unw_procs; the walk is one bpf_loop of up to UNW_MAX_FRAMES steps, and its stop reason is
+ * counted per CPU. Exec, exit and samples at unknown addresses send unw_event records so user
+ * space keeps unw_procs current. A sample whose counts map is full goes whole to the overflow
+ * ring buffer instead of being lost.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -20,6 +28,7 @@
 #include <bpf/bpf_core_read.h>
 
 #include "profile.h"
+#include "unwind.h"
 
 #define E2BIG 7
 #define ENOMEM 12
@@ -30,6 +39,11 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* 0: every process; else only this tgid (ember record -p). Set before load. */
 const volatile __u32 targ_tgid = 0;
+
+/* 1: user stacks by the DWARF walk; 0: frame pointers (bpf_get_stack). Set before load. */
+const volatile __u32 unwind_dwarf = 0;
+/* Minimum interval between two UNW_EVENT_UNKNOWN events of one process. */
+const volatile __u64 unknown_interval_ns = 200000000ull;
 
 /* The set samples go to, 0 (A) or 1 (B). Written by user space only. */
 __u32 active_set = 0;
@@ -80,6 +94,59 @@ struct {
 	__type(value, struct profile_stack);
 } ustack_scratch SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, PROFILE_OVERFLOW_RB_DEFAULT);
+} overflow SEC(".maps");
+
+/* DWARF tables: every object's slot image (src/bpf/unwind.h), placed by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} unw_slots SEC(".maps");
+
+/* tgid → sorted executable mappings. No prealloc: a replaced value is freed after RCU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct unw_proc);
+} unw_procs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, PROFILE_UNW_EVENTS_RB_DEFAULT);
+} unw_events SEC(".maps");
+
+/* tgid → time of its last UNW_EVENT_UNKNOWN (rate limit). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u64);
+} unw_unknown_last SEC(".maps");
+
+/* Walk registers and progress, per CPU (the frames go to ustack_scratch). */
+struct unw_walk {
+	__u64 pc, sp, bp;
+	__u64 hash;
+	__u32 n;
+	__u32 reason;
+	__u32 bp_known;
+	__u32 exact;
+	__u64 miss_pc; /* first pc found outside every mapping, 0 if none */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct unw_walk);
+} unw_walk_scratch SEC(".maps");
+
 /* Perf-event programs do not nest on one CPU (bpf_prog_active), so a plain add is enough. */
 static __always_inline void counter_inc(__u32 idx)
 {
@@ -87,6 +154,22 @@ static __always_inline void counter_inc(__u32 idx)
 
 	if (v)
 		*v += 1;
+}
+
+/* The counts map is full: the sample goes whole to the overflow ring buffer. */
+static __always_inline void overflow_sample(struct profile_key *key, __u32 counted_idx)
+{
+	struct profile_overflow *o = bpf_ringbuf_reserve(&overflow, sizeof(*o), 0);
+
+	if (!o) {
+		counter_inc(PROFILE_CNT_OVERFLOW_LOST);
+		return;
+	}
+	__builtin_memcpy(&o->key, key, sizeof(*key));
+	o->set = counted_idx == PROFILE_CNT_COUNTED_B;
+	o->reserved = 0;
+	bpf_ringbuf_submit(o, 0);
+	counter_inc(PROFILE_CNT_OVERFLOW);
 }
 
 static __always_inline void count_sample(void *counts, struct profile_key *key, __u32 counted_idx)
@@ -101,9 +184,13 @@ static __always_inline void count_sample(void *counts, struct profile_key *key, 
 			counter_inc(counted_idx);
 			return;
 		}
+		if (err == -E2BIG || err == -ENOMEM) {
+			counter_inc(PROFILE_CNT_MAP_FULL);
+			overflow_sample(key, counted_idx);
+			return;
+		}
 		if (err != -EEXIST) {
-			counter_inc(err == -E2BIG || err == -ENOMEM ? PROFILE_CNT_MAP_FULL
-								    : PROFILE_CNT_COUNT_ERR);
+			counter_inc(PROFILE_CNT_COUNT_ERR);
 			return;
 		}
 		/* Another CPU inserted the same key between our lookup and update. */
@@ -117,7 +204,19 @@ static __always_inline void count_sample(void *counts, struct profile_key *key, 
 	counter_inc(counted_idx);
 }
 
-/* A 64-bit mix of the frame array (murmur3's finaliser per frame), seeded with its length. */
+/* One frame into a 64-bit stack hash (murmur3's finaliser). */
+static __always_inline __u64 hash_mix(__u64 h, __u64 v)
+{
+	h ^= v;
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdull;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ull;
+	h ^= h >> 33;
+	return h;
+}
+
+/* A 64-bit mix of the frame array, seeded with its length. */
 static __always_inline __u64 stack_hash(const struct profile_stack *st, __u32 n)
 {
 	__u64 h = n * 0x9e3779b97f4a7c15ull;
@@ -125,14 +224,348 @@ static __always_inline __u64 stack_hash(const struct profile_stack *st, __u32 n)
 	for (__u32 i = 0; i < PROFILE_MAX_STACK_DEPTH; i++) {
 		if (i >= n)
 			break;
-		h ^= st->ips[i];
-		h ^= h >> 33;
-		h *= 0xff51afd7ed558ccdull;
-		h ^= h >> 33;
-		h *= 0xc4ceb9fe1a85ec53ull;
-		h ^= h >> 33;
+		h = hash_mix(h, st->ips[i]);
 	}
 	return h;
+}
+
+/* ---- DWARF walk (the BPF twin of src/agent/unwind.c's unw_step) ---------------------------- */
+
+struct unw_ctx {
+	struct unw_walk *w;
+	struct profile_stack *st;
+	struct unw_proc *proc;
+};
+
+static __always_inline int slot_get(__u64 idx, __u64 *v)
+{
+	__u32 k = (__u32)idx;
+	__u64 *p;
+
+	if (idx > 0xffffffffull)
+		return -1;
+	p = bpf_map_lookup_elem(&unw_slots, &k);
+	if (!p)
+		return -1;
+	*v = *p;
+	return 0;
+}
+
+static __always_inline int read_user(__u64 addr, __u64 *v)
+{
+	return bpf_probe_read_user(v, sizeof(*v), (const void *)addr) ? -1 : 0;
+}
+
+/* The mapping containing pc, or NULL (≤ UNW_MAPPING_STEPS binary-search steps). */
+static __always_inline struct unw_mapping *proc_find(struct unw_proc *p, __u64 pc)
+{
+	__u32 lo = 0, hi = p->n;
+
+	if (hi > UNW_MAX_MAPPINGS)
+		hi = UNW_MAX_MAPPINGS;
+	for (int i = 0; i < UNW_MAPPING_STEPS; i++) {
+		__u32 mid;
+		struct unw_mapping *m;
+
+		if (lo >= hi)
+			break;
+		mid = (lo + (hi - lo) / 2) & (UNW_MAX_MAPPINGS - 1);
+		m = &p->maps[mid];
+		if (pc < m->start)
+			hi = mid;
+		else if (pc >= m->end)
+			lo = mid + 1;
+		else
+			return m;
+	}
+	return NULL;
+}
+
+/* The row for va in the table at base: 0 found, -1 none. */
+static __always_inline int find_row(__u32 base, __u64 va, struct unw_row *row)
+{
+	__u64 w0, w1, idx, rows;
+	__u32 first_va, n_buckets, n_rows, lo, hi;
+
+	if (slot_get(base, &w0) || slot_get((__u64)base + 1, &w1))
+		return -1;
+	first_va = (__u32)w0;
+	n_buckets = (__u32)(w0 >> 32);
+	n_rows = (__u32)w1;
+	if (va < first_va)
+		return -1;
+	idx = (va - first_va) >> UNW_BUCKET_SHIFT;
+	if (idx >= n_buckets || slot_get((__u64)base + UNW_HDR_SLOTS + idx, &w0))
+		return -1;
+	lo = (__u32)w0;
+	hi = (__u32)(w0 >> 32);
+	rows = (__u64)base + UNW_HDR_SLOTS + n_buckets;
+	if (lo >= hi || hi > n_rows || slot_get(rows + lo, &w0))
+		return -1;
+	__builtin_memcpy(row, &w0, sizeof(*row));
+	if (row->pc > va)
+		return -1;
+	for (int i = 0; i < UNW_ROW_STEPS; i++) {
+		__u32 mid;
+
+		if (lo + 1 >= hi)
+			break;
+		mid = lo + (hi - lo) / 2;
+		if (slot_get(rows + mid, &w0))
+			return -1;
+		if ((__u32)w0 <= va) {
+			lo = mid;
+			__builtin_memcpy(row, &w0, sizeof(*row));
+		} else {
+			hi = mid;
+		}
+	}
+	return lo + 1 < hi ? -1 : 0;
+}
+
+/* One frame-pointer step; returns 1 (walk ends with `why`) or 0. */
+static __always_inline long fp_step(struct unw_walk *w, __u32 why)
+{
+	__u64 nbp, ra;
+
+	if (!w->bp_known || w->bp <= w->sp) {
+		w->reason = why;
+		return 1;
+	}
+	if (read_user(w->bp, &nbp) || read_user(w->bp + 8, &ra)) {
+		w->reason = UNW_REASON_READ_FAIL;
+		return 1;
+	}
+	if (nbp != 0 && nbp <= w->bp) {
+		w->reason = why;
+		return 1;
+	}
+	if (ra == 0) {
+		w->reason = UNW_REASON_RA_ZERO;
+		return 1;
+	}
+	w->sp = w->bp + 16;
+	w->bp = nbp;
+	w->pc = ra;
+	w->exact = 0;
+	return 0;
+}
+
+static long unw_step_cb(__u32 i, void *arg)
+{
+	struct unw_ctx *c = arg;
+	struct unw_walk *w = c->w;
+	struct profile_stack *st = c->st;
+	struct unw_proc *proc = c->proc;
+	struct unw_mapping *m;
+	struct unw_row row;
+	__u64 va, cfa, ra, pc;
+	__u32 n;
+
+	if (!w || !st || !proc)
+		return 1;
+	n = w->n;
+	if (n >= PROFILE_MAX_STACK_DEPTH) {
+		w->reason = UNW_REASON_MAX_FRAMES;
+		return 1;
+	}
+	pc = w->pc;
+	st->ips[n] = pc;
+	w->n = n + 1;
+	w->hash = hash_mix(w->hash, pc);
+
+	m = proc_find(proc, pc);
+	if (!m) {
+		if (!w->miss_pc)
+			w->miss_pc = pc;
+		return fp_step(w, UNW_REASON_NO_MAPPING);
+	}
+	if (m->flags & (UNW_MAP_FP | UNW_MAP_NO_TABLE))
+		return fp_step(w, UNW_REASON_NO_ROW);
+	va = pc - m->bias - (w->exact ? 0 : 1);
+	if (find_row(m->table_base, va, &row) != 0)
+		row.kind = UNW_KIND_NONE;
+
+	switch (row.kind) {
+	case UNW_KIND_NONE:
+		return fp_step(w, UNW_REASON_NO_ROW);
+	case UNW_KIND_STOP:
+		w->reason = UNW_REASON_COMPLETE;
+		return 1;
+	case UNW_KIND_SIGNAL: {
+		__u64 base = w->sp + UNW_SIGFRAME_OFFSET, rbp, rsp, rip;
+
+		if (read_user(base + UNW_SIGCTX_RBP * 8, &rbp) ||
+		    read_user(base + UNW_SIGCTX_RSP * 8, &rsp) ||
+		    read_user(base + UNW_SIGCTX_RIP * 8, &rip)) {
+			w->reason = UNW_REASON_READ_FAIL;
+			return 1;
+		}
+		if (rip == 0) {
+			w->reason = UNW_REASON_RA_ZERO;
+			return 1;
+		}
+		w->pc = rip;
+		w->sp = rsp;
+		w->bp = rbp;
+		w->bp_known = 1;
+		w->exact = 1;
+		return 0;
+	}
+	case UNW_KIND_RSP:
+		cfa = w->sp + (__s64)row.cfa * 8;
+		break;
+	case UNW_KIND_RBP:
+		if (!w->bp_known) {
+			w->reason = UNW_REASON_UNSUPPORTED;
+			return 1;
+		}
+		cfa = w->bp + (__s64)row.cfa * 8;
+		break;
+	case UNW_KIND_PLT:
+		cfa = w->sp + 8 + ((pc & 15) >= (__u64)row.cfa ? 8 : 0);
+		break;
+	default:
+		w->reason = UNW_REASON_UNSUPPORTED;
+		return 1;
+	}
+
+	if (read_user(cfa - 8, &ra)) {
+		w->reason = UNW_REASON_READ_FAIL;
+		return 1;
+	}
+	if (row.rbp == UNW_RBP_UNKNOWN) {
+		w->bp_known = 0;
+	} else if (row.rbp != 0) {
+		__u64 nbp;
+
+		/* An epilogue may name a slot already popped: lose rbp, not the walk. */
+		w->bp_known = read_user(cfa + (__s64)row.rbp * 8, &nbp) == 0;
+		if (w->bp_known)
+			w->bp = nbp;
+	}
+	if (ra == 0) {
+		w->reason = UNW_REASON_RA_ZERO;
+		return 1;
+	}
+	w->pc = ra;
+	w->sp = cfa;
+	w->exact = 0;
+	return 0;
+}
+
+static __always_inline void send_event(__u32 type, __u32 pid, __u64 pc)
+{
+	struct unw_event ev = {.type = type, .pid = pid, .pc = pc};
+
+	if (bpf_ringbuf_output(&unw_events, &ev, sizeof(ev), 0))
+		counter_inc(PROFILE_CNT_UNW_EVENT_LOST);
+	else
+		counter_inc(PROFILE_CNT_UNW_EVENTS);
+}
+
+/* At most one UNW_EVENT_UNKNOWN per process per unknown_interval_ns. */
+static __always_inline void send_unknown(__u32 tgid, __u64 pc)
+{
+	__u64 now = bpf_ktime_get_ns(), *last = bpf_map_lookup_elem(&unw_unknown_last, &tgid);
+
+	if (last && now - *last < unknown_interval_ns)
+		return;
+	bpf_map_update_elem(&unw_unknown_last, &tgid, &now, BPF_ANY);
+	send_event(UNW_EVENT_UNKNOWN, tgid, pc);
+}
+
+/*
+ * The user registers of this sample: from the sample itself when it hit user mode, else the
+ * ones saved at kernel entry. 0 when the task has no user side (kernel thread, exiting).
+ */
+static __always_inline int user_regs(struct bpf_perf_event_data *ctx, struct unw_walk *w)
+{
+	/* All loads first, and csx (8 bytes): a 2-byte cs load is not a valid ctx access. */
+	__u64 ip = ctx->regs.ip, sp = ctx->regs.sp, bp = ctx->regs.bp, cs = ctx->regs.csx;
+	struct task_struct *task;
+	struct pt_regs *regs;
+
+	/* Keeps clang from sinking the loads into the branches as ctx pointer + offset. */
+	asm volatile("" : "+r"(ip), "+r"(sp), "+r"(bp), "+r"(cs));
+	if ((cs & 3) != 3) {
+		task = bpf_get_current_task_btf();
+		if (!task->mm)
+			return 0;
+		regs = (struct pt_regs *)bpf_task_pt_regs(task);
+		if (!regs)
+			return 0;
+		ip = regs->ip;
+		sp = regs->sp;
+		bp = regs->bp;
+		cs = regs->csx;
+		if ((cs & 3) != 3)
+			return 0;
+	}
+	w->pc = ip;
+	w->sp = sp;
+	w->bp = bp;
+	return ip != 0;
+}
+
+/* Fills key->ustack_kind and key->ustack from a DWARF walk of this sample's user stack. */
+static __always_inline void record_ustack_dwarf(struct bpf_perf_event_data *ctx,
+						struct profile_key *key, void *ustacks)
+{
+	__u32 zero = 0, reason;
+	struct profile_stack *st = bpf_map_lookup_elem(&ustack_scratch, &zero);
+	struct unw_walk *w = bpf_map_lookup_elem(&unw_walk_scratch, &zero);
+	struct unw_proc *proc;
+	struct unw_ctx c;
+	long err;
+	__u64 h;
+
+	if (!st || !w) {
+		key->ustack_kind = PROFILE_USTACK_ERROR;
+		key->ustack = ENOMEM;
+		counter_inc(PROFILE_CNT_USTACK_ERR);
+		return;
+	}
+	if (!user_regs(ctx, w)) {
+		key->ustack_kind = PROFILE_USTACK_NONE;
+		return;
+	}
+	w->hash = 0;
+	w->n = 0;
+	w->bp_known = 1;
+	w->exact = 1;
+	w->miss_pc = 0;
+	w->reason = UNW_REASON_MAX_FRAMES;
+	proc = bpf_map_lookup_elem(&unw_procs, &key->tgid);
+	if (proc) {
+		c.w = w;
+		c.st = st;
+		c.proc = proc;
+		bpf_loop(UNW_MAX_FRAMES, unw_step_cb, &c, 0);
+	} else {
+		/* No mapping list yet: keep the leaf so the sample still says where it was. */
+		st->ips[0] = w->pc;
+		w->n = 1;
+		w->hash = hash_mix(0, w->pc);
+		w->reason = UNW_REASON_NO_MAPPING;
+		w->miss_pc = w->pc;
+	}
+	if (w->reason == UNW_REASON_NO_MAPPING && w->miss_pc)
+		send_unknown(key->tgid, w->miss_pc);
+	reason = w->reason;
+	counter_inc(PROFILE_CNT_UNW_REASON + (reason & 7));
+	if (w->n < PROFILE_MAX_STACK_DEPTH)
+		st->ips[w->n & 127] = 0; /* the drain counts frames up to the first 0 */
+	h = hash_mix(w->hash, w->n * 0x9e3779b97f4a7c15ull);
+	err = bpf_map_update_elem(ustacks, &h, st, BPF_NOEXIST);
+	if (err && err != -EEXIST) {
+		key->ustack_kind = PROFILE_USTACK_ERROR;
+		key->ustack = -err;
+		counter_inc(PROFILE_CNT_USTACK_ERR);
+		return;
+	}
+	key->ustack_kind = PROFILE_USTACK_DWARF_HASH | (reason << PROFILE_USTACK_REASON_SHIFT);
+	key->ustack = h;
 }
 
 /* Fills key->ustack_kind and key->ustack from the user stack of this sample. */
@@ -186,7 +619,10 @@ static __always_inline void record_sample(struct bpf_perf_event_data *ctx, struc
 		counter_inc(PROFILE_CNT_KSTACK_ERR);
 	key->kstack_id = kid;
 
-	record_ustack(ctx, key, ustacks);
+	if (unwind_dwarf)
+		record_ustack_dwarf(ctx, key, ustacks);
+	else
+		record_ustack(ctx, key, ustacks);
 	count_sample(counts, key, counted_idx);
 }
 
@@ -214,5 +650,31 @@ int oncpu_sample(struct bpf_perf_event_data *ctx)
 		record_sample(ctx, &key, &kstacks_b, &ustacks_b, &counts_b, PROFILE_CNT_COUNTED_B);
 	else
 		record_sample(ctx, &key, &kstacks_a, &ustacks_a, &counts_a, PROFILE_CNT_COUNTED_A);
+	return 0;
+}
+
+/* A new program image: user space reads its mappings. */
+SEC("tp_btf/sched_process_exec")
+int oncpu_exec(void *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (targ_tgid && tgid != targ_tgid)
+		return 0;
+	send_event(UNW_EVENT_EXEC, tgid, 0);
+	return 0;
+}
+
+/* The thread group leader exits: user space drops the process's mapping list. */
+SEC("tp_btf/sched_process_exit")
+int oncpu_exit(void *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+
+	if (tgid != (__u32)id || (targ_tgid && tgid != targ_tgid))
+		return 0;
+	bpf_map_delete_elem(&unw_unknown_last, &tgid);
+	send_event(UNW_EVENT_EXIT, tgid, 0);
 	return 0;
 }

@@ -30,8 +30,12 @@ enum profile_ustack_kind {
 	PROFILE_USTACK_NONE = 0,       /* no user stack: kernel thread or exiting task (-EFAULT) */
 	PROFILE_USTACK_ERROR = 1,      /* the walk failed; ustack holds the positive errno */
 	PROFILE_USTACK_FP_HASH = 2,    /* ustack: hash of frame-pointer frames in ustacks_<set> */
-	PROFILE_USTACK_DWARF_HASH = 3, /* reserved: hash of DWARF-unwound, encoded frames */
+	PROFILE_USTACK_DWARF_HASH = 3, /* ustack: hash of DWARF-walked frames in ustacks_<set> */
 };
+/* profile_key.ustack_kind: the kind in the low byte; for DWARF, the walk's enum unw_reason
+ * (src/bpf/unwind.h) above it, so user space knows which stacks are complete. */
+#define PROFILE_USTACK_KIND_MASK 0xffu
+#define PROFILE_USTACK_REASON_SHIFT 8
 
 /* Value of every stack map: leaf (innermost) first, zero-filled after the last frame. */
 struct profile_stack {
@@ -63,7 +67,22 @@ enum profile_counter {
 	PROFILE_CNT_COUNT_ERR,	 /* counts map update failed otherwise */
 	PROFILE_CNT_COUNTED_A, /* samples that reached counts_a: what a drain of set A must find */
 	PROFILE_CNT_COUNTED_B,
-	PROFILE_CNT_MAX,
+	PROFILE_CNT_OVERFLOW, /* counts map full: the sample went to the overflow ring buffer */
+	PROFILE_CNT_OVERFLOW_LOST,  /* ... and that ring buffer was full too: lost */
+	PROFILE_CNT_UNW_EVENTS,	    /* unw_event records sent */
+	PROFILE_CNT_UNW_EVENT_LOST, /* unw_event ring buffer full */
+	PROFILE_CNT_UNW_REASON,	    /* DWARF walks ended by enum unw_reason r: index this + r */
+	PROFILE_CNT_MAX = PROFILE_CNT_UNW_REASON + 8,
 };
+
+/* A sample whose counts map was full, sent whole through the overflow ring buffer. */
+struct profile_overflow {
+	struct profile_key key;
+	__u32 set; /* map set (0 A, 1 B) whose stack maps hold key's stacks */
+	__u32 reserved;
+};
+
+#define PROFILE_OVERFLOW_RB_DEFAULT (256u << 10) /* bytes */
+#define PROFILE_UNW_EVENTS_RB_DEFAULT (256u << 10)
 
 #endif

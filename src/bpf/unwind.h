@@ -74,9 +74,10 @@ struct unw_table_hdr {
 	__u32 flags;	 /* reserved, 0 */
 };
 
-/* unw_mapping.flags */
+/* unw_mapping.flags; the high 16 bits hold the object id (UNW_MAP_OBJ_SHIFT), 0 = none */
 #define UNW_MAP_FP (1u << 0) /* object keeps frame pointers (Go): always a frame-pointer step */
 #define UNW_MAP_NO_TABLE (1u << 1) /* table not (yet) available */
+#define UNW_MAP_OBJ_SHIFT 16
 
 struct unw_mapping {
 	__u64 start, end; /* [start, end) in the process */
@@ -89,6 +90,19 @@ struct unw_proc {
 	__u32 n; /* mappings in use, sorted by start, non-overlapping */
 	__u32 reserved;
 	struct unw_mapping maps[UNW_MAX_MAPPINGS];
+};
+
+/* Events the BPF side sends user space through the unw_events ring buffer. */
+enum unw_event_type {
+	UNW_EVENT_EXEC = 1,    /* the process exec'ed: read its mappings now */
+	UNW_EVENT_EXIT = 2,    /* the process (thread group leader) exited */
+	UNW_EVENT_UNKNOWN = 3, /* a sample found no mapping list, or a pc outside it (dlopen) */
+};
+
+struct unw_event {
+	__u32 type; /* enum unw_event_type */
+	__u32 pid;  /* tgid */
+	__u64 pc;   /* UNW_EVENT_UNKNOWN: the pc that had no mapping */
 };
 
 #endif

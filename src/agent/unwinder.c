@@ -1,0 +1,590 @@
+/*
+ * unwinder — see unwinder.h. The story of one process scan: read the executable lines of
+ * /proc/PID/maps → find or build the table of each mapped object (one build per object, shared)
+ * → compute each mapping's bias (ehtable_bias) → a sorted struct unw_proc → one BPF map update,
+ * which replaces the whole list atomically for the BPF walk (the procs map is not preallocated,
+ * so the old value is freed after readers are done) → move the table references from the old
+ * list to the new one.
+ *
+ * A table's slots are written to BPF before any mapping list points at them, and freed only when
+ * no list has pointed at them for UNWINDER_GRACE_NS, so a walk never reads a half-written or
+ * reused table through a current list.
+ */
+#define LOG_MODULE "unwinder"
+#include "agent/unwinder.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+
+#include "agent/ehtable.h"
+#include "agent/unwind.h"
+#include "common/log.h"
+
+#define UNWINDER_PROC_BUCKETS 1024
+#define UNWINDER_VDSO_DEV UINT64_MAX /* object key of the vDSO */
+
+struct unw_obj {
+	int used;
+	uint64_t dev, ino;
+	char path[PATH_MAX];
+	struct ehtable *t; /* loads only (slots freed once in BPF); NULL when the build failed */
+	uint32_t base, n_slots;
+	uint32_t refs;
+	uint64_t unused_since; /* monotonic ns when refs dropped to 0 */
+};
+
+struct unw_uproc {
+	struct unw_uproc *next;
+	uint32_t pid;
+	uint32_t n_objs;
+	uint64_t sig; /* hash of the executable mapping lines, to skip unchanged rescans */
+	uint16_t objs[UNW_MAX_MAPPINGS];
+};
+
+struct unwinder {
+	pthread_mutex_t lock;
+	struct unwinder_opts opts;
+	char proc_root[256];
+	char cache_dir[PATH_MAX];
+	struct unw_obj *objs; /* UNWINDER_MAX_OBJECTS; id = index + 1 */
+	struct unw_uproc *procs[UNWINDER_PROC_BUCKETS];
+	struct unwinder_alloc alloc;
+	struct unw_proc scratch; /* the list being built */
+	uint32_t *keys;		 /* batch-update keys, grown as needed */
+	size_t keys_cap;
+	struct unwinder_stats st;
+};
+
+static uint64_t unwinder_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- slot allocator ------------------------------------------------------------------------ */
+
+void unwinder_alloc_init(struct unwinder_alloc *a, uint32_t n_slots)
+{
+	a->n = n_slots ? 1 : 0;
+	a->ext[0].start = 0;
+	a->ext[0].len = n_slots;
+}
+
+int unwinder_alloc_get(struct unwinder_alloc *a, uint32_t len, uint32_t *start)
+{
+	for (uint32_t i = 0; i < a->n; i++) {
+		if (a->ext[i].len < len)
+			continue;
+		*start = a->ext[i].start;
+		a->ext[i].start += len;
+		a->ext[i].len -= len;
+		if (a->ext[i].len == 0) {
+			memmove(&a->ext[i], &a->ext[i + 1], (a->n - i - 1) * sizeof(a->ext[0]));
+			a->n--;
+		}
+		return 0;
+	}
+	return -ENOSPC;
+}
+
+int unwinder_alloc_put(struct unwinder_alloc *a, uint32_t start, uint32_t len)
+{
+	uint32_t i = 0;
+	int merge_prev, merge_next;
+
+	while (i < a->n && a->ext[i].start < start)
+		i++;
+	merge_prev = i > 0 && a->ext[i - 1].start + a->ext[i - 1].len == start;
+	merge_next = i < a->n && start + len == a->ext[i].start;
+	if (merge_prev && merge_next) {
+		a->ext[i - 1].len += len + a->ext[i].len;
+		memmove(&a->ext[i], &a->ext[i + 1], (a->n - i - 1) * sizeof(a->ext[0]));
+		a->n--;
+	} else if (merge_prev) {
+		a->ext[i - 1].len += len;
+	} else if (merge_next) {
+		a->ext[i].start = start;
+		a->ext[i].len += len;
+	} else {
+		if (a->n == UNWINDER_MAX_EXTENTS)
+			return -ENOSPC;
+		memmove(&a->ext[i + 1], &a->ext[i], (a->n - i) * sizeof(a->ext[0]));
+		a->ext[i].start = start;
+		a->ext[i].len = len;
+		a->n++;
+	}
+	return 0;
+}
+
+/* ---- objects ------------------------------------------------------------------------------- */
+
+/* The vDSO is the same image in every process: build its table from our own copy. */
+static int unwinder_build_vdso(struct ehtable **out)
+{
+	unsigned long base = getauxval(AT_SYSINFO_EHDR);
+	FILE *maps = fopen("/proc/self/maps", "re");
+	char line[512];
+	uint64_t lo = 0, hi = 0;
+	int fd, rc;
+
+	if (!base || !maps) {
+		if (maps)
+			fclose(maps);
+		return -ENOENT;
+	}
+	while (fgets(line, sizeof(line), maps))
+		if (strstr(line, "[vdso]") && sscanf(line, "%" SCNx64 "-%" SCNx64, &lo, &hi) == 2)
+			break;
+	fclose(maps);
+	if (lo != base || hi <= lo)
+		return -ENOENT;
+	fd = memfd_create("ember-vdso", MFD_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (write(fd, (const void *)lo, hi - lo) != (ssize_t)(hi - lo)) {
+		close(fd);
+		return -EIO;
+	}
+	rc = ehtable_build_fd(fd, NULL, out);
+	close(fd);
+	return rc;
+}
+
+/* Copies a built table into BPF slots; on success the table keeps only its load segments. */
+static int unwinder_upload(struct unwinder *u, struct unw_obj *o)
+{
+	LIBBPF_OPTS(bpf_map_batch_opts, bopts);
+	uint32_t n = o->t->n_slots, base, count;
+	int rc;
+
+	if (unwinder_alloc_get(&u->alloc, n, &base)) {
+		u->st.slots_full++;
+		log_warn("no room for the %u-slot table of %s (%" PRIu64 " of %" PRIu64
+			 " slots used)",
+			 n, o->path, u->st.slots_used, u->st.slots_max);
+		return -ENOSPC;
+	}
+	if (u->keys_cap < n) {
+		uint32_t *k = realloc(u->keys, (size_t)n * sizeof(*k));
+
+		if (!k) {
+			unwinder_alloc_put(&u->alloc, base, n);
+			return -ENOMEM;
+		}
+		u->keys = k;
+		u->keys_cap = n;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		u->keys[i] = base + i;
+	count = n;
+	rc = bpf_map_update_batch(u->opts.slots_fd, u->keys, o->t->slots, &count, &bopts);
+	if (rc) {
+		rc = -errno;
+		unwinder_alloc_put(&u->alloc, base, n);
+		log_warn("write the table of %s into BPF: %s", o->path, strerror(-rc));
+		return rc;
+	}
+	o->base = base;
+	o->n_slots = n;
+	u->st.slots_used += n;
+	free(o->t->slots);
+	o->t->slots = NULL;
+	return 0;
+}
+
+/* Builds (or loads from the cache) the table of o; o->t stays NULL when there is none. */
+static void unwinder_build(struct unwinder *u, struct unw_obj *o, const char *open_path)
+{
+	uint64_t t0 = unwinder_now_ns();
+	struct ehtable *t = NULL;
+	int rc = -ENOENT, cached = 0;
+
+	if (o->dev == UNWINDER_VDSO_DEV) {
+		rc = unwinder_build_vdso(&t);
+	} else {
+		if (u->cache_dir[0]) {
+			uint8_t id[EHTABLE_ID_MAX];
+			uint32_t id_len;
+			int is_bid;
+
+			if (ehtable_identify(open_path, id, &id_len, &is_bid) == 0 &&
+			    ehtable_cache_get(u->cache_dir, id, id_len, &t) == 0) {
+				rc = 0;
+				cached = 1;
+			}
+		}
+		if (!cached)
+			rc = ehtable_build(open_path, &t);
+	}
+	u->st.build_ns += unwinder_now_ns() - t0;
+	if (rc) {
+		u->st.table_failures++;
+		log_debug("no unwind table for %s: %s", o->path, strerror(-rc));
+		return;
+	}
+	if (cached) {
+		u->st.tables_from_cache++;
+	} else {
+		u->st.tables_built++;
+		if (u->cache_dir[0])
+			ehtable_cache_put(u->cache_dir, t, EHTABLE_CACHE_MAX_BYTES);
+	}
+	o->t = t;
+	if (unwinder_upload(u, o)) {
+		ehtable_free(t);
+		o->t = NULL;
+	}
+}
+
+static void unwinder_free_obj(struct unwinder *u, struct unw_obj *o)
+{
+	if (o->t) {
+		if (unwinder_alloc_put(&u->alloc, o->base, o->n_slots) == 0)
+			u->st.slots_used -= o->n_slots;
+		ehtable_free(o->t);
+	}
+	memset(o, 0, sizeof(*o));
+	u->st.objects--;
+	u->st.objects_freed++;
+}
+
+/* The object of a mapping, built if new; -1 when there is no room for another. */
+static int unwinder_obj(struct unwinder *u, uint64_t dev, uint64_t ino, const char *path,
+			const char *open_path)
+{
+	int free_i = -1, oldest = -1;
+
+	for (int i = 0; i < UNWINDER_MAX_OBJECTS; i++) {
+		struct unw_obj *o = &u->objs[i];
+
+		if (!o->used) {
+			if (free_i < 0)
+				free_i = i;
+			continue;
+		}
+		if (o->dev == dev && o->ino == ino)
+			return i;
+		if (o->refs == 0 && (oldest < 0 || o->unused_since < u->objs[oldest].unused_since))
+			oldest = i;
+	}
+	if (free_i < 0) {
+		if (oldest < 0)
+			return -1;
+		unwinder_free_obj(u, &u->objs[oldest]);
+		free_i = oldest;
+	}
+	struct unw_obj *o = &u->objs[free_i];
+
+	o->used = 1;
+	o->dev = dev;
+	o->ino = ino;
+	snprintf(o->path, sizeof(o->path), "%s", path);
+	o->unused_since = unwinder_now_ns();
+	u->st.objects++;
+	unwinder_build(u, o, open_path);
+	return free_i;
+}
+
+/* ---- processes ----------------------------------------------------------------------------- */
+
+static struct unw_uproc **unwinder_proc_slot(struct unwinder *u, uint32_t pid)
+{
+	struct unw_uproc **pp = &u->procs[pid % UNWINDER_PROC_BUCKETS];
+
+	while (*pp && (*pp)->pid != pid)
+		pp = &(*pp)->next;
+	return pp;
+}
+
+static void unwinder_unref(struct unwinder *u, const uint16_t *objs, uint32_t n)
+{
+	uint64_t now = unwinder_now_ns();
+
+	for (uint32_t i = 0; i < n; i++) {
+		struct unw_obj *o = &u->objs[objs[i]];
+
+		if (o->refs && --o->refs == 0)
+			o->unused_since = now;
+	}
+}
+
+static uint64_t unwinder_sig(uint64_t h, const char *s)
+{
+	while (*s)
+		h = (h ^ (uint8_t)*s++) * 0x100000001b3ull;
+	return h;
+}
+
+/* Adds one executable mapping line to u->scratch; objs collects the referenced objects. */
+static void unwinder_add_mapping(struct unwinder *u, uint32_t pid, const char *line, uint16_t *objs,
+				 uint32_t *n_objs)
+{
+	uint64_t start, end, pgoff, ino, bias;
+	unsigned int major, minor;
+	char perms[5], open_path[PATH_MAX + 300];
+	struct unw_mapping m;
+	const char *path;
+	int pos = 0, oi;
+
+	if (sscanf(line, "%" SCNx64 "-%" SCNx64 " %4s %" SCNx64 " %x:%x %" SCNu64 " %n", &start,
+		   &end, perms, &pgoff, &major, &minor, &ino, &pos) < 7 ||
+	    perms[2] != 'x')
+		return;
+	path = line + pos;
+	if (strcmp(path, "[vdso]") == 0) {
+		oi = unwinder_obj(u, UNWINDER_VDSO_DEV, UNWINDER_VDSO_DEV, path, NULL);
+	} else if (path[0] == '/' && ino) {
+		/* Through the process's root (containers); map_files when the file is gone. */
+		if (strstr(path, " (deleted)"))
+			snprintf(open_path, sizeof(open_path),
+				 "%s/%u/map_files/%" PRIx64 "-%" PRIx64, u->proc_root, pid, start,
+				 end);
+		else
+			snprintf(open_path, sizeof(open_path), "%s/%u/root%s", u->proc_root, pid,
+				 path);
+		oi = unwinder_obj(u, ((uint64_t)major << 32) | minor, ino, path, open_path);
+	} else {
+		return; /* anonymous code (JIT): the walk takes frame-pointer steps */
+	}
+
+	memset(&m, 0, sizeof(m));
+	m.start = start;
+	m.end = end;
+	if (oi < 0) {
+		m.flags = UNW_MAP_NO_TABLE;
+	} else {
+		struct unw_obj *o = &u->objs[oi];
+
+		m.flags = (uint32_t)(oi + 1) << UNW_MAP_OBJ_SHIFT;
+		if (o->t && ehtable_bias(o->t, start, pgoff, &bias) == 0) {
+			m.bias = bias;
+			m.table_base = o->base;
+		} else {
+			m.flags |= UNW_MAP_NO_TABLE;
+		}
+	}
+	if (unw_proc_insert(&u->scratch, &m)) {
+		u->st.mappings_dropped++;
+		return;
+	}
+	if (oi >= 0 && *n_objs < UNW_MAX_MAPPINGS) {
+		u->objs[oi].refs++;
+		objs[(*n_objs)++] = (uint16_t)oi;
+	}
+}
+
+static int unwinder_scan_locked(struct unwinder *u, uint32_t pid)
+{
+	char path[300], line[PATH_MAX + 128];
+	uint16_t objs[UNW_MAX_MAPPINGS];
+	struct unw_uproc **pp, *p;
+	uint32_t n_objs = 0;
+	uint64_t sig = 0xcbf29ce484222325ull;
+	FILE *f;
+	int rc;
+
+	snprintf(path, sizeof(path), "%s/%u/maps", u->proc_root, pid);
+	f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	u->st.scans++;
+	memset(&u->scratch, 0, offsetof(struct unw_proc, maps));
+	pp = unwinder_proc_slot(u, pid);
+	/* First pass: the signature of the executable lines, to skip unchanged processes. */
+	while (fgets(line, sizeof(line), f)) {
+		char *sp = strchr(line, ' ');
+
+		if (sp && sp[3] == 'x')
+			sig = unwinder_sig(sig, line);
+	}
+	if (*pp && (*pp)->sig == sig) {
+		fclose(f);
+		u->st.scan_unchanged++;
+		return 0;
+	}
+	rewind(f);
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = '\0';
+		unwinder_add_mapping(u, pid, line, objs, &n_objs);
+	}
+	fclose(f);
+	if (u->scratch.n == 0) {
+		unwinder_unref(u, objs, n_objs);
+		return -ENOENT; /* a kernel thread, or the process is gone */
+	}
+
+	p = *pp;
+	if (!p) {
+		if (u->st.procs >= u->opts.max_procs) {
+			u->st.procs_full++;
+			unwinder_unref(u, objs, n_objs);
+			return -ENOSPC;
+		}
+		p = calloc(1, sizeof(*p));
+		if (!p) {
+			unwinder_unref(u, objs, n_objs);
+			return -ENOMEM;
+		}
+		p->pid = pid;
+		*pp = p;
+		u->st.procs++;
+	}
+	rc = bpf_map_update_elem(u->opts.procs_fd, &pid, &u->scratch, BPF_ANY) ? -errno : 0;
+	if (rc) {
+		u->st.procs_full++;
+		log_debug("pid %u: store mapping list: %s", pid, strerror(-rc));
+	}
+	/* References move from the old list to the new one (new first: shared objects stay). */
+	unwinder_unref(u, p->objs, p->n_objs);
+	memcpy(p->objs, objs, n_objs * sizeof(objs[0]));
+	p->n_objs = n_objs;
+	p->sig = rc ? 0 : sig;
+	return rc;
+}
+
+int unwinder_scan_process(struct unwinder *u, uint32_t pid)
+{
+	int rc;
+
+	pthread_mutex_lock(&u->lock);
+	rc = unwinder_scan_locked(u, pid);
+	pthread_mutex_unlock(&u->lock);
+	return rc;
+}
+
+int unwinder_scan_all(struct unwinder *u)
+{
+	DIR *d = opendir(u->proc_root);
+	struct dirent *de;
+	int n = 0;
+
+	if (!d)
+		return -errno;
+	while ((de = readdir(d))) {
+		char *end;
+		unsigned long pid = strtoul(de->d_name, &end, 10);
+
+		if (*end || pid == 0 || pid > UINT32_MAX)
+			continue;
+		if (unwinder_scan_process(u, (uint32_t)pid) == 0)
+			n++;
+	}
+	closedir(d);
+	return n;
+}
+
+void unwinder_drop_process(struct unwinder *u, uint32_t pid)
+{
+	struct unw_uproc **pp, *p;
+
+	pthread_mutex_lock(&u->lock);
+	pp = unwinder_proc_slot(u, pid);
+	p = *pp;
+	if (p) {
+		*pp = p->next;
+		bpf_map_delete_elem(u->opts.procs_fd, &pid);
+		unwinder_unref(u, p->objs, p->n_objs);
+		free(p);
+		u->st.procs--;
+	}
+	pthread_mutex_unlock(&u->lock);
+}
+
+void unwinder_collect(struct unwinder *u)
+{
+	uint64_t now = unwinder_now_ns();
+
+	pthread_mutex_lock(&u->lock);
+	for (int i = 0; i < UNWINDER_MAX_OBJECTS; i++) {
+		struct unw_obj *o = &u->objs[i];
+
+		if (o->used && o->refs == 0 && now - o->unused_since >= UNWINDER_GRACE_NS)
+			unwinder_free_obj(u, o);
+	}
+	pthread_mutex_unlock(&u->lock);
+}
+
+int unwinder_object_path(struct unwinder *u, uint32_t obj_id, char *buf, size_t size)
+{
+	int rc = -ENOENT;
+
+	pthread_mutex_lock(&u->lock);
+	if (obj_id >= 1 && obj_id <= UNWINDER_MAX_OBJECTS && u->objs[obj_id - 1].used) {
+		snprintf(buf, size, "%s", u->objs[obj_id - 1].path);
+		rc = 0;
+	}
+	pthread_mutex_unlock(&u->lock);
+	return rc;
+}
+
+void unwinder_get_stats(struct unwinder *u, struct unwinder_stats *st)
+{
+	pthread_mutex_lock(&u->lock);
+	*st = u->st;
+	pthread_mutex_unlock(&u->lock);
+}
+
+int unwinder_open(const struct unwinder_opts *opts, struct unwinder **out)
+{
+	struct unwinder *u;
+
+	*out = NULL;
+	if (opts->slots_fd < 0 || opts->procs_fd < 0 || !opts->max_slots)
+		return -EINVAL;
+	u = calloc(1, sizeof(*u));
+	if (!u)
+		return -ENOMEM;
+	u->objs = calloc(UNWINDER_MAX_OBJECTS, sizeof(*u->objs));
+	if (!u->objs) {
+		free(u);
+		return -ENOMEM;
+	}
+	pthread_mutex_init(&u->lock, NULL);
+	u->opts = *opts;
+	if (!u->opts.max_procs || u->opts.max_procs > UNWINDER_MAX_PROCS)
+		u->opts.max_procs = UNWINDER_MAX_PROCS;
+	snprintf(u->proc_root, sizeof(u->proc_root), "%s",
+		 opts->proc_root ? opts->proc_root : "/proc");
+	if (opts->cache_dir)
+		snprintf(u->cache_dir, sizeof(u->cache_dir), "%s", opts->cache_dir);
+	unwinder_alloc_init(&u->alloc, opts->max_slots);
+	u->st.slots_max = opts->max_slots;
+	*out = u;
+	return 0;
+}
+
+void unwinder_close(struct unwinder *u)
+{
+	if (!u)
+		return;
+	for (int b = 0; b < UNWINDER_PROC_BUCKETS; b++) {
+		while (u->procs[b]) {
+			struct unw_uproc *p = u->procs[b];
+
+			u->procs[b] = p->next;
+			free(p);
+		}
+	}
+	for (int i = 0; i < UNWINDER_MAX_OBJECTS; i++)
+		if (u->objs[i].used)
+			ehtable_free(u->objs[i].t);
+	pthread_mutex_destroy(&u->lock);
+	free(u->objs);
+	free(u->keys);
+	free(u);
+}

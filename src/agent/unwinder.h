@@ -1,0 +1,86 @@
+/*
+ * unwinder — the user-space half of DWARF unwinding in BPF (design/dwarf-unwinding.md §2.3, §2.7):
+ * puts unwind tables (src/agent/ehtable.c) into the BPF program's one global slot ARRAY and keeps
+ * each process's sorted executable mappings (struct unw_proc) in the BPF procs HASH.
+ *
+ * Objects are keyed by (device, inode) as /proc/PID/maps shows them; the vDSO is one object
+ * built once from this process's own copy. A table is built at most once per object (or read
+ * from the on-disk cache when a directory is given), is shared by every process that maps the
+ * object, and is reference counted: its slots are freed UNWINDER_GRACE_NS after the last
+ * process using it went away (so exec storms and short-lived processes reuse it). The slot
+ * allocator is first-fit over a bounded list of free extents.
+ *
+ * Every object gets a small id (1..UNWINDER_MAX_OBJECTS), stored in the high bits of its
+ * mappings' flags (UNW_MAP_OBJ_SHIFT) and resolvable to its path with unwinder_object_path().
+ *
+ * Threading: all calls are serialised by an internal mutex, so the sampler's event thread may
+ * scan while another thread reads stats or object paths. Nothing here blocks on BPF programs.
+ */
+#ifndef EMBER_AGENT_UNWINDER_H
+#define EMBER_AGENT_UNWINDER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bpf/unwind.h"
+
+#define UNWINDER_MAX_OBJECTS 4096	 /* distinct objects with a table (ids fit 16 bits) */
+#define UNWINDER_MAX_PROCS 4096		 /* processes with a mapping list (BPF procs map) */
+#define UNWINDER_MAX_EXTENTS 8192	 /* free-slot extents the allocator tracks */
+#define UNWINDER_GRACE_NS 30000000000ull /* unused tables live on this long */
+
+struct unwinder_opts {
+	int slots_fd;	       /* BPF ARRAY, u32 → u64 */
+	uint32_t max_slots;    /* its max_entries */
+	int procs_fd;	       /* BPF HASH, u32 tgid → struct unw_proc */
+	uint32_t max_procs;    /* its max_entries */
+	const char *proc_root; /* "/proc" unless testing */
+	const char *cache_dir; /* on-disk table cache, NULL for none */
+};
+
+struct unwinder_stats {
+	uint64_t procs;	  /* processes with a mapping list now */
+	uint64_t objects; /* objects with a table now */
+	uint64_t slots_used, slots_max;
+	uint64_t tables_built, tables_from_cache, table_failures;
+	uint64_t build_ns;	   /* total wall time spent building tables */
+	uint64_t scans;		   /* /proc/PID/maps reads */
+	uint64_t scan_unchanged;   /* ... whose executable mappings had not changed */
+	uint64_t slots_full;	   /* tables that did not fit the slot array */
+	uint64_t procs_full;	   /* processes refused by the procs map */
+	uint64_t mappings_dropped; /* mappings beyond UNW_MAX_MAPPINGS */
+	uint64_t objects_freed;
+};
+
+struct unwinder;
+
+int unwinder_open(const struct unwinder_opts *opts, struct unwinder **out);
+void unwinder_close(struct unwinder *u);
+
+/* (Re)reads /proc/PID/maps, builds missing tables, and stores the mapping list in BPF. */
+int unwinder_scan_process(struct unwinder *u, uint32_t pid);
+/* Every process under proc_root; returns how many were scanned. */
+int unwinder_scan_all(struct unwinder *u);
+/* The process exited: drop its mapping list and its table references. */
+void unwinder_drop_process(struct unwinder *u, uint32_t pid);
+/* Frees tables unused for UNWINDER_GRACE_NS; call now and then. */
+void unwinder_collect(struct unwinder *u);
+
+/* Path of object id (1-based, from unw_mapping.flags >> UNW_MAP_OBJ_SHIFT); -ENOENT if none. */
+int unwinder_object_path(struct unwinder *u, uint32_t obj_id, char *buf, size_t size);
+void unwinder_get_stats(struct unwinder *u, struct unwinder_stats *st);
+
+/* Free-extent allocator, exposed for tests: first fit, merging on free. */
+struct unwinder_alloc {
+	uint32_t n;
+	struct {
+		uint32_t start, len;
+	} ext[UNWINDER_MAX_EXTENTS];
+};
+void unwinder_alloc_init(struct unwinder_alloc *a, uint32_t n_slots);
+/* Returns 0 and the first slot in *start, or -ENOSPC. */
+int unwinder_alloc_get(struct unwinder_alloc *a, uint32_t len, uint32_t *start);
+/* Returns 0, or -ENOSPC when the free list is full (the slots leak, counted by the caller). */
+int unwinder_alloc_put(struct unwinder_alloc *a, uint32_t start, uint32_t len);
+
+#endif
