@@ -206,3 +206,35 @@ void agent_stop(struct agent *a)
 	sym_close(a->sym);
 	free(a);
 }
+
+void agent_write_metrics(struct agent *a, struct strbuf *out)
+{
+	struct sampler_stats ss;
+	struct upload_stats us;
+
+	/* Sampler and uploader counters are safe to read from another thread; the aggregator's
+	 * and symbolizer's belong to the loop thread and are left to the minute summary. */
+	sampler_get_stats(a->sampler, &ss);
+	upload_get_stats(a->up, &us);
+	sb_printf(out,
+		  "# HELP ember_agent_samples_total Samples taken by the BPF program.\n"
+		  "# TYPE ember_agent_samples_total counter\n"
+		  "ember_agent_samples_total %" PRIu64 "\n"
+		  "# HELP ember_agent_samples_dropped_total Samples lost, by reason.\n"
+		  "# TYPE ember_agent_samples_dropped_total counter\n"
+		  "ember_agent_samples_dropped_total{reason=\"map_full\"} %" PRIu64 "\n"
+		  "ember_agent_samples_dropped_total{reason=\"lost\"} %" PRIu64 "\n"
+		  "ember_agent_stack_collisions_total %" PRIu64 "\n"
+		  "# HELP ember_agent_bpf_run_seconds_total BPF program run time (bpf_stats).\n"
+		  "# TYPE ember_agent_bpf_run_seconds_total counter\n"
+		  "ember_agent_bpf_run_seconds_total %.9f\n"
+		  "ember_agent_bpf_runs_total %" PRIu64 "\n"
+		  "ember_agent_rows_sent_total %" PRIu64 "\n"
+		  "ember_agent_rows_dropped_total %" PRIu64 "\n"
+		  "ember_agent_upload_retries_total %" PRIu64 "\n"
+		  "ember_agent_spool_bytes %" PRIu64 "\n"
+		  "ember_agent_server_up %d\n",
+		  ss.samples, ss.map_full_drops, ss.lost, ss.stack_collisions,
+		  (double)ss.bpf_run_ns / 1e9, ss.bpf_run_cnt, us.rows_sent, us.rows_dropped,
+		  us.retries, us.queued_bytes + us.spooled_bytes, us.server_ok);
+}

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "agent/sampler.h"
+#include "common/strbuf.h"
 
 struct agent_opts {
 	const char *server_url;    /* required */
@@ -34,5 +35,8 @@ struct agent;
 
 int agent_start(const struct agent_opts *opts, struct agent **out);
 void agent_stop(struct agent *a);
+/* Appends the agent's counters (samples, drops, rows, spool, symbols) as Prometheus text.
+ * Thread-safe against the agent's loop: counters are read, never reset. */
+void agent_write_metrics(struct agent *a, struct strbuf *out);
 
 #endif

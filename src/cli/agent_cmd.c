@@ -59,8 +59,8 @@ static void agent_flags_usage(FILE *f, int with_server)
 		"  --frequency HZ         samples per second per CPU, 1..1000 (default 99)\n"
 		"  --process-regex RE     processes (comm, POSIX ERE) that get full stacks; others\n"
 		"                         appear only in Total (default: all)\n"
-		"  --unwind dwarf|fp      user stacks from .eh_frame or frame pointers (default fp\n"
-		"                         until DWARF unwinding is built in)\n"
+		"  --unwind dwarf|fp      user stacks from .eh_frame tables walked in BPF, or from\n"
+		"                         frame pointers (default dwarf)\n"
 		"  --spool-dir DIR        keep undelivered rows on disk while the server is down\n"
 		"  --spool-size SIZE      spool bound, oldest dropped beyond it (default 256M)\n"
 		"  --host NAME            host label (default: hostname)\n"
@@ -128,11 +128,30 @@ static void block_signals(void)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 }
 
+/* ember run: the server's /metrics also shows the in-process agent's counters. */
+static struct agent *run_agent;
+static pthread_mutex_t run_agent_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void run_metrics(void *arg, struct strbuf *out)
+{
+	pthread_mutex_lock(&run_agent_lock);
+	if (run_agent)
+		agent_write_metrics(run_agent, out);
+	pthread_mutex_unlock(&run_agent_lock);
+}
+
+static void run_set_agent(struct agent *a)
+{
+	pthread_mutex_lock(&run_agent_lock);
+	run_agent = a;
+	pthread_mutex_unlock(&run_agent_lock);
+}
+
 static int agent_or_run(int argc, char **argv, int with_server)
 {
 	struct option longopts[N_AGENT_OPTIONS + 16];
 	struct server_opts so;
-	struct agent_opts ao = {.frequency = 99, .unwind = SAMPLER_UNWIND_FP};
+	struct agent_opts ao = {.frequency = 99, .unwind = SAMPLER_UNWIND_DWARF};
 	struct server *srv = NULL;
 	struct agent *agent = NULL;
 	char url[64];
@@ -181,6 +200,7 @@ static int agent_or_run(int argc, char **argv, int with_server)
 	}
 	block_signals();
 	if (with_server) {
+		so.metrics_extra = run_metrics;
 		if (server_start(&so, &srv) < 0)
 			return 1;
 		snprintf(url, sizeof(url), "http://127.0.0.1:%u", server_port(srv));
@@ -190,8 +210,10 @@ static int agent_or_run(int argc, char **argv, int with_server)
 		server_stop(srv);
 		return 1;
 	}
+	run_set_agent(agent);
 	cli_wait_for_signal();
 	log_info("signal received, shutting down");
+	run_set_agent(NULL);
 	agent_stop(agent);
 	server_stop(srv);
 	return 0;
@@ -220,7 +242,7 @@ static void record_usage(FILE *f)
 {
 	fprintf(f,
 		"usage: ember record [-F HZ] [-d SECONDS] [-p PID | -- CMD ARGS...] [-o FILE]\n"
-		"                    [--value samples|us] [--unwind dwarf|fp]\n"
+		"                    [--value samples|us] [--unwind dwarf|fp (default dwarf)]\n"
 		"Profiles one process (or runs CMD and profiles it) and writes folded stacks\n"
 		"('comm;frame;...;frame VALUE' lines, flamegraph.pl's input). Without -d it stops\n"
 		"when the process exits or on Ctrl-C.\n");
@@ -264,7 +286,8 @@ int cli_record(int argc, char **argv)
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	struct sampler_opts so = {.frequency = 99, .unwind = SAMPLER_UNWIND_FP, .flush_seconds = 0.2};
+	struct sampler_opts so = {
+	    .frequency = 99, .unwind = SAMPLER_UNWIND_DWARF, .flush_seconds = 0.2};
 	struct aggregate_opts ao = {0};
 	enum aggregate_value unit = AGGREGATE_VALUE_SAMPLES;
 	struct sampler *sampler = NULL;

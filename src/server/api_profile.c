@@ -23,6 +23,7 @@
 #include "common/log.h"
 #include "common/row.h"
 #include "server/flametree.h"
+#include "server/metrics.h"
 #include "server/tagfilter.h"
 #include "store/store.h"
 
@@ -321,8 +322,12 @@ static void api_stream_free(void *arg)
 	free(st);
 }
 
-static void api_fail(struct http_exchange *x, int status, const char *opt, const char *msg)
+static void api_fail(struct api_ctx *api, struct http_exchange *x, int status, const char *opt,
+		     const char *msg)
 {
+	if (api->metrics)
+		metrics_add(status == 400 ? &api->metrics->queries_invalid
+					  : &api->metrics->queries_failed, 1);
 	log_info("ProfileTracing -> %d %s: %s", status, opt, msg);
 	http_reply_envelope(x, status, opt, msg, NULL);
 }
@@ -346,21 +351,21 @@ void api_profile_tracing(void *ctx, struct http_exchange *x)
 
 	memset(&info, 0, sizeof(info));
 	if (api_parse_request(x->body, x->body_len, &req, &err) < 0) {
-		api_fail(x, 400, "INVALID_POST_DATA", err.buf);
+		api_fail(api, x, 400, "INVALID_POST_DATA", err.buf);
 		sb_free(&err);
 		return;
 	}
 	rc = api_parse_org(http_header(x, "X-Org-Id"), &org, &err);
 	if (rc < 0) {
 		if (rc == -ERANGE)
-			api_fail(x, 400, "INVALID_POST_DATA", err.buf);
+			api_fail(api, x, 400, "INVALID_POST_DATA", err.buf);
 		else
-			api_fail(x, 500, "FAIL", err.buf);
+			api_fail(api, x, 500, "FAIL", err.buf);
 		goto out;
 	}
 	if (tagfilter_parse(req.tag_filter, &filter, &tferr) < 0) {
 		sb_printf(&err, "tag_filter: %s", tferr.message);
-		api_fail(x, 400, "INVALID_POST_DATA", err.buf);
+		api_fail(api, x, 400, "INVALID_POST_DATA", err.buf);
 		goto out;
 	}
 
@@ -385,12 +390,12 @@ void api_profile_tracing(void *ctx, struct http_exchange *x)
 		api_debug_entry(&debug, &info, rc, store_errmsg(api->store));
 		sb_free(&info.sql);
 		if (rc < 0) {
-			api_fail(x, 500, "FAIL", store_errmsg(api->store));
+			api_fail(api, x, 500, "FAIL", store_errmsg(api->store));
 			goto out;
 		}
 		if (n_services == 0 || n_services > API_MAX_SERVICES) {
 			sb_printf(&err, "app_service count %zu is invalid", n_services);
-			api_fail(x, 500, "FAIL", err.buf);
+			api_fail(api, x, 500, "FAIL", err.buf);
 			goto out;
 		}
 		for (size_t i = 0; i < n_services; i++) {
@@ -405,7 +410,7 @@ void api_profile_tracing(void *ctx, struct http_exchange *x)
 	memset(&feed, 0, sizeof(feed));
 	feed.tree = flame_tree_new(api->max_nodes ? api->max_nodes : API_MAX_NODES_DEFAULT);
 	if (!feed.tree) {
-		api_fail(x, 500, "FAIL", "out of memory");
+		api_fail(api, x, 500, "FAIL", "out of memory");
 		goto out;
 	}
 	/* A depth beyond any real stack means "leave it alone", like -1 would for such stacks. */
@@ -423,7 +428,7 @@ void api_profile_tracing(void *ctx, struct http_exchange *x)
 			sb_puts(&err, "the client closed the connection");
 		else
 			sb_puts(&err, store_errmsg(api->store));
-		api_fail(x, 500, "FAIL", err.buf);
+		api_fail(api, x, 500, "FAIL", err.buf);
 		flame_tree_free(feed.tree);
 		goto out;
 	}
@@ -447,7 +452,7 @@ void api_profile_tracing(void *ctx, struct http_exchange *x)
 		log_error("cannot build the flame tree: %s", rc < 0 ? strerror(-rc) : "out of memory");
 		free(st);
 		flame_tree_free(feed.tree);
-		api_fail(x, 500, "FAIL", "out of memory building the flame tree");
+		api_fail(api, x, 500, "FAIL", "out of memory building the flame tree");
 		goto out;
 	}
 	sb_puts(&st->tail, ",\"debug\":");
@@ -467,6 +472,12 @@ void api_profile_tracing(void *ctx, struct http_exchange *x)
 	x->pull = api_stream_pull;
 	x->pull_arg = st;
 	x->pull_free = api_stream_free;
+	if (api->metrics) {
+		metrics_add(&api->metrics->queries_ok, 1);
+		metrics_add(&api->metrics->query_stacks, info.n_stacks);
+		metrics_add(&api->metrics->query_us, (uint64_t)(info.seconds * 1e6));
+		metrics_add(&api->metrics->queries_truncated, info.truncated ? 1 : 0);
+	}
 	log_debug("ProfileTracing org %d service '%s' %" PRIu64 " stacks in %.3fs", org,
 		  root_label.buf, info.n_stacks, info.seconds);
 out:

@@ -19,6 +19,7 @@
 #include "server/http.h"
 
 struct store;
+struct server_metrics;
 
 #define API_MAX_STACKS_DEFAULT 1000000
 #define API_MAX_NODES_DEFAULT 5000000
@@ -29,6 +30,7 @@ struct api_ctx {
 	uint64_t max_stacks;  /* distinct stacks per query; hitting it is said in DESCRIPTION */
 	size_t max_nodes;     /* flame tree nodes per response */
 	double query_seconds; /* engine-side time limit per query */
+	struct server_metrics *metrics; /* may be NULL */
 };
 
 enum api_format { API_FORMAT_FLAT, API_FORMAT_COMPACT };

@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "common/wire.h"
 #include "server/api_profile.h"
+#include "server/metrics.h"
 #include "store/store.h"
 
 enum field_kind { F_STR, F_INT, F_STACK, F_TAGS };
@@ -400,11 +401,22 @@ void ingest_handle(void *ctx, struct http_exchange *x)
 	rc = ingest_decode(body, len, ing->max_rows ? ing->max_rows : INGEST_MAX_ROWS_DEFAULT,
 			   (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000, &b, &err);
 	if (rc < 0) {
+		if (ing->metrics)
+			metrics_add(&ing->metrics->batches_invalid, 1);
 		log_info("batch rejected: %s", err.buf);
 		http_reply_envelope(x, 400, "INVALID_POST_DATA", err.buf, NULL);
 		goto out;
 	}
 	rc = store_insert(ing->store, org, b.batch_id, b.rows, b.n, &duplicate);
+	if (ing->metrics) {
+		struct server_metrics *m = ing->metrics;
+
+		metrics_add(rc == 0 ? (duplicate ? &m->batches_duplicate : &m->batches_stored)
+			    : rc == -EINVAL ? &m->batches_invalid
+					    : &m->batches_unavailable,
+			    1);
+		metrics_add(&m->rows_stored, rc == 0 && !duplicate ? b.n : 0);
+	}
 	if (rc == 0) {
 		sb_puts(&result, "{\"batch_id\":");
 		sb_json_str(&result, b.batch_id);

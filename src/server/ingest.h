@@ -18,6 +18,7 @@
 #include "server/http.h"
 
 struct store;
+struct server_metrics;
 
 #define INGEST_MAX_ROWS_DEFAULT 200000
 
@@ -26,6 +27,7 @@ struct ingest_ctx {
 	size_t max_body;  /* bytes after decompression, default 64 MiB */
 	size_t max_rows;  /* rows per batch, default INGEST_MAX_ROWS_DEFAULT */
 	int retry_after;  /* seconds advertised on 503, default 5 */
+	struct server_metrics *metrics; /* may be NULL */
 };
 
 /* A decoded batch. Row strings point into the parsed JSON, kept alive by the batch. */

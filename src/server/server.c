@@ -16,6 +16,7 @@
 #include "server/api_profile.h"
 #include "server/http.h"
 #include "server/ingest.h"
+#include "server/metrics.h"
 #include "server/web.h"
 #include "store/sqlite.h"
 #include "store/store.h"
@@ -28,6 +29,9 @@ struct server {
 	struct http_server *http;
 	struct api_ctx api;
 	struct ingest_ctx ingest;
+	struct server_metrics metrics;
+	void (*metrics_extra)(void *arg, struct strbuf *out);
+	void *metrics_arg;
 	char store_url[512];
 	int64_t retention_s;
 	pthread_t pruner;
@@ -82,6 +86,22 @@ static void server_healthz(void *ctx, struct http_exchange *x)
 	sb_free(&r);
 }
 
+static void server_metrics(void *ctx, struct http_exchange *x)
+{
+	struct server *s = ctx;
+	char err[512];
+
+	x->status = 200;
+	x->content_type = "text/plain; version=0.0.4; charset=utf-8";
+	metrics_write(&s->metrics, &x->out);
+	sb_printf(&x->out,
+		  "# HELP ember_store_up 1 when the store answers.\n# TYPE ember_store_up gauge\n"
+		  "ember_store_up{store=\"%s\"} %d\n",
+		  s->store->ops->name, store_health(s->store, err, sizeof(err)) == 0);
+	if (s->metrics_extra)
+		s->metrics_extra(s->metrics_arg, &x->out);
+}
+
 int server_start(const struct server_opts *opts, struct server **out)
 {
 	struct server *s;
@@ -116,11 +136,16 @@ int server_start(const struct server_opts *opts, struct server **out)
 	s->ingest.store = s->store;
 	s->ingest.max_body = opts->max_body;
 	s->ingest.max_rows = opts->max_batch_rows;
+	s->api.metrics = &s->metrics;
+	s->ingest.metrics = &s->metrics;
+	s->metrics_extra = opts->metrics_extra;
+	s->metrics_arg = opts->metrics_arg;
 
 	const struct http_route routes[] = {
 		{"POST", "/v1/profile/ProfileTracing", api_profile_tracing, &s->api},
 		{"POST", "/v1/profile/ingest", ingest_handle, &s->ingest},
 		{"GET", "/healthz", server_healthz, s},
+		{"GET", "/metrics", server_metrics, s},
 		{"GET", "/", web_serve_index, NULL},
 	};
 	struct http_opts hopts = {

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/strbuf.h"
+
 struct server_opts {
 	const char *listen;      /* default 127.0.0.1:20416 */
 	const char *store_url;   /* default sqlite:./ember.db */
@@ -18,6 +20,9 @@ struct server_opts {
 	size_t max_nodes;        /* default 5,000,000 */
 	double query_seconds;    /* default 60 */
 	int64_t retention_s;     /* default 72 h; 0 keeps everything */
+	/* Optional: more Prometheus lines for GET /metrics (ember run adds the agent's). */
+	void (*metrics_extra)(void *arg, struct strbuf *out);
+	void *metrics_arg;
 };
 
 struct server;

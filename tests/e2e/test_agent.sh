@@ -72,6 +72,8 @@ q "$SRV_URL_r" storm-child >/dev/null
 check "short-lived processes are named (storm-child, a few ms each)" bash -c "jq -e '.result[0].profile_location_str == \"storm-child\" and .result[0].total_value > 0' '$E2E_TMP/resp.json' >/dev/null"
 q "$SRV_URL_r" cpu_split ",\"tag_filter\":\"process_id = $CS AND process_start_time > 0\"" >/dev/null
 check "rows carry process_id and process_start_time" [ "$(jqr '.result[0].total_value')" = "$t" ]
+curl -s "$SRV_URL_r/metrics" > "$E2E_TMP/metrics.txt"
+check "ember run /metrics carries the agent's counters" bash -c "grep -qE '^ember_agent_samples_total [1-9]' '$E2E_TMP/metrics.txt' && grep -qE '^ember_agent_server_up 1$' '$E2E_TMP/metrics.txt' && grep -qE '^ember_ingest_rows_total [1-9]' '$E2E_TMP/metrics.txt'"
 server_stop r
 check "ember run logged its minute summary at shutdown" grep -q "samples [0-9]*, rows" "$E2E_TMP/r.log"
 

@@ -130,6 +130,12 @@ check "query with a bad filter: non-zero exit and the server's message" bash -c 
 "$EMBER_BIN" query --server "$URL" --app-service deepflow-agent --since 10m --max-kernel-depth 0 --format folded > "$E2E_TMP/q0.folded" 2>/dev/null
 check "query --since and --max-kernel-depth 0 (no data this recent: empty, exit 0)" [ $? -eq 0 ]
 
+# --- self-metrics --------------------------------------------------------------------------------
+curl -s "$URL/metrics" > "$E2E_TMP/metrics.txt"
+check "metrics: successful and invalid queries counted" bash -c "grep -qE '^ember_profile_queries_total\{outcome=\"ok\"\} [1-9]' '$E2E_TMP/metrics.txt' && grep -qE '^ember_profile_queries_total\{outcome=\"invalid\"\} [1-9]' '$E2E_TMP/metrics.txt'"
+check "metrics: stored, duplicate and invalid batches counted" bash -c "grep -qE '^ember_ingest_batches_total\{outcome=\"duplicate\"\} 1$' '$E2E_TMP/metrics.txt' && grep -qE '^ember_ingest_batches_total\{outcome=\"invalid\"\} 1$' '$E2E_TMP/metrics.txt' && grep -qE '^ember_ingest_rows_total [1-9]' '$E2E_TMP/metrics.txt'"
+check "metrics: store up" grep -qE '^ember_store_up\{store="[a-z]+"\} 1$' "$E2E_TMP/metrics.txt"
+
 # --- restart: the data is still there ----------------------------------------------------------
 server_stop s
 server_start s2 --store "$STORE"
