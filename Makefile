@@ -128,7 +128,13 @@ fuzz:
 		tail -n 2 build-fuzz/$$n.log; \
 	done
 
-bench: all
+# Benchmarks: bench/*.sh, helped by bench/*.c programs linked with libember.a.
+BENCH_BIN := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libember.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libember.a $(LIBS)
+
+bench: all $(BENCH_BIN)
 	@bench/run-all.sh $(BUILD)
 
 format:

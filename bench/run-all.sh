@@ -1,0 +1,17 @@
+#!/bin/bash
+# bench/run-all.sh BUILD_DIR — runs every bench/*.sh (but itself) in turn with BUILD_DIR, as
+# `make bench` does. A benchmark prints its numbers and ratios; it fails only when something
+# does not work. Exit status: the number of benchmarks that failed (0 = all ran).
+set -u
+BUILD=${1:-build}
+DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+failed=0
+for b in "$DIR"/*.sh; do
+	[ "$(basename "$b")" = run-all.sh ] && continue
+	echo "=== $(basename "$b" .sh)"
+	if ! bash "$b" "$BUILD"; then
+		echo "=== $(basename "$b" .sh): FAILED" >&2
+		failed=$((failed + 1))
+	fi
+done
+exit "$failed"
