@@ -34,17 +34,17 @@
 
 #include "common/log.h"
 
-#define TF_MAX_TEXT (64 * 1024)  /* bytes of filter text */
-#define TF_MAX_DEPTH 64          /* nesting of parentheses and NOTs */
-#define TF_MAX_IN_LIST 10000     /* values in one IN list */
-#define TF_MAX_VALUES 16384      /* literal values in the whole filter */
-#define TF_MAX_NODES 4096        /* comparisons + AND/OR/NOT nodes */
-#define TF_MAX_REGEX_LEN 1024    /* bytes of one REGEXP pattern */
-#define TF_MAX_REGEX_COST 8192   /* atoms of one REGEXP once {m,n} is expanded, tf_regex_screen */
-#define TF_MAX_REGEX_GROUPS 256  /* parenthesis nesting inside one REGEXP pattern */
+#define TF_MAX_TEXT (64 * 1024)	 /* bytes of filter text */
+#define TF_MAX_DEPTH 64		 /* nesting of parentheses and NOTs */
+#define TF_MAX_IN_LIST 10000	 /* values in one IN list */
+#define TF_MAX_VALUES 16384	 /* literal values in the whole filter */
+#define TF_MAX_NODES 4096	 /* comparisons + AND/OR/NOT nodes */
+#define TF_MAX_REGEX_LEN 1024	 /* bytes of one REGEXP pattern */
+#define TF_MAX_REGEX_COST 8192	 /* atoms of one REGEXP once {m,n} is expanded, tf_regex_screen */
+#define TF_MAX_REGEX_GROUPS 256	 /* parenthesis nesting inside one REGEXP pattern */
 #define TF_MAX_REGEX_REPEAT 1000 /* largest count in {m,n}: re2's own limit */
-#define TF_ARENA_BLOCK 4096      /* default arena block size */
-#define TF_MSG_NAME_MAX 48       /* bytes of a name quoted in an error message */
+#define TF_ARENA_BLOCK 4096	 /* default arena block size */
+#define TF_MSG_NAME_MAX 48	 /* bytes of a name quoted in an error message */
 
 /*
  * The allow-list: the logical columns of profile.in_process and their types. Integer columns
@@ -56,31 +56,31 @@ struct tf_column {
 };
 
 static const struct tf_column tf_columns[] = {
-	{"time", 1},
-	{"app_service", 0},
-	{"app_instance", 0},
-	{"profile_location_str", 0},
-	{"profile_value", 1},
-	{"profile_value_unit", 0},
-	{"profile_event_type", 0},
-	{"profile_language_type", 0},
-	{"profile_create_timestamp", 1},
-	{"profile_in_timestamp", 1},
-	{"process_id", 1},
-	{"process_start_time", 1},
-	{"host", 0},
-	{"agent", 0},
-	{"host_ip", 0},
-	{"container_id", 0},
-	{"pod_cluster", 0},
-	{"pod_ns", 0},
-	{"pod_node", 0},
-	{"pod", 0},
-	{"pod_group", 0},
-	{"trace_id", 0},
-	{"span_name", 0},
-	{"profile_id", 0},
-	{"compression_algo", 0},
+    {"time", 1},
+    {"app_service", 0},
+    {"app_instance", 0},
+    {"profile_location_str", 0},
+    {"profile_value", 1},
+    {"profile_value_unit", 0},
+    {"profile_event_type", 0},
+    {"profile_language_type", 0},
+    {"profile_create_timestamp", 1},
+    {"profile_in_timestamp", 1},
+    {"process_id", 1},
+    {"process_start_time", 1},
+    {"host", 0},
+    {"agent", 0},
+    {"host_ip", 0},
+    {"container_id", 0},
+    {"pod_cluster", 0},
+    {"pod_ns", 0},
+    {"pod_node", 0},
+    {"pod", 0},
+    {"pod_group", 0},
+    {"trace_id", 0},
+    {"span_name", 0},
+    {"profile_id", 0},
+    {"compression_algo", 0},
 };
 
 #define TF_N_COLUMNS (sizeof(tf_columns) / sizeof(tf_columns[0]))
@@ -97,9 +97,9 @@ static const struct {
 	const char *alias;
 	const char *column;
 } tf_aliases[] = {
-	{"vtap", "agent"},
-	{"host_hostname", "host"},
-	{"pod_node_hostname", "pod_node"},
+    {"vtap", "agent"},
+    {"host_hostname", "host"},
+    {"pod_node_hostname", "pod_node"},
 };
 
 /*
@@ -107,7 +107,7 @@ static const struct {
  * "tag." prefix, which is stripped ("tag.team" is the custom tag "team").
  */
 static const char *const tf_tag_prefixes[] = {
-	"k8s.label.", "k8s.annotation.", "k8s.env.", "cloud.tag.", "os.app.",
+    "k8s.label.", "k8s.annotation.", "k8s.env.", "cloud.tag.", "os.app.",
 };
 static const char tf_tag_strip_prefix[] = "tag.";
 
@@ -144,7 +144,7 @@ struct tf_node {
 	enum tf_kind kind;
 	struct tf_node *kids; /* AND/OR: the operands; NOT: the one operand */
 	struct tf_node *next; /* next sibling under an AND/OR */
-	int column;           /* CMP: index in tf_columns, or -1 for a custom tag */
+	int column;	      /* CMP: index in tf_columns, or -1 for a custom tag */
 	const char *tag;      /* CMP on a custom tag: its name as stored in tag_names */
 	size_t tag_len;
 	enum tf_op op;
@@ -221,7 +221,8 @@ static int tf_column_index(const char *name, size_t len)
 		if (strlen(tf_columns[i].name) == len && memcmp(tf_columns[i].name, name, len) == 0)
 			return (int)i;
 	for (i = 0; i < sizeof(tf_aliases) / sizeof(tf_aliases[0]); i++)
-		if (strlen(tf_aliases[i].alias) == len && memcmp(tf_aliases[i].alias, name, len) == 0)
+		if (strlen(tf_aliases[i].alias) == len &&
+		    memcmp(tf_aliases[i].alias, name, len) == 0)
 			return tf_column_index(tf_aliases[i].column, strlen(tf_aliases[i].column));
 	return -1;
 }
@@ -336,7 +337,7 @@ static const char *tf_msg_name(char *buf, size_t size, const char *s, size_t len
 }
 
 static int tf_fail(struct tf_parser *ps, size_t pos, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 static int tf_fail(struct tf_parser *ps, size_t pos, const char *fmt, ...)
 {
@@ -388,8 +389,9 @@ static int tf_lex_quoted(struct tf_parser *ps, char quote, int is_name)
 	/* First find the closing quote, so that the copy is sized by this literal alone. */
 	for (;;) {
 		if (end >= ps->len)
-			return tf_fail(ps, start, is_name ? "unterminated quoted name" :
-							    "unterminated string");
+			return tf_fail(ps, start,
+				       is_name ? "unterminated quoted name"
+					       : "unterminated string");
 		if (t[end] == quote) {
 			if (end + 1 < ps->len && t[end + 1] == quote) {
 				end += 2;
@@ -615,7 +617,8 @@ static int tf_like_forms(struct tf_parser *ps, struct tf_value *v, size_t pos)
 		}
 		if (c == '\\') {
 			if (++i >= v->len)
-				return tf_fail(ps, pos, "LIKE pattern ends with an escape character");
+				return tf_fail(ps, pos,
+					       "LIKE pattern ends with an escape character");
 			c = v->s[i];
 		}
 		if (c == '*' || c == '?' || c == '[') {
@@ -656,11 +659,11 @@ static int tf_like_forms(struct tf_parser *ps, struct tf_value *v, size_t pos)
  */
 static const char *tf_regex_screen(const char *re, size_t len)
 {
-	size_t sum[TF_MAX_REGEX_GROUPS + 1];      /* expanded atoms per open group */
+	size_t sum[TF_MAX_REGEX_GROUPS + 1];	      /* expanded atoms per open group */
 	unsigned char has_q[TF_MAX_REGEX_GROUPS + 1]; /* the group contains a quantifier */
-	size_t last = 0;  /* expanded size of the operand a quantifier would apply to */
-	int last_q = 0;   /* that operand contains a quantifier */
-	int after_q = 0;  /* the previous token was a quantifier */
+	size_t last = 0; /* expanded size of the operand a quantifier would apply to */
+	int last_q = 0;	 /* that operand contains a quantifier */
+	int after_q = 0; /* the previous token was a quantifier */
 	size_t depth = 0, i = 0;
 
 	sum[0] = 0;
@@ -741,7 +744,8 @@ static const char *tf_regex_screen(const char *re, size_t len)
 			if (re[i + 1] >= '1' && re[i + 1] <= '9')
 				return "back-references are not supported in REGEXP";
 			if (tf_is_ident_start(re[i + 1]) || tf_is_digit(re[i + 1]))
-				return "a backslash before a letter or digit is not supported in REGEXP";
+				return "a backslash before a letter or digit is not supported in "
+				       "REGEXP";
 			i += 2;
 		} else if (c == '[') {
 			/* A bracket expression is one atom: skip to its closing ']'. */
@@ -790,7 +794,8 @@ static int tf_check_regex(struct tf_parser *ps, const struct tf_value *v, size_t
 	int rc;
 
 	if (v->len > TF_MAX_REGEX_LEN)
-		return tf_fail(ps, pos, "regular expression longer than %d bytes", TF_MAX_REGEX_LEN);
+		return tf_fail(ps, pos, "regular expression longer than %d bytes",
+			       TF_MAX_REGEX_LEN);
 	why = tf_regex_screen(v->s, v->len);
 	if (why)
 		return tf_fail(ps, pos, "%s", why);
@@ -1253,8 +1258,9 @@ static void tf_emit_test(struct tf_emit *em, const struct tf_node *n, enum tf_op
 
 	if (em->dialect == TF_CLICKHOUSE &&
 	    (op == TF_OP_LIKE || op == TF_OP_NOT_LIKE || op == TF_OP_REGEXP)) {
-		sb_puts(sb, op == TF_OP_LIKE ? "like(" : op == TF_OP_NOT_LIKE ? "notLike(" :
-										"match(");
+		sb_puts(sb, op == TF_OP_LIKE	   ? "like("
+			    : op == TF_OP_NOT_LIKE ? "notLike("
+						   : "match(");
 		sb_puts(sb, lhs);
 		sb_puts(sb, ", ");
 		tf_emit_value(em, n, n->values);

@@ -174,12 +174,17 @@ static void test_in_like_regexp(void **state)
 static void test_regexp_accepted(void **state)
 {
 	static const char *const ok[] = {
-		"pod REGEXP '^web-[0-9]+$'",   "pod REGEXP '[0-9]{4}-[0-9]{2}'",
-		"pod REGEXP '(a|b|c){1000}'",  "pod REGEXP '((((a*)*)*)*)*'",
-		"pod REGEXP 'a\\.b\\$\\{\\}\\-\\/'",
-		"pod REGEXP '\\(a+\\)+'",  "pod REGEXP '[(]a+[)]+'",
-		"pod REGEXP 'x{2,3}y{0,4}z{5,}'", "pod REGEXP '[[:alpha:]_]+(-[0-9]+)?$'",
-		"pod REGEXP '[]a]+|[^]b]*'",  "pod REGEXP '(ab|cd)*e?f+'",
+	    "pod REGEXP '^web-[0-9]+$'",
+	    "pod REGEXP '[0-9]{4}-[0-9]{2}'",
+	    "pod REGEXP '(a|b|c){1000}'",
+	    "pod REGEXP '((((a*)*)*)*)*'",
+	    "pod REGEXP 'a\\.b\\$\\{\\}\\-\\/'",
+	    "pod REGEXP '\\(a+\\)+'",
+	    "pod REGEXP '[(]a+[)]+'",
+	    "pod REGEXP 'x{2,3}y{0,4}z{5,}'",
+	    "pod REGEXP '[[:alpha:]_]+(-[0-9]+)?$'",
+	    "pod REGEXP '[]a]+|[^]b]*'",
+	    "pod REGEXP '(ab|cd)*e?f+'",
 	};
 	size_t i;
 
@@ -299,101 +304,103 @@ static void test_errors(void **state)
 		size_t pos;
 		const char *msg;
 	} cases[] = {
-		{"podx = 'a'", 0, "unknown field 'podx' at position 0"},
-		{"pod = 'a' AND  region = 'x'", 15, "unknown field 'region' at position 15"},
-		{"Pod = 'a'", 0, "unknown field 'Pod' at position 0"},
-		{"k8s.label = 'a'", 0, "unknown field 'k8s.label' at position 0"},
-		{"k8s.label. = 'a'", 0, "custom tag name missing after 'k8s.label.' at position 0"},
-		{"tag. = 'a'", 0, "custom tag name missing after 'tag.' at position 0"},
-		{"`tag.` = 'a'", 0, "custom tag name missing after 'tag.' at position 0"},
-		{"`` = 'a'", 0, "empty quoted name at position 0"},
-		{"`pod = 'a'", 0, "unterminated quoted name at position 0"},
-		{"pod = 'a", 6, "unterminated string at position 6"},
-		{"pod = 'a\\'", 6, "unterminated string at position 6"},
-		{"pod = \"a", 6, "unterminated string at position 6"},
-		{"pod = 'a' x", 10, "unexpected 'x' after the end of the expression at position 10"},
-		{"pod = 'a')", 9, "unexpected ')' after the end of the expression at position 9"},
-		{"pod = 'a' 'b'", 10,
-		 "unexpected a string after the end of the expression at position 10"},
-		{"pod = 'a';", 9, "unexpected character ';' at position 9"},
-		{"pod = 'a' -- c", 10, "unexpected character '-' at position 10"},
-		{"pod = 'a' /* c */", 10, "unexpected character '/' at position 10"},
-		{"pod = 'a' \x01", 10, "unexpected byte 0x01 at position 10"},
-		{"pod = 'a' \xc3\xa9", 10, "unexpected byte 0xc3 at position 10"},
-		{"pod = ", 6, "expected a value, found the end of the filter at position 6"},
-		{"pod = pod", 6, "expected a value, found 'pod' at position 6"},
-		{"pod = (", 6, "expected a value, found '(' at position 6"},
-		{"pod", 3,
-		 "expected an operator after field 'pod', found the end of the filter at position 3"},
-		{"pod 'a'", 4, "expected an operator after field 'pod', found a string at position 4"},
-		{"pod == 'a'", 5, "expected a value, found a comparison operator at position 5"},
-		{"pod ! 'a'", 4, "unexpected character '!' at position 4"},
-		{"pod NOT = 'a'", 8,
-		 "expected IN or LIKE after NOT, found a comparison operator at position 8"},
-		{"pod NOT REGEXP 'a'", 8, "expected IN or LIKE after NOT, found 'REGEXP' at position 8"},
-		{"()", 0, "empty parentheses at position 0"},
-		{"pod = 'a' AND ()", 14, "empty parentheses at position 14"},
-		{"(pod = 'a'", 10,
-		 "expected ')' to close '(' at 0, found the end of the filter at position 10"},
-		{"AND pod = 'a'", 0, "expected a field name or '(', found 'AND' at position 0"},
-		{"pod = 'a' AND", 13,
-		 "expected a field name or '(', found the end of the filter at position 13"},
-		{"pod = 'a' OR OR pod = 'b'", 13,
-		 "expected a field name or '(', found 'OR' at position 13"},
-		{"NOT", 3, "expected a field name or '(', found the end of the filter at position 3"},
-		{"'a' = pod", 0, "expected a field name or '(', found a string at position 0"},
-		{"5 = pod", 0, "expected a field name or '(', found a number at position 0"},
-		{"pod IN ()", 7, "empty IN list at position 7"},
-		{"pod IN 'a'", 7, "expected '(' after IN, found a string at position 7"},
-		{"pod IN ('a' 'b')", 12,
-		 "expected ',' or ')' in IN list, found a string at position 12"},
-		{"pod IN ('a',)", 12, "expected a value, found ')' at position 12"},
-		{"pod IN ('a'", 11,
-		 "expected ',' or ')' in IN list, found the end of the filter at position 11"},
-		{"process_id = '1'", 13,
-		 "field 'process_id' is an integer; compare it with a number at position 13"},
-		{"time IN (1, '2')", 12,
-		 "field 'time' is an integer; compare it with a number at position 12"},
-		{"pod = 1", 6, "field 'pod' is text; quote the value at position 6"},
-		{"k8s.label.v = 2", 14, "field 'k8s.label.v' is text; quote the value at position 14"},
-		{"process_id LIKE 'x%'", 11,
-		 "LIKE needs a text field; 'process_id' is an integer at position 11"},
-		{"time NOT LIKE 'x%'", 5, "LIKE needs a text field; 'time' is an integer at position 5"},
-		{"profile_value REGEXP 'x'", 14,
-		 "REGEXP needs a text field; 'profile_value' is an integer at position 14"},
-		{"pod LIKE 5", 9, "LIKE needs a quoted string pattern at position 9"},
-		{"pod REGEXP 5", 11, "REGEXP needs a quoted string pattern at position 11"},
-		{"pod LIKE 'ab\\\\'", 9, "LIKE pattern ends with an escape character at position 9"},
-		{"pod REGEXP 'a('", 11,
-		 "invalid regular expression (Unmatched ( or \\() at position 11"},
-		{"pod REGEXP '[a'", 11,
-		 "invalid regular expression (Unmatched [, [^, [:, [., or [=) at position 11"},
-		{"pod REGEXP '(a)\\1'", 11,
-		 "back-references are not supported in REGEXP at position 11"},
-		{"pod REGEXP '((((a+)+)+)+)'", 11,
-		 "nested quantifiers are not supported in REGEXP at position 11"},
-		{"pod REGEXP '((a|b*)+){64}'", 11,
-		 "nested quantifiers are not supported in REGEXP at position 11"},
-		{"pod REGEXP '((a){100}){100}'", 11,
-		 "nested quantifiers are not supported in REGEXP at position 11"},
-		{"pod REGEXP 'a**'", 11, "a quantifier follows a quantifier in REGEXP at position 11"},
-		{"pod REGEXP 'a{9}{9}'", 11,
-		 "a quantifier follows a quantifier in REGEXP at position 11"},
-		{"pod REGEXP '(a|b|c|d|e|f|g|h|i){999}'", 11,
-		 "regular expression too complex at position 11"},
-		{"pod REGEXP 'a{1001}'", 11, "repetition count above 1000 in REGEXP at position 11"},
-		{"pod REGEXP 'a{,3}'", 11, "write {0,n} instead of {,n} in REGEXP at position 11"},
-		{"pod REGEXP 'a)'", 11, "unmatched ')' in REGEXP at position 11"},
-		{"pod REGEXP '\\d+'", 11,
-		 "a backslash before a letter or digit is not supported in REGEXP at position 11"},
-		{"time = 9223372036854775808", 7, "number out of range at position 7"},
-		{"time = -9223372036854775809", 7, "number out of range at position 7"},
-		{"time = 12abc", 7, "malformed number at position 7"},
-		{"time = 1.", 7, "malformed number at position 7"},
-		{"time = 1.5.5", 7, "malformed number at position 7"},
-		{"time = 1e5", 7, "malformed number at position 7"},
-		{"time = -", 7, "unexpected character '-' at position 7"},
-		{"time = .5", 7, "unexpected character '.' at position 7"},
+	    {"podx = 'a'", 0, "unknown field 'podx' at position 0"},
+	    {"pod = 'a' AND  region = 'x'", 15, "unknown field 'region' at position 15"},
+	    {"Pod = 'a'", 0, "unknown field 'Pod' at position 0"},
+	    {"k8s.label = 'a'", 0, "unknown field 'k8s.label' at position 0"},
+	    {"k8s.label. = 'a'", 0, "custom tag name missing after 'k8s.label.' at position 0"},
+	    {"tag. = 'a'", 0, "custom tag name missing after 'tag.' at position 0"},
+	    {"`tag.` = 'a'", 0, "custom tag name missing after 'tag.' at position 0"},
+	    {"`` = 'a'", 0, "empty quoted name at position 0"},
+	    {"`pod = 'a'", 0, "unterminated quoted name at position 0"},
+	    {"pod = 'a", 6, "unterminated string at position 6"},
+	    {"pod = 'a\\'", 6, "unterminated string at position 6"},
+	    {"pod = \"a", 6, "unterminated string at position 6"},
+	    {"pod = 'a' x", 10, "unexpected 'x' after the end of the expression at position 10"},
+	    {"pod = 'a')", 9, "unexpected ')' after the end of the expression at position 9"},
+	    {"pod = 'a' 'b'", 10,
+	     "unexpected a string after the end of the expression at position 10"},
+	    {"pod = 'a';", 9, "unexpected character ';' at position 9"},
+	    {"pod = 'a' -- c", 10, "unexpected character '-' at position 10"},
+	    {"pod = 'a' /* c */", 10, "unexpected character '/' at position 10"},
+	    {"pod = 'a' \x01", 10, "unexpected byte 0x01 at position 10"},
+	    {"pod = 'a' \xc3\xa9", 10, "unexpected byte 0xc3 at position 10"},
+	    {"pod = ", 6, "expected a value, found the end of the filter at position 6"},
+	    {"pod = pod", 6, "expected a value, found 'pod' at position 6"},
+	    {"pod = (", 6, "expected a value, found '(' at position 6"},
+	    {"pod", 3,
+	     "expected an operator after field 'pod', found the end of the filter at position 3"},
+	    {"pod 'a'", 4, "expected an operator after field 'pod', found a string at position 4"},
+	    {"pod == 'a'", 5, "expected a value, found a comparison operator at position 5"},
+	    {"pod ! 'a'", 4, "unexpected character '!' at position 4"},
+	    {"pod NOT = 'a'", 8,
+	     "expected IN or LIKE after NOT, found a comparison operator at position 8"},
+	    {"pod NOT REGEXP 'a'", 8,
+	     "expected IN or LIKE after NOT, found 'REGEXP' at position 8"},
+	    {"()", 0, "empty parentheses at position 0"},
+	    {"pod = 'a' AND ()", 14, "empty parentheses at position 14"},
+	    {"(pod = 'a'", 10,
+	     "expected ')' to close '(' at 0, found the end of the filter at position 10"},
+	    {"AND pod = 'a'", 0, "expected a field name or '(', found 'AND' at position 0"},
+	    {"pod = 'a' AND", 13,
+	     "expected a field name or '(', found the end of the filter at position 13"},
+	    {"pod = 'a' OR OR pod = 'b'", 13,
+	     "expected a field name or '(', found 'OR' at position 13"},
+	    {"NOT", 3, "expected a field name or '(', found the end of the filter at position 3"},
+	    {"'a' = pod", 0, "expected a field name or '(', found a string at position 0"},
+	    {"5 = pod", 0, "expected a field name or '(', found a number at position 0"},
+	    {"pod IN ()", 7, "empty IN list at position 7"},
+	    {"pod IN 'a'", 7, "expected '(' after IN, found a string at position 7"},
+	    {"pod IN ('a' 'b')", 12,
+	     "expected ',' or ')' in IN list, found a string at position 12"},
+	    {"pod IN ('a',)", 12, "expected a value, found ')' at position 12"},
+	    {"pod IN ('a'", 11,
+	     "expected ',' or ')' in IN list, found the end of the filter at position 11"},
+	    {"process_id = '1'", 13,
+	     "field 'process_id' is an integer; compare it with a number at position 13"},
+	    {"time IN (1, '2')", 12,
+	     "field 'time' is an integer; compare it with a number at position 12"},
+	    {"pod = 1", 6, "field 'pod' is text; quote the value at position 6"},
+	    {"k8s.label.v = 2", 14, "field 'k8s.label.v' is text; quote the value at position 14"},
+	    {"process_id LIKE 'x%'", 11,
+	     "LIKE needs a text field; 'process_id' is an integer at position 11"},
+	    {"time NOT LIKE 'x%'", 5,
+	     "LIKE needs a text field; 'time' is an integer at position 5"},
+	    {"profile_value REGEXP 'x'", 14,
+	     "REGEXP needs a text field; 'profile_value' is an integer at position 14"},
+	    {"pod LIKE 5", 9, "LIKE needs a quoted string pattern at position 9"},
+	    {"pod REGEXP 5", 11, "REGEXP needs a quoted string pattern at position 11"},
+	    {"pod LIKE 'ab\\\\'", 9, "LIKE pattern ends with an escape character at position 9"},
+	    {"pod REGEXP 'a('", 11,
+	     "invalid regular expression (Unmatched ( or \\() at position 11"},
+	    {"pod REGEXP '[a'", 11,
+	     "invalid regular expression (Unmatched [, [^, [:, [., or [=) at position 11"},
+	    {"pod REGEXP '(a)\\1'", 11,
+	     "back-references are not supported in REGEXP at position 11"},
+	    {"pod REGEXP '((((a+)+)+)+)'", 11,
+	     "nested quantifiers are not supported in REGEXP at position 11"},
+	    {"pod REGEXP '((a|b*)+){64}'", 11,
+	     "nested quantifiers are not supported in REGEXP at position 11"},
+	    {"pod REGEXP '((a){100}){100}'", 11,
+	     "nested quantifiers are not supported in REGEXP at position 11"},
+	    {"pod REGEXP 'a**'", 11, "a quantifier follows a quantifier in REGEXP at position 11"},
+	    {"pod REGEXP 'a{9}{9}'", 11,
+	     "a quantifier follows a quantifier in REGEXP at position 11"},
+	    {"pod REGEXP '(a|b|c|d|e|f|g|h|i){999}'", 11,
+	     "regular expression too complex at position 11"},
+	    {"pod REGEXP 'a{1001}'", 11, "repetition count above 1000 in REGEXP at position 11"},
+	    {"pod REGEXP 'a{,3}'", 11, "write {0,n} instead of {,n} in REGEXP at position 11"},
+	    {"pod REGEXP 'a)'", 11, "unmatched ')' in REGEXP at position 11"},
+	    {"pod REGEXP '\\d+'", 11,
+	     "a backslash before a letter or digit is not supported in REGEXP at position 11"},
+	    {"time = 9223372036854775808", 7, "number out of range at position 7"},
+	    {"time = -9223372036854775809", 7, "number out of range at position 7"},
+	    {"time = 12abc", 7, "malformed number at position 7"},
+	    {"time = 1.", 7, "malformed number at position 7"},
+	    {"time = 1.5.5", 7, "malformed number at position 7"},
+	    {"time = 1e5", 7, "malformed number at position 7"},
+	    {"time = -", 7, "unexpected character '-' at position 7"},
+	    {"time = .5", 7, "unexpected character '.' at position 7"},
 	};
 	size_t i;
 
@@ -493,14 +500,16 @@ static void test_limits(void **state)
 
 	/* Values in the whole filter: 16384 (10000 + 6384 here). */
 	{
-		char *head = repeat_join("process_id IN (", "7", ",", 10000, ") OR process_id IN (");
+		char *head =
+		    repeat_join("process_id IN (", "7", ",", 10000, ") OR process_id IN (");
 		char *full = repeat_join(head, "7", ",", 6384, ")");
 
 		assert_int_equal(parse_status(full, &err), 0);
 		free(full);
 		full = repeat_join(head, "7", ",", 6385, ")");
 		assert_int_equal(parse_status(full, &err), -EINVAL);
-		assert_string_equal(err.message, "filter has more than 16384 values at position 32802");
+		assert_string_equal(err.message,
+				    "filter has more than 16384 values at position 32802");
 		free(full);
 		free(head);
 	}
@@ -670,25 +679,24 @@ static void test_ch_literal_all_bytes(void **state)
 /* ---- real SQLite ---------------------------------------------------------------------- */
 
 static const char *const columns_ddl =
-	"CREATE TABLE in_process (time INTEGER, app_service TEXT, app_instance TEXT,"
-	" profile_location_str TEXT, profile_value INTEGER, profile_value_unit TEXT,"
-	" profile_event_type TEXT, profile_language_type TEXT, profile_create_timestamp INTEGER,"
-	" profile_in_timestamp INTEGER, process_id INTEGER, process_start_time INTEGER, host TEXT,"
-	" agent TEXT, host_ip TEXT, container_id TEXT, pod_cluster TEXT, pod_ns TEXT,"
-	" pod_node TEXT, pod TEXT, pod_group TEXT, trace_id TEXT, span_name TEXT,"
-	" profile_id TEXT, compression_algo TEXT, tag_names TEXT, tag_values TEXT)";
+    "CREATE TABLE in_process (time INTEGER, app_service TEXT, app_instance TEXT,"
+    " profile_location_str TEXT, profile_value INTEGER, profile_value_unit TEXT,"
+    " profile_event_type TEXT, profile_language_type TEXT, profile_create_timestamp INTEGER,"
+    " profile_in_timestamp INTEGER, process_id INTEGER, process_start_time INTEGER, host TEXT,"
+    " agent TEXT, host_ip TEXT, container_id TEXT, pod_cluster TEXT, pod_ns TEXT,"
+    " pod_node TEXT, pod TEXT, pod_group TEXT, trace_id TEXT, span_name TEXT,"
+    " profile_id TEXT, compression_algo TEXT, tag_names TEXT, tag_values TEXT)";
 
 static const struct {
 	const char *app, *pod, *ns, *host;
 	int pid, value;
 	const char *tag_names, *tag_values;
 } rows[] = {
-	{"mysqld", "web-1", "prod", "h1", 100, 10, "[\"k8s.label.app\",\"team\"]",
-	 "[\"web\",\"db\"]"},
-	{"MySQLd", "web-2", "prod", "h2", 200, 20, "[\"k8s.label.app\"]", "[\"api\"]"},
-	{"nginx", "web_3", "dev", "h1", 300, 30, "[]", "[]"},
-	{"Total", "", "", "h2", 0, 40, "[\"team\"]", "[\"web\"]"},
-	{"it's", "a%b", "x*y", "h[1]", 500, 50, "[\"k8s.label.app\"]", "[\"it's\"]"},
+    {"mysqld", "web-1", "prod", "h1", 100, 10, "[\"k8s.label.app\",\"team\"]", "[\"web\",\"db\"]"},
+    {"MySQLd", "web-2", "prod", "h2", 200, 20, "[\"k8s.label.app\"]", "[\"api\"]"},
+    {"nginx", "web_3", "dev", "h1", 300, 30, "[]", "[]"},
+    {"Total", "", "", "h2", 0, 40, "[\"team\"]", "[\"web\"]"},
+    {"it's", "a%b", "x*y", "h[1]", 500, 50, "[\"k8s.label.app\"]", "[\"it's\"]"},
 };
 
 #define N_ROWS (sizeof(rows) / sizeof(rows[0]))
@@ -718,19 +726,21 @@ static int db_setup(void **state)
 	size_t i;
 
 	assert_int_equal(sqlite3_open(":memory:", &db), SQLITE_OK);
-	assert_int_equal(sqlite3_create_function(db, "regexp", 2, SQLITE_UTF8 | SQLITE_DETERMINISTIC,
-						 NULL, sqlite_regexp, NULL, NULL),
+	assert_int_equal(sqlite3_create_function(db, "regexp", 2,
+						 SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL,
+						 sqlite_regexp, NULL, NULL),
 			 SQLITE_OK);
 	assert_int_equal(sqlite3_exec(db, columns_ddl, NULL, NULL, NULL), SQLITE_OK);
-	assert_int_equal(sqlite3_prepare_v2(db,
-					    "INSERT INTO in_process (time, app_service, app_instance,"
-					    " profile_location_str, profile_value, profile_value_unit,"
-					    " profile_event_type, profile_language_type, process_id,"
-					    " host, pod, pod_ns, tag_names, tag_values) VALUES (1000,"
-					    " ?1, ?1, 'main;f', ?2, 'microseconds', 'on-cpu', 'eBPF',"
-					    " ?3, ?4, ?5, ?6, ?7, ?8)",
-					    -1, &st, NULL),
-			 SQLITE_OK);
+	assert_int_equal(
+	    sqlite3_prepare_v2(db,
+			       "INSERT INTO in_process (time, app_service, app_instance,"
+			       " profile_location_str, profile_value, profile_value_unit,"
+			       " profile_event_type, profile_language_type, process_id,"
+			       " host, pod, pod_ns, tag_names, tag_values) VALUES (1000,"
+			       " ?1, ?1, 'main;f', ?2, 'microseconds', 'on-cpu', 'eBPF',"
+			       " ?3, ?4, ?5, ?6, ?7, ?8)",
+			       -1, &st, NULL),
+	    SQLITE_OK);
 	for (i = 0; i < N_ROWS; i++) {
 		sqlite3_bind_text(st, 1, rows[i].app, -1, SQLITE_STATIC);
 		sqlite3_bind_int(st, 2, rows[i].value);
@@ -782,7 +792,8 @@ static char *db_select(sqlite3 *db, const struct compiled *c)
 	}
 	sb_puts(&ids, "");
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-		sb_printf(&ids, "%s%lld", ids.len ? "," : "", (long long)sqlite3_column_int64(st, 0));
+		sb_printf(&ids, "%s%lld", ids.len ? "," : "",
+			  (long long)sqlite3_column_int64(st, 0));
 	sqlite3_finalize(st);
 	if (rc != SQLITE_DONE) {
 		sb_free(&ids);
@@ -954,16 +965,41 @@ static int word_in(const char *w, size_t len, const char *const *words)
  */
 static int sql_vocabulary_ok(const char *sql, enum tf_dialect d)
 {
-	static const char *const words[] = {
-		"time", "app_service", "app_instance", "profile_location_str", "profile_value",
-		"profile_value_unit", "profile_event_type", "profile_language_type",
-		"profile_create_timestamp", "profile_in_timestamp", "process_id",
-		"process_start_time", "host", "agent", "host_ip", "container_id", "pod_cluster",
-		"pod_ns", "pod_node", "pod", "pod_group", "trace_id", "span_name", "profile_id",
-		"compression_algo", "tag_names", "tag_values", "AND", "OR", "NOT", "IN", NULL};
-	static const char *const sqlite_words[] = {"EXISTS", "SELECT", "FROM", "json_each", "n",
-						   "JOIN", "v", "ON", "key", "value", "WHERE",
-						   "GLOB", "REGEXP", NULL};
+	static const char *const words[] = {"time",
+					    "app_service",
+					    "app_instance",
+					    "profile_location_str",
+					    "profile_value",
+					    "profile_value_unit",
+					    "profile_event_type",
+					    "profile_language_type",
+					    "profile_create_timestamp",
+					    "profile_in_timestamp",
+					    "process_id",
+					    "process_start_time",
+					    "host",
+					    "agent",
+					    "host_ip",
+					    "container_id",
+					    "pod_cluster",
+					    "pod_ns",
+					    "pod_node",
+					    "pod",
+					    "pod_group",
+					    "trace_id",
+					    "span_name",
+					    "profile_id",
+					    "compression_algo",
+					    "tag_names",
+					    "tag_values",
+					    "AND",
+					    "OR",
+					    "NOT",
+					    "IN",
+					    NULL};
+	static const char *const sqlite_words[] = {
+	    "EXISTS", "SELECT", "FROM",	 "json_each", "n",    "JOIN",	"v",
+	    "ON",     "key",	"value", "WHERE",     "GLOB", "REGEXP", NULL};
 	static const char *const ch_words[] = {"has", "indexOf", "like", "notLike", "match", NULL};
 	const char *p = sql;
 
@@ -1006,8 +1042,8 @@ static int sql_vocabulary_ok(const char *sql, enum tf_dialect d)
 static int check_contained(sqlite3 *db, const char *text, const char *payload, int may_fail,
 			   const char *sq, const char *skel_want, const char *sq_param)
 {
-	struct strbuf skel = STRBUF_INIT, lits[4] = {STRBUF_INIT, STRBUF_INIT, STRBUF_INIT,
-						     STRBUF_INIT};
+	struct strbuf skel = STRBUF_INIT,
+		      lits[4] = {STRBUF_INIT, STRBUF_INIT, STRBUF_INIT, STRBUF_INIT};
 	struct tf_expr *expr;
 	struct tf_error err;
 	struct compiled c;
@@ -1131,10 +1167,11 @@ static void test_injection_corpus(void **state)
 				sb_putc(&t, *q);
 			}
 			sb_puts(&t, "` IN ('x')");
-			check_contained(db, t.buf, pl, 0, "(EXISTS (" TAG_SUBQ "v.value IN (?)))",
-					"(has(tag_names, '') AND tag_values[indexOf(tag_names, '')] "
-					"IN (''))",
-					pl);
+			check_contained(
+			    db, t.buf, pl, 0, "(EXISTS (" TAG_SUBQ "v.value IN (?)))",
+			    "(has(tag_names, '') AND tag_values[indexOf(tag_names, '')] "
+			    "IN (''))",
+			    pl);
 		}
 
 		/* 3. As a LIKE pattern and a REGEXP (either may be rejected as a pattern). */
@@ -1176,7 +1213,8 @@ static void test_injection_corpus(void **state)
 		sb_free(&t);
 	}
 	/* Nothing was dropped, altered or added. */
-	assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*), sum(profile_value) FROM in_process",
+	assert_int_equal(sqlite3_prepare_v2(db,
+					    "SELECT count(*), sum(profile_value) FROM in_process",
 					    -1, &st, NULL),
 			 SQLITE_OK);
 	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
@@ -1196,23 +1234,23 @@ static void test_injection_corpus(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_empty),
-		cmocka_unit_test(test_comparisons),
-		cmocka_unit_test(test_in_like_regexp),
-		cmocka_unit_test(test_regexp_accepted),
-		cmocka_unit_test(test_strings),
-		cmocka_unit_test(test_tags),
-		cmocka_unit_test(test_aliases_and_keywords),
-		cmocka_unit_test(test_precedence),
-		cmocka_unit_test(test_errors),
-		cmocka_unit_test(test_error_long_name_truncated),
-		cmocka_unit_test(test_limits),
-		cmocka_unit_test(test_flat_chain_compiles),
-		cmocka_unit_test(test_field_known),
-		cmocka_unit_test(test_compile_args),
-		cmocka_unit_test(test_ch_literal_all_bytes),
-		cmocka_unit_test_setup_teardown(test_sqlite_results, db_setup, db_teardown),
-		cmocka_unit_test_setup_teardown(test_injection_corpus, db_setup, db_teardown),
+	    cmocka_unit_test(test_empty),
+	    cmocka_unit_test(test_comparisons),
+	    cmocka_unit_test(test_in_like_regexp),
+	    cmocka_unit_test(test_regexp_accepted),
+	    cmocka_unit_test(test_strings),
+	    cmocka_unit_test(test_tags),
+	    cmocka_unit_test(test_aliases_and_keywords),
+	    cmocka_unit_test(test_precedence),
+	    cmocka_unit_test(test_errors),
+	    cmocka_unit_test(test_error_long_name_truncated),
+	    cmocka_unit_test(test_limits),
+	    cmocka_unit_test(test_flat_chain_compiles),
+	    cmocka_unit_test(test_field_known),
+	    cmocka_unit_test(test_compile_args),
+	    cmocka_unit_test(test_ch_literal_all_bytes),
+	    cmocka_unit_test_setup_teardown(test_sqlite_results, db_setup, db_teardown),
+	    cmocka_unit_test_setup_teardown(test_injection_corpus, db_setup, db_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
