@@ -31,15 +31,15 @@ struct ex_node {
 	uint32_t parent; /* EX_NONE: a frame, or a first-level flame-graph node */
 	uint32_t hash;
 	uint32_t depth; /* svg: 1 for first-level nodes (the "all" root is depth 0) */
-	int64_t total;  /* svg: sum of the values of the stacks through this node */
-	double x;       /* svg: left edge, in value units from the left of "all" */
+	int64_t total;	/* svg: sum of the values of the stacks through this node */
+	double x;	/* svg: left edge, in value units from the left of "all" */
 };
 
 struct ex_table {
 	struct ex_node *nodes;
 	size_t n, cap, max;
 	uint32_t *slots; /* node index + 1; 0 is an empty slot */
-	size_t nslots;   /* a power of two, at least twice n */
+	size_t nslots;	 /* a power of two, at least twice n */
 };
 
 static int64_t ex_add_sat(int64_t a, int64_t b)
@@ -129,8 +129,7 @@ static int ex_table_get(struct ex_table *t, uint32_t parent, const char *s, size
  * (each frame's parent is the one before) when tree, else as independent names.
  * Returns the number of frames, or -E2BIG / -ENOMEM.
  */
-static int ex_intern_stack(struct ex_table *t, bool tree, const char *s, size_t len,
-			   uint32_t *ids)
+static int ex_intern_stack(struct ex_table *t, bool tree, const char *s, size_t len, uint32_t *ids)
 {
 	uint32_t parent = EX_NONE;
 	size_t depth = 0, start = 0;
@@ -183,7 +182,8 @@ static int ex_write_folded(const char *const *stacks, const size_t *lens, const 
 		rc = folded_write(&sb, stacks[i], lens[i], values[i]);
 		if (rc < 0)
 			log_error("stack %zu cannot be written as folded text (empty, a newline, a "
-				  "trailing blank or a leading '#')", i);
+				  "trailing blank or a leading '#')",
+				  i);
 		else
 			rc = ex_flush(&sb, out, false);
 	}
@@ -197,9 +197,9 @@ static int ex_write_folded(const char *const *stacks, const size_t *lens, const 
 
 #define SVG_PAD 10
 #define SVG_FRAME_H 16
-#define SVG_TOP 36        /* title, Reset Zoom, Search */
-#define SVG_BOTTOM 34     /* details line, then matched/omitted line */
-#define SVG_CHAR_PX 7.0   /* mean width of a 12px Verdana character, for label clipping */
+#define SVG_TOP 36	/* title, Reset Zoom, Search */
+#define SVG_BOTTOM 34	/* details line, then matched/omitted line */
+#define SVG_CHAR_PX 7.0 /* mean width of a 12px Verdana character, for label clipping */
 
 /* The length of the valid UTF-8 sequence at s[0..n) and its code point, or 0 if invalid. */
 static size_t ex_utf8_next(const unsigned char *s, size_t n, uint32_t *cp)
@@ -267,12 +267,23 @@ static void ex_xml_escape(struct strbuf *sb, const char *s, size_t len, size_t m
 			continue;
 		}
 		switch (cp) {
-		case '&': sb_puts(sb, "&amp;"); break;
-		case '<': sb_puts(sb, "&lt;"); break;
-		case '>': sb_puts(sb, "&gt;"); break;
-		case '"': sb_puts(sb, "&quot;"); break;
-		case '\'': sb_puts(sb, "&apos;"); break;
-		default: sb_append(sb, s + i, k);
+		case '&':
+			sb_puts(sb, "&amp;");
+			break;
+		case '<':
+			sb_puts(sb, "&lt;");
+			break;
+		case '>':
+			sb_puts(sb, "&gt;");
+			break;
+		case '"':
+			sb_puts(sb, "&quot;");
+			break;
+		case '\'':
+			sb_puts(sb, "&apos;");
+			break;
+		default:
+			sb_append(sb, s + i, k);
 		}
 		i += k;
 	}
@@ -314,7 +325,7 @@ static void svg_color(struct strbuf *sb, const char *s, size_t len, bool root)
 				memcmp(s, "[c] ", 4) == 0)) {
 		r = 80 + (int)(50 * v1), g = 140 + (int)(50 * v2), b = 210 + (int)(30 * v1);
 	} else {
-		r = 205 + (int)(50 * v1), g = 40 + (int)(120 * v2), b = (int)(40 * v1);
+		r = 205 + (int)(50 * v1), g = 20 + (int)(90 * v2), b = (int)(40 * v1);
 	}
 	sb_printf(sb, "rgb(%d,%d,%d)", r, g, b);
 }
@@ -324,9 +335,11 @@ static void svg_frame(struct strbuf *sb, const char *name, size_t len, bool root
 {
 	sb_puts(sb, "<g class=\"f\"><title>");
 	ex_xml_escape(sb, name, len, SIZE_MAX);
-	sb_printf(sb, " (%lld %s, %.2f%%)</title><rect x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" "
-		  "height=\"%d\" rx=\"2\" fill=\"", (long long)value, unit,
-		  total ? 100.0 * (double)value / (double)total : 0.0, x, y, w, SVG_FRAME_H - 1);
+	sb_printf(sb,
+		  " (%lld %s, %.2f%%)</title><rect x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" "
+		  "height=\"%d\" rx=\"2\" fill=\"",
+		  (long long)value, unit, total ? 100.0 * (double)value / (double)total : 0.0, x, y,
+		  w, SVG_FRAME_H - 1);
 	svg_color(sb, name, len, root);
 	sb_printf(sb, "\"/><text x=\"%.2f\" y=\"%.1f\">", x + 3, y + 11.5);
 	svg_label(sb, name, len, w);
@@ -340,35 +353,35 @@ static void svg_frame(struct strbuf *sb, const char *name, size_t len, bool root
  * Preceded by "var F=[],W=<frame area width>,P=<left pad>;".
  */
 static const char svg_script[] =
-	"function init(){var gs=document.querySelectorAll('g.f');\n"
-	" for(var i=0;i<gs.length;i++){var g=gs[i],r=g.querySelector('rect'),"
-	"t=g.querySelector('title').textContent;\n"
-	"  var f={g:g,r:r,t:g.querySelector('text'),x:+r.getAttribute('x'),"
-	"w:+r.getAttribute('width'),y:+r.getAttribute('y'),n:t.slice(0,t.lastIndexOf(' (')),"
-	"c:r.getAttribute('fill'),d:t};\n"
-	"  F.push(f);g.onclick=zoom.bind(null,f);g.onmouseover=det.bind(null,t);"
-	"g.onmouseout=det.bind(null,' ');}}\n"
-	"function det(s){document.getElementById('details').textContent=s}\n"
-	"function fit(f,x,w){f.r.setAttribute('x',x);f.r.setAttribute('width',w);"
-	"f.t.setAttribute('x',x+3);var m=Math.floor((w-6)/7),n=f.n;\n"
-	" f.t.textContent=m<3?'':n.length<=m?n:n.slice(0,m-2)+'..'}\n"
-	"function zoom(z){var s=W/z.w,e=0.02;"
-	"document.getElementById('reset').setAttribute('display','inline');\n"
-	" F.forEach(function(f){if(f.y>z.y&&f.x<=z.x+e&&f.x+f.w>=z.x+z.w-e){f.g.style.display='';"
-	"fit(f,P,W)}\n"
-	"  else if(f.y<=z.y&&f.x>=z.x-e&&f.x+f.w<=z.x+z.w+e){f.g.style.display='';"
-	"fit(f,P+(f.x-z.x)*s,f.w*s)}else f.g.style.display='none'})}\n"
-	"function unzoom(){document.getElementById('reset').setAttribute('display','none');\n"
-	" F.forEach(function(f){f.g.style.display='';fit(f,f.x,f.w)})}\n"
-	"function search(){var q=prompt('Search (regular expression)',''),re,iv=[],m=0,end=-1;"
-	"if(q===null)return;\n"
-	" try{re=new RegExp(q)}catch(x){alert(x);return}\n"
-	" F.forEach(function(f){var hit=q!==''&&re.test(f.n);"
-	"f.r.setAttribute('fill',hit?'rgb(230,0,230)':f.c);if(hit)iv.push([f.x,f.x+f.w])});\n"
-	" iv.sort(function(a,b){return a[0]-b[0]});\n"
-	" iv.forEach(function(v){if(v[1]>end){m+=v[1]-Math.max(v[0],end);end=v[1]}});\n"
-	" document.getElementById('matched').textContent=q===''?' ':"
-	"'Matched: '+(100*m/W).toFixed(1)+'%'}\n";
+    "function init(){var gs=document.querySelectorAll('g.f');\n"
+    " for(var i=0;i<gs.length;i++){var g=gs[i],r=g.querySelector('rect'),"
+    "t=g.querySelector('title').textContent;\n"
+    "  var f={g:g,r:r,t:g.querySelector('text'),x:+r.getAttribute('x'),"
+    "w:+r.getAttribute('width'),y:+r.getAttribute('y'),n:t.slice(0,t.lastIndexOf(' (')),"
+    "c:r.getAttribute('fill')};\n"
+    "  F.push(f);g.onclick=zoom.bind(null,f);g.onmouseover=det.bind(null,t);"
+    "g.onmouseout=det.bind(null,' ');}}\n"
+    "function det(s){document.getElementById('details').textContent=s}\n"
+    "function fit(f,x,w){f.r.setAttribute('x',x);f.r.setAttribute('width',w);"
+    "f.t.setAttribute('x',x+3);var m=Math.floor((w-6)/7),n=f.n;\n"
+    " f.t.textContent=m<3?'':n.length<=m?n:n.slice(0,m-2)+'..'}\n"
+    "function zoom(z){var s=W/z.w,e=0.02;"
+    "document.getElementById('reset').setAttribute('display','inline');\n"
+    " F.forEach(function(f){if(f.y>z.y&&f.x<=z.x+e&&f.x+f.w>=z.x+z.w-e){f.g.style.display='';"
+    "fit(f,P,W)}\n"
+    "  else if(f.y<=z.y&&f.x>=z.x-e&&f.x+f.w<=z.x+z.w+e){f.g.style.display='';"
+    "fit(f,P+(f.x-z.x)*s,f.w*s)}else f.g.style.display='none'})}\n"
+    "function unzoom(){document.getElementById('reset').setAttribute('display','none');\n"
+    " F.forEach(function(f){f.g.style.display='';fit(f,f.x,f.w)})}\n"
+    "function search(){var q=prompt('Search (regular expression)',''),re,iv=[],m=0,end=-1;"
+    "if(q===null)return;\n"
+    " try{re=new RegExp(q)}catch(x){alert(x);return}\n"
+    " F.forEach(function(f){var hit=q!==''&&re.test(f.n);"
+    "f.r.setAttribute('fill',hit?'rgb(230,0,230)':f.c);if(hit)iv.push([f.x,f.x+f.w])});\n"
+    " iv.sort(function(a,b){return a[0]-b[0]});\n"
+    " iv.forEach(function(v){if(v[1]>end){m+=v[1]-Math.max(v[0],end);end=v[1]}});\n"
+    " document.getElementById('matched').textContent=q===''?' ':"
+    "'Matched: '+(100*m/W).toFixed(1)+'%'}\n";
 
 static int svg_cmp(const void *a, const void *b, void *arg)
 {
@@ -458,7 +471,8 @@ static int ex_write_svg(const struct export_opts *o, const char *unit, const cha
 	height = SVG_TOP + (max_depth + 1) * SVG_FRAME_H + SVG_BOTTOM;
 	base = height - SVG_BOTTOM - SVG_FRAME_H; /* y of the "all" frame */
 
-	sb_printf(&sb, "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"no\"?>\n"
+	sb_printf(&sb,
+		  "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"no\"?>\n"
 		  "<svg version=\"1.1\" xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" "
 		  "height=\"%.0f\" viewBox=\"0 0 %d %.0f\" onload=\"init()\">\n"
 		  "<style>text{font-family:Verdana,sans-serif;font-size:12px;fill:#000}"
@@ -471,7 +485,8 @@ static int ex_write_svg(const struct export_opts *o, const char *unit, const cha
 		  EXPORT_SVG_WIDTH, height, EXPORT_SVG_WIDTH, height, width, SVG_PAD, svg_script,
 		  EXPORT_SVG_WIDTH / 2);
 	ex_xml_escape(&sb, o->title, strlen(o->title), SIZE_MAX);
-	sb_printf(&sb, "</text>\n"
+	sb_printf(&sb,
+		  "</text>\n"
 		  "<text id=\"reset\" class=\"b\" x=\"%d\" y=\"24\" display=\"none\" "
 		  "onclick=\"unzoom()\">Reset Zoom</text>\n"
 		  "<text id=\"search\" class=\"b r\" x=\"%d\" y=\"24\" "
@@ -481,9 +496,10 @@ static int ex_write_svg(const struct export_opts *o, const char *unit, const cha
 		  SVG_PAD, EXPORT_SVG_WIDTH - SVG_PAD, SVG_PAD, height - 20,
 		  EXPORT_SVG_WIDTH - SVG_PAD, height - 6);
 	if (omitted)
-		sb_printf(&sb, "<text id=\"omitted\" x=\"%d\" y=\"%.0f\">%zu frames narrower than "
-			  "%g px omitted</text>\n", SVG_PAD, height - 6, omitted,
-			  EXPORT_SVG_MIN_PX);
+		sb_printf(&sb,
+			  "<text id=\"omitted\" x=\"%d\" y=\"%.0f\">%zu frames narrower than "
+			  "%g px omitted</text>\n",
+			  SVG_PAD, height - 6, omitted, EXPORT_SVG_MIN_PX);
 	svg_frame(&sb, "all", 3, true, total, total, unit, SVG_PAD, base, total ? width : 0);
 	for (size_t i = 0; i < t.n && rc == 0; i++) {
 		const struct ex_node *nd = &t.nodes[i];
@@ -526,8 +542,8 @@ static int ex_intern_frames(struct ex_table *t, const char *const *stacks, const
 /* ---- speedscope ---- */
 
 static int ex_write_speedscope(const struct export_opts *o, const char *unit,
-			       const char *const *stacks, const size_t *lens,
-			       const int64_t *values, size_t n, FILE *out)
+			       const char *const *stacks, const size_t *lens, const int64_t *values,
+			       size_t n, FILE *out)
 {
 	struct ex_table t = {.max = o->max_frames};
 	struct strbuf sb = STRBUF_INIT;
@@ -547,7 +563,7 @@ static int ex_write_speedscope(const struct export_opts *o, const char *unit,
 			total = ex_add_sat(total, values[i]);
 
 	sb_puts(&sb, "{\"$schema\":\"https://www.speedscope.app/file-format-schema.json\","
-		"\"exporter\":\"ember\",\"name\":");
+		     "\"exporter\":\"ember\",\"name\":");
 	sb_json_str(&sb, o->title);
 	sb_puts(&sb, ",\"activeProfileIndex\":0,\"shared\":{\"frames\":[");
 	for (size_t i = 0; i < t.n && rc == 0; i++) {
@@ -558,8 +574,8 @@ static int ex_write_speedscope(const struct export_opts *o, const char *unit,
 	}
 	sb_puts(&sb, "]},\"profiles\":[{\"type\":\"sampled\",\"name\":");
 	sb_json_str(&sb, o->title);
-	sb_printf(&sb, ",\"unit\":\"%s\",\"startValue\":0,\"endValue\":%lld,\"samples\":[",
-		  ss_unit, (long long)total);
+	sb_printf(&sb, ",\"unit\":\"%s\",\"startValue\":0,\"endValue\":%lld,\"samples\":[", ss_unit,
+		  (long long)total);
 	for (size_t i = 0; i < n && rc == 0; i++) {
 		int depth;
 
@@ -632,14 +648,24 @@ static void pb_bytes(struct strbuf *sb, unsigned field, const void *data, size_t
 
 /* profile.proto field numbers */
 enum {
-	PROFILE_SAMPLE_TYPE = 1, PROFILE_SAMPLE = 2, PROFILE_LOCATION = 4, PROFILE_FUNCTION = 5,
-	PROFILE_STRING_TABLE = 6, PROFILE_PERIOD_TYPE = 11, PROFILE_PERIOD = 12,
+	PROFILE_SAMPLE_TYPE = 1,
+	PROFILE_SAMPLE = 2,
+	PROFILE_LOCATION = 4,
+	PROFILE_FUNCTION = 5,
+	PROFILE_STRING_TABLE = 6,
+	PROFILE_PERIOD_TYPE = 11,
+	PROFILE_PERIOD = 12,
 	PROFILE_COMMENT = 13,
-	VALUE_TYPE_TYPE = 1, VALUE_TYPE_UNIT = 2,
-	SAMPLE_LOCATION_ID = 1, SAMPLE_VALUE = 2,
-	LOCATION_ID = 1, LOCATION_LINE = 4,
+	VALUE_TYPE_TYPE = 1,
+	VALUE_TYPE_UNIT = 2,
+	SAMPLE_LOCATION_ID = 1,
+	SAMPLE_VALUE = 2,
+	LOCATION_ID = 1,
+	LOCATION_LINE = 4,
 	LINE_FUNCTION_ID = 1,
-	FUNCTION_ID = 1, FUNCTION_NAME = 2, FUNCTION_SYSTEM_NAME = 3,
+	FUNCTION_ID = 1,
+	FUNCTION_NAME = 2,
+	FUNCTION_SYSTEM_NAME = 3,
 };
 
 /* Strings of the table before the frame names; index 0 is "" as profile.proto requires. */
@@ -662,8 +688,8 @@ static int ex_gzip_write(const void *data, size_t len, FILE *out)
 	const unsigned char *p = data;
 	int rc = 0, zrc, flush;
 
-	if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8,
-			 Z_DEFAULT_STRATEGY) != Z_OK)
+	if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) !=
+	    Z_OK)
 		return -ENOMEM;
 	do {
 		/* avail_in is 32 bits: feed at most 1 GiB at a time */
@@ -698,9 +724,8 @@ cleanup:
 	return rc;
 }
 
-static int ex_write_pprof(const struct export_opts *o, const char *unit,
-			  const char *const *stacks, const size_t *lens, const int64_t *values,
-			  size_t n, FILE *out)
+static int ex_write_pprof(const struct export_opts *o, const char *unit, const char *const *stacks,
+			  const size_t *lens, const int64_t *values, size_t n, FILE *out)
 {
 	struct ex_table t = {.max = o->max_frames};
 	struct strbuf pb = STRBUF_INIT, msg = STRBUF_INIT, tmp = STRBUF_INIT;
@@ -749,8 +774,8 @@ static int ex_write_pprof(const struct export_opts *o, const char *unit,
 		sb_reset(&tmp);
 		pb_varint(&tmp, (uint64_t)values[i]);
 		if (two) {
-			int64_t us = values[i] > INT64_MAX / o->period ? INT64_MAX
-								       : values[i] * o->period;
+			int64_t us =
+			    values[i] > INT64_MAX / o->period ? INT64_MAX : values[i] * o->period;
 			pb_varint(&tmp, (uint64_t)us);
 		}
 		pb_bytes(&msg, SAMPLE_VALUE, tmp.buf, tmp.len);
@@ -799,10 +824,10 @@ cleanup:
 /* ---- entry points ---- */
 
 static const char *const ex_format_names[] = {
-	[EXPORT_FOLDED] = "folded",
-	[EXPORT_SVG] = "svg",
-	[EXPORT_SPEEDSCOPE] = "speedscope",
-	[EXPORT_PPROF] = "pprof",
+    [EXPORT_FOLDED] = "folded",
+    [EXPORT_SVG] = "svg",
+    [EXPORT_SPEEDSCOPE] = "speedscope",
+    [EXPORT_PPROF] = "pprof",
 };
 
 int export_parse_format(const char *name, enum export_format *out)
@@ -823,9 +848,8 @@ const char *export_format_name(enum export_format fmt)
 	return ex_format_names[fmt];
 }
 
-int export_write(enum export_format fmt, const struct export_opts *opts,
-		 const char *const *stacks, const size_t *lens, const int64_t *values, size_t n,
-		 FILE *out)
+int export_write(enum export_format fmt, const struct export_opts *opts, const char *const *stacks,
+		 const size_t *lens, const int64_t *values, size_t n, FILE *out)
 {
 	struct export_opts o = opts ? *opts : (struct export_opts){0};
 	const char *unit = o.unit ? o.unit : "samples";
@@ -919,7 +943,8 @@ int export_write_folded_text(enum export_format fmt, const struct export_opts *o
 	if (n_bad)
 		*n_bad = bad;
 	if (rc == 0)
-		rc = export_write(fmt, o, (const char *const *)c.stacks, c.lens, c.values, c.n, out);
+		rc =
+		    export_write(fmt, o, (const char *const *)c.stacks, c.lens, c.values, c.n, out);
 	free(c.stacks);
 	free(c.lens);
 	free(c.values);

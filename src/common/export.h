@@ -50,7 +50,7 @@ struct export_opts {
 	 * speedscope units: none, microseconds, bytes.
 	 */
 	const char *unit;
-	int64_t period;    /* µs per sample (10101 at 99 Hz); 0: unknown. pprof only */
+	int64_t period;	   /* µs per sample (10101 at 99 Hz); 0: unknown. pprof only */
 	size_t max_frames; /* 0: EXPORT_DEFAULT_MAX_FRAMES */
 };
 
