@@ -34,12 +34,14 @@ check "thread names under [t]: worker-b runs burn_b" grep -q '^threads;\[t\] wor
 check "hot code in a shared library is [l]" bash -c "[ \$(awk -v p='[l] hot_lib_spin' '{v=\$NF; t+=v; if (index(\$0,p)) m+=v} END {printf \"%d\", t?100*m/t:0}' '$E2E_TMP/shlib.folded') -ge 80 ]"
 
 "$EMBER_BIN" record -F 99 -o "$E2E_TMP/sys.folded" -- "$W/syscalls" 2 >/dev/null || fail "record syscalls"
-# libc's write() has no frame pointer, so the fp walk skips its caller (do_syscalls): the
-# user part ends in "[l] write" or "[l] syscall", and the kernel part follows it.
+# libc's write() has no frame pointer: a frame-pointer walk skips its caller, the DWARF walk
+# (the default) keeps it, so the user part reads main;do_syscalls;[l] write, then the kernel.
 k=$(share "$E2E_TMP/sys.folded" ";[k] entry_SYSCALL_64")
 echo "syscalls: ${k}% of samples in the kernel"
 check "a large share of samples carries kernel frames" [ "$k" -ge 30 ]
-check "kernel frames follow the user frames" grep -qE ';main;(.*;)?\[l\] (write|syscall|__GI___libc_write)[^;]*;\[k\] entry_SYSCALL_64' "$E2E_TMP/sys.folded"
+check "kernel frames follow the complete user frames (main;do_syscalls;[l] write)" grep -qE ';main;do_syscalls;\[l\] (write|__GI___libc_write|__libc_write)[^;]*;\[k\] entry_SYSCALL_64' "$E2E_TMP/sys.folded"
+"$EMBER_BIN" record -F 99 --unwind fp -o "$E2E_TMP/sysfp.folded" -- "$W/syscalls" 1 >/dev/null || fail "record --unwind fp"
+check "--unwind fp still works: user then kernel frames" grep -qE ';main;(.*;)?\[l\] (write|syscall|__GI___libc_write)[^;]*;\[k\] entry_SYSCALL_64' "$E2E_TMP/sysfp.folded"
 check "kernel frames are outermost first (entry_SYSCALL_64 before do_syscall_64)" grep -q '\[k\] entry_SYSCALL_64[^;]*;\[k\] do_syscall_64' "$E2E_TMP/sys.folded"
 
 "$W/cpu_split" 6 >/dev/null & pid=$!
