@@ -95,12 +95,14 @@ load_stop() {
 snap() { "$OUT/overhead_cpu" "$@"; }
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' /proc/"$1"/status 2>/dev/null; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+forks() { awk '$1 == "processes" {print $2}' /proc/stat; }
 # child_of PID: the tool under /usr/bin/time
 child_of() {
 	local c
 	for _ in $(seq 1 100); do
 		c=$(pgrep -P "$1" | head -n1)
 		[ -n "$c" ] && { echo "$c"; return 0; }
+		kill -0 "$1" 2>/dev/null || return 1
 		sleep 0.05
 	done
 	return 1
@@ -108,12 +110,14 @@ child_of() {
 
 # window NAME TOOL_PID [SERVER_PID]: waits WARMUP, measures DURATION seconds, writes $OUT/NAME.win
 window() {
-	local name=$1 pid=$2 spid=${3:-} l0 a b
+	local name=$1 pid=$2 spid=${3:-} l0 f0 f1 a b
 	sleep "$WARMUP"
 	l0=$(loadavg)
+	f0=$(forks)
 	a=$(snap "$pid" $spid)
 	sleep "$DURATION"
 	b=$(snap "$pid" $spid)
+	f1=$(forks)
 	{
 		echo "$a" | head -n1 | { read -r _ m0 c0 n0 k0
 			echo "$b" | head -n1 | { read -r _ m1 c1 n1 k1
@@ -130,6 +134,7 @@ window() {
 		echo "rss_kib $(status_kib "$pid" VmRSS)"
 		echo "load_start $l0"
 		echo "load_end $(loadavg)"
+		echo "forks $((f1 - f0))"
 	} >"$OUT/$name.win"
 }
 # stop_tool TIME_PID TOOL_PID SIGNAL: stops the tool, waits for /usr/bin/time to report
@@ -159,7 +164,7 @@ run_ember() {
 		"$EMBER" agent --server "http://127.0.0.1:$PORT" --frequency "$2" --unwind "$1" \
 		>"$OUT/$name.log" 2>&1 &
 	tp=$!
-	pid=$(child_of "$tp") || die "agent did not start"
+	pid=$(child_of "$tp") || { wait "$tp"; return 1; } # exited at once
 	for _ in $(seq 1 200); do
 		grep -q "profiling this host" "$OUT/$name.log" && break
 		kill -0 "$pid" 2>/dev/null || break
@@ -234,8 +239,9 @@ for tool in $TOOLS; do
 			for hz in $FREQS; do
 				echo "overhead: ember agent --unwind $u --frequency $hz, ${DURATION}s" >&2
 				run_ember "$u" "$hz" || {
-					echo "overhead: ember --unwind $u unavailable: $(tail -n1 "$OUT/ember-$u-$hz.log")" >&2
-					touch "$OUT/ember-$u-$hz.unavailable"
+					why=$(grep -m1 ' error ' "$OUT/ember-$u-$hz.log" | cut -d' ' -f3-)
+					echo "overhead: ember --unwind $u unavailable: $why" >&2
+					echo "$why" >"$OUT/ember-$u-$hz.unavailable"
 				}
 			done
 		done
@@ -254,7 +260,7 @@ load_stop
 		for hz in $FREQS; do
 			n=ember-$u-$hz
 			if [ -e "$OUT/$n.unavailable" ]; then
-				echo "| ember agent $hz Hz, $u | unavailable: $(tail -n1 "$OUT/$n.log" | cut -c1-80) |"
+				echo "| ember agent $hz Hz, $u | unavailable: $(cut -c1-80 "$OUT/$n.unavailable") |"
 				continue
 			fi
 			[ -e "$OUT/$n.win" ] || continue
@@ -290,8 +296,10 @@ load_stop
 		done
 	done
 	echo
-	echo "Load average (1/5/15 min) at window start → end:"
+	echo "Host activity per window: load average (1/5/15 min) at start → end; new processes/s"
+	echo "on the whole host (/proc/stat 'processes'; the load itself starts about 1/s):"
 	for f in "$OUT"/*.win; do
-		echo "- $(basename "$f" .win): $(sed -n 's/^load_start //p' "$f") → $(sed -n 's/^load_end //p' "$f")"
+		echo "- $(basename "$f" .win): $(sed -n 's/^load_start //p' "$f") → $(sed -n 's/^load_end //p' "$f");" \
+			"$(fmt "$(calc "$(val forks "$f") / $(val secs "$f")")" 1f) new processes/s"
 	done
 } | tee "$OUT/table.md"
