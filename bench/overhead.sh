@@ -283,8 +283,11 @@ load_stop
 	fi
 	if [ -e "$OUT/bpftrace.win" ]; then
 		sps=$(calc "$(val bpf_cnt "$OUT/bpftrace.win") / $(val secs "$OUT/bpftrace.win")")
-		row bpftrace "bpftrace profile:hz:99" "$(fmt "$sps" 0f)" "—" \
-			"$(grep -cE '\]: [0-9]+$' "$OUT/bpftrace.out") keys, $(du -b "$OUT/bpftrace.out" | cut -f1) B"
+		keys=$(grep -cE '\]: [0-9]+$' "$OUT/bpftrace.out")
+		# bpftrace drops new keys silently once a map holds max_map_keys (4096 by default)
+		row bpftrace "bpftrace profile:hz:99" "$(fmt "$sps" 0f)" \
+			"$([ "$keys" -ge 4096 ] && echo "map full: new stacks dropped; ")$(grep -c 'failed to look up stack id' "$OUT/bpftrace.log") stack ids lost" \
+			"$keys keys, $(du -b "$OUT/bpftrace.out" | cut -f1) B"
 		CPU[bpftrace]=$ROW_CPU
 	fi
 	echo
