@@ -11,14 +11,15 @@
  *
  * Exactly-once batches. A MergeTree INSERT is atomic per part, and an INSERT makes one part per
  * partition it touches, so a batch is written as one INSERT per hour partition (normally one).
- * A small table `batches` (ORDER BY batch_id, cheap to probe) records each batch: state 1
- * "pending" before the rows, state 2 "done" after them. No marker: insert everything. Done: it is
- * a duplicate. Pending: an earlier attempt died part-way (ClickHouse or ember crashed, a timeout
- * whose INSERT still completed), so count the batch's rows per hour in in_process (pruned to its
- * time range) and write only the hours that are missing. The remaining window: two servers given
- * the same new batch at the same moment both see "no marker" and both write it. That needs an
- * agent to retry elsewhere while its first attempt is still running, which the agent's timeout
- * (longer than ours) rules out in practice; docs/clickhouse.md says so.
+ * Every row carries its batch_id, so the rows are their own ledger: before writing, one probe
+ * asks, per hour of the batch, whether a row of this batch sits at the exact sort key of the
+ * hour's first row (a primary-key lookup of a granule or two). Found: that hour was written by an
+ * earlier attempt (ClickHouse or ember crashed, or a timeout whose INSERT still completed) and is
+ * skipped; all found: a duplicate. Two statements per batch, no side table to keep in step. The
+ * remaining window: two servers given the same new batch at the same moment both find nothing
+ * and both write it. That needs an agent to retry elsewhere while its first attempt is still
+ * running, which the agent's timeout (longer than ours) rules out in practice; docs/clickhouse.md
+ * says so.
  *
  * Reads stream TabSeparated rows through httpc's on_data callback; every query carries a random
  * query_id so that an abandoned query is stopped with KILL QUERY.
@@ -49,6 +50,7 @@
 #define CH_MAX_LINE (8u << 20)
 #define CH_MAX_STACK_BYTES (4u << 20)
 #define CH_MAX_BATCH_ID 256
+#define CH_ENCODE_CHUNK (1u << 20) /* RowBinary bytes encoded before each deflate call */
 #define CH_DB_NAME_MAX 58 /* ClickHouse allows more; "NNNN_" + this stays short in paths */
 
 /* Server features by version; an unknown version is treated as 18.16 (the oldest supported). */
@@ -376,22 +378,6 @@ static void ch_ddl(const struct ch_features *f, const char *db, long retention_s
 		     "ORDER BY (app_service, profile_language_type, profile_event_type, time)\n");
 	if (f->ttl && retention_s > 0) {
 		sb_puts(out, "TTL time + ");
-		ch_put_interval(out, retention_s);
-		sb_putc(out, '\n');
-	}
-	sb_puts(out, "SETTINGS index_granularity = 8192;\n");
-	sb_printf(out,
-		  "CREATE TABLE IF NOT EXISTS `%s`.batches (\n"
-		  "    batch_id String,\n"
-		  "    state UInt8,\n"
-		  "    rows UInt64,\n"
-		  "    inserted DateTime('UTC')\n"
-		  ") ENGINE = MergeTree()\n"
-		  "PARTITION BY toStartOfDay(inserted)\n"
-		  "ORDER BY batch_id\n",
-		  db);
-	if (f->ttl && retention_s > 0) {
-		sb_puts(out, "TTL inserted + ");
 		ch_put_interval(out, retention_s);
 		sb_putc(out, '\n');
 	}
@@ -751,39 +737,59 @@ static int ch_validate_row(struct ch_store *s, const struct profile_row *r, size
 	return -EINVAL;
 }
 
-static int ch_gzip(const char *in, size_t len, struct strbuf *out)
+/*
+ * Appends the RowBinary of rows idx[0..n) to out, gzip-compressed. Rows are encoded and deflated
+ * CH_ENCODE_CHUNK bytes at a time, so the plain text of a large batch never exists whole.
+ */
+static int ch_encode_gzip(const struct profile_row *rows, const size_t *idx, size_t n,
+			  const char *batch_id, struct strbuf *out)
 {
+	struct strbuf raw = STRBUF_INIT;
 	z_stream z = {0};
-	int rc;
+	size_t i = 0;
+	int flush, zr = Z_OK, rc = 0;
 
+	/* level 1: the rows arrive grouped by stack (ch_cmp_row), so matches are long and cheap */
 	if (deflateInit2(&z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
 		return -ENOMEM;
 	sb_reset(out);
-	sb_grow(out, deflateBound(&z, len));
-	z.next_in = (Bytef *)in;
-	z.avail_in = (uInt)len;
-	z.next_out = (Bytef *)out->buf;
-	z.avail_out = (uInt)(out->cap - 1);
-	rc = deflate(&z, Z_FINISH);
-	out->len = z.total_out;
+	do {
+		sb_reset(&raw);
+		while (i < n && raw.len < CH_ENCODE_CHUNK)
+			ch_encode_row(&raw, &rows[idx[i++]], batch_id);
+		flush = i < n ? Z_NO_FLUSH : Z_FINISH;
+		z.next_in = (Bytef *)raw.buf;
+		z.avail_in = (uInt)raw.len;
+		do {
+			if (out->cap - out->len < CH_ENCODE_CHUNK / 2)
+				sb_grow(out, CH_ENCODE_CHUNK);
+			z.next_out = (Bytef *)out->buf + out->len;
+			z.avail_out = (uInt)(out->cap - 1 - out->len);
+			zr = deflate(&z, flush);
+			out->len = (size_t)((char *)z.next_out - out->buf);
+		} while (zr != Z_STREAM_ERROR && z.avail_out == 0);
+	} while (zr != Z_STREAM_ERROR && flush != Z_FINISH);
+	if (zr != Z_STREAM_END)
+		rc = -EIO;
 	deflateEnd(&z);
-	return rc == Z_STREAM_END ? 0 : -EIO;
+	sb_free(&raw);
+	return rc;
 }
 
-/* One INSERT of rows idx[0..n) (all in one hour partition), RowBinary, gzip. */
+/* One INSERT of rows idx[0..n) (all in one hour partition): RowBinary, gzip, one block. */
 static int ch_insert_part(struct ch_store *s, const char *db, const char *batch_id,
 			  const struct profile_row *rows, const size_t *idx, size_t n)
 {
-	struct strbuf raw = STRBUF_INIT, gz = STRBUF_INIT, params = STRBUF_INIT, q = STRBUF_INIT;
+	struct strbuf gz = STRBUF_INIT, params = STRBUF_INIT, q = STRBUF_INIT;
 	struct httpc_resp r = {0};
 	struct ch_call c = {0};
 	int rc;
 
-	for (size_t i = 0; i < n; i++)
-		ch_encode_row(&raw, &rows[idx[i]], batch_id);
-	rc = ch_gzip(raw.buf, raw.len, &gz);
-	if (rc < 0)
+	rc = ch_encode_gzip(rows, idx, n, batch_id, &gz);
+	if (rc < 0) {
+		snprintf(s->base.errmsg, sizeof(s->base.errmsg), "gzip of %zu rows failed", n);
 		goto out;
+	}
 	sb_printf(&q, "INSERT INTO `%s`.in_process (", db);
 	for (size_t i = 0; i < CH_NCOLS; i++)
 		sb_printf(&q, "%s%s", i ? ", " : "", ch_cols[i].name);
@@ -799,104 +805,92 @@ static int ch_insert_part(struct ch_store *s, const char *db, const char *batch_
 	rc = ch_http(s, &c, &r, s->base.errmsg, sizeof(s->base.errmsg));
 out:
 	sb_free(&r.body);
-	sb_free(&raw);
 	sb_free(&gz);
 	sb_free(&params);
 	sb_free(&q);
 	return rc;
 }
 
-static int ch_mark_batch(struct ch_store *s, const char *db, const char *batch_id, int state,
-			 size_t n)
+static const char *ch_nz(const char *s)
 {
-	struct strbuf sql = STRBUF_INIT;
-	int rc;
-
-	sb_printf(&sql, "INSERT INTO `%s`.batches (batch_id, state, rows, inserted) VALUES (", db);
-	ch_quote_str(&sql, batch_id);
-	sb_printf(&sql, ", %d, %zu, now())", state, n);
-	rc = ch_exec(s, sql.buf, NULL, s->base.errmsg, sizeof(s->base.errmsg));
-	sb_free(&sql);
-	return rc;
+	return s ? s : "";
 }
 
-/* 0: never seen, 1: pending (an attempt started), 2: done. Or a negative errno. */
-static int ch_batch_state(struct ch_store *s, const char *db, const char *batch_id)
+/*
+ * Order of a batch's rows: UTC hour (one INSERT each), then stack, then time. Rows with the same
+ * stack side by side let gzip replace each repeat by a few back-references (a stack is often
+ * longer than deflate's 32 KiB window holds between its repeats in arrival order); ingest gives
+ * the rows of one stack the same string, so most comparisons end at the pointer test.
+ */
+static int ch_cmp_row(const void *a, const void *b, void *arg)
 {
-	struct strbuf sql = STRBUF_INIT, out = STRBUF_INIT;
-	int rc;
+	const struct profile_row *ra = (const struct profile_row *)arg + *(const size_t *)a;
+	const struct profile_row *rb = (const struct profile_row *)arg + *(const size_t *)b;
+	int64_t ha = ra->time / 3600, hb = rb->time / 3600;
+	int c;
 
-	sb_printf(&sql, "SELECT max(state) FROM `%s`.batches WHERE batch_id = ", db);
-	ch_quote_str(&sql, batch_id);
-	rc = ch_exec(s, sql.buf, &out, s->base.errmsg, sizeof(s->base.errmsg));
-	if (rc == 0)
-		rc = (int)strtol(out.buf, NULL, 10);
-	sb_free(&sql);
-	sb_free(&out);
-	return rc;
+	if (ha != hb)
+		return ha < hb ? -1 : 1;
+	if (ra->profile_location_str != rb->profile_location_str) {
+		c = strcmp(ch_nz(ra->profile_location_str), ch_nz(rb->profile_location_str));
+		if (c)
+			return c;
+	}
+	return ra->time < rb->time ? -1 : ra->time > rb->time;
 }
 
-struct ch_hour_count {
-	int64_t hour;
-	uint64_t count;
-};
-
-/* Rows of batch_id already in in_process, per hour within [tmin, tmax]. */
-static int ch_batch_hours(struct ch_store *s, const char *db, const char *batch_id, int64_t tmin,
-			  int64_t tmax, struct ch_hour_count **out, size_t *nout)
+/*
+ * Which hours of the batch are already stored (an earlier attempt wrote them): present[g] = 1
+ * for hour group g, whose rows are idx[first[g] .. first[g + 1]). Each hour was one atomic INSERT, so one row of it tells about all of it;
+ * the probe looks for the batch id at the exact sort key of the group's first row, which the
+ * primary key narrows to a granule or two per part.
+ */
+static int ch_probe_hours(struct ch_store *s, const char *db, const char *batch_id,
+			  const struct profile_row *rows, const size_t *idx, const size_t *first,
+			  size_t ngroups, int *present)
 {
 	struct strbuf sql = STRBUF_INIT, body = STRBUF_INIT;
-	struct ch_hour_count *hc = NULL;
-	size_t n = 0, cap = 0;
 	char *line, *save = NULL;
 	int rc;
 
 	sb_printf(&sql, "SELECT toUInt32(toStartOfHour(time)) AS h, count() FROM `%s`.in_process"
-			" WHERE time >= toDateTime(%" PRId64 ") AND time <= toDateTime(%" PRId64 ")"
-			" AND batch_id = ",
-		  db, tmin, tmax);
+			" WHERE (",
+		  db);
+	for (size_t g = 0; g < ngroups; g++) {
+		const struct profile_row *r = &rows[idx[first[g]]];
+
+		sb_puts(&sql, g ? " OR (app_service = " : "(app_service = ");
+		ch_quote_str(&sql, r->app_service);
+		sb_puts(&sql, " AND profile_language_type = ");
+		ch_quote_str(&sql, r->profile_language_type);
+		sb_puts(&sql, " AND profile_event_type = ");
+		ch_quote_str(&sql, r->profile_event_type);
+		sb_printf(&sql, " AND time = toDateTime(%" PRId64 "))", r->time);
+	}
+	sb_puts(&sql, ") AND batch_id = ");
 	ch_quote_str(&sql, batch_id);
 	sb_puts(&sql, " GROUP BY h FORMAT TabSeparated");
 	rc = ch_exec(s, sql.buf, &body, s->base.errmsg, sizeof(s->base.errmsg));
 	for (line = rc == 0 ? strtok_r(body.buf, "\n", &save) : NULL; line;
 	     line = strtok_r(NULL, "\n", &save)) {
-		char *tab;
+		int64_t hour = strtoll(line, NULL, 10);
 
-		if (n == cap) {
-			cap = cap ? cap * 2 : 8;
-			hc = realloc(hc, cap * sizeof(*hc));
-			if (!hc)
-				abort();
-		}
-		hc[n].hour = strtoll(line, &tab, 10);
-		hc[n].count = strtoull(tab, NULL, 10);
-		n++;
+		for (size_t g = 0; g < ngroups; g++)
+			if (rows[idx[first[g]]].time / 3600 * 3600 == hour)
+				present[g] = 1;
 	}
-	*out = hc;
-	*nout = n;
 	sb_free(&sql);
 	sb_free(&body);
 	return rc;
-}
-
-static int ch_cmp_hour(const void *a, const void *b, void *arg)
-{
-	const struct profile_row *rows = arg;
-	int64_t ha = rows[*(const size_t *)a].time / 3600;
-	int64_t hb = rows[*(const size_t *)b].time / 3600;
-
-	return ha < hb ? -1 : ha > hb;
 }
 
 static int ch_insert(struct store *base, int org, const char *batch_id,
 		     const struct profile_row *rows, size_t n, int *duplicate)
 {
 	struct ch_store *s = (struct ch_store *)base;
-	struct ch_hour_count *have = NULL;
-	size_t nhave = 0, *idx = NULL, written = 0;
+	size_t *idx = NULL, *first = NULL, ngroups = 0, skipped = 0;
 	char db[CH_DB_NAME_MAX + 8];
-	int64_t tmin = INT64_MAX, tmax = 0;
-	int state, rc;
+	int *present = NULL, rc;
 
 	if (!batch_id || !*batch_id || strlen(batch_id) > CH_MAX_BATCH_ID) {
 		snprintf(base->errmsg, sizeof(base->errmsg), "batch id must be 1..%d bytes",
@@ -912,82 +906,55 @@ static int ch_insert(struct store *base, int org, const char *batch_id,
 		rc = ch_validate_row(s, &rows[i], i);
 		if (rc < 0)
 			return rc;
-		tmin = rows[i].time < tmin ? rows[i].time : tmin;
-		tmax = rows[i].time > tmax ? rows[i].time : tmax;
 	}
+	if (n == 0)
+		return 0;
 	rc = ch_ensure_schema(s, org, base->errmsg, sizeof(base->errmsg));
 	if (rc < 0)
 		return rc == -ENOENT ? -EAGAIN : rc;
 	ch_org_db(s, org, db, sizeof(db));
 
-	state = ch_batch_state(s, db, batch_id);
-	if (state < 0) {
-		rc = state;
-		goto fail;
+	idx = malloc(n * sizeof(*idx));
+	first = malloc((n + 1) * sizeof(*first));
+	present = calloc(n, sizeof(*present));
+	if (!idx || !first || !present) {
+		rc = -ENOMEM;
+		goto out;
 	}
-	if (state >= 2) {
-		*duplicate = 1;
-		return 0;
-	}
-	if (state == 1 && n) {
-		rc = ch_batch_hours(s, db, batch_id, tmin, tmax, &have, &nhave);
-		if (rc < 0)
-			goto fail;
-	} else if (state == 0) {
-		rc = ch_mark_batch(s, db, batch_id, 1, n);
-		if (rc < 0)
-			goto fail;
-	}
-
-	idx = malloc((n ? n : 1) * sizeof(*idx));
-	if (!idx)
-		return -ENOMEM;
 	for (size_t i = 0; i < n; i++)
 		idx[i] = i;
-	qsort_r(idx, n, sizeof(*idx), ch_cmp_hour, (void *)rows);
+	qsort_r(idx, n, sizeof(*idx), ch_cmp_row, (void *)rows);
+	for (size_t i = 0; i < n; i++)
+		if (i == 0 || rows[idx[i]].time / 3600 != rows[idx[i - 1]].time / 3600)
+			first[ngroups++] = i;
+	first[ngroups] = n;
 
-	for (size_t i = 0, j; i < n; i = j) {
-		int64_t hour = rows[idx[i]].time / 3600;
-		uint64_t present = 0;
-
-		for (j = i; j < n && rows[idx[j]].time / 3600 == hour; j++)
-			;
-		for (size_t h = 0; h < nhave; h++)
-			if (have[h].hour == hour * 3600)
-				present = have[h].count;
-		if (present == j - i)
-			continue; /* written by an earlier attempt */
-		if (present) {
-			/* cannot happen with one part per INSERT; refuse rather than guess */
-			snprintf(base->errmsg, sizeof(base->errmsg),
-				 "batch %s: hour %" PRId64 " holds %" PRIu64 " of %zu rows", batch_id,
-				 hour * 3600, present, j - i);
-			log_error("%s", base->errmsg);
-			rc = -EIO;
-			goto fail;
-		}
-		rc = ch_insert_part(s, db, batch_id, rows, idx + i, j - i);
-		if (rc < 0)
-			goto fail;
-		written += j - i;
-	}
-	rc = ch_mark_batch(s, db, batch_id, 2, n);
+	rc = ch_probe_hours(s, db, batch_id, rows, idx, first, ngroups, present);
 	if (rc < 0)
 		goto fail;
-	if (state == 1 && written == 0)
-		*duplicate = 1;
-	free(idx);
-	free(have);
-	return 0;
+	for (size_t g = 0; g < ngroups; g++) {
+		if (present[g]) {
+			skipped++; /* written by an earlier attempt */
+			continue;
+		}
+		rc = ch_insert_part(s, db, batch_id, rows, idx + first[g], first[g + 1] - first[g]);
+		if (rc < 0)
+			goto fail;
+	}
+	*duplicate = skipped == ngroups;
+	rc = 0;
+	goto out;
 fail:
-	free(idx);
-	free(have);
 	if (rc == -ENOENT) {
 		/* someone dropped the database or a table: recreate it on the next attempt */
 		ch_forget_schema(s, org);
 		rc = -EAGAIN;
 	}
 	log_warn("insert of batch %s (org %d, %zu rows): %s", batch_id, org, n, base->errmsg);
+out:
+	free(idx);
+	free(first);
+	free(present);
 	return rc;
 }
 
@@ -1388,14 +1355,15 @@ static int ch_health(struct store *base, char *err, size_t errlen)
 		rc = -EIO;
 	}
 	sb_free(&out);
+	/* healthy means ready to write: version known, schema of organisation 1 in place */
 	if (rc == 0)
-		rc = ch_detect_version(s, err, errlen);
+		rc = ch_ensure_schema(s, 1, err, errlen);
 	return rc;
 }
 
 /*
- * On servers without TTL: drop every hour partition of in_process (and day partition of
- * batches) that ended before now - retention, in the main database and every organisation's.
+ * On servers without TTL: drop every hour partition of in_process that ended before
+ * now - retention, in the main database and every organisation's.
  */
 static void ch_drop_expired(struct ch_store *s)
 {
@@ -1405,7 +1373,7 @@ static void ch_drop_expired(struct ch_store *s)
 
 	sb_printf(&pattern, "^([0-9]{4}_)?%s$", s->db);
 	sb_puts(&sql, "SELECT database, table, partition_id FROM system.parts WHERE active"
-		      " AND table IN ('in_process', 'batches') AND match(database, ");
+		      " AND table = 'in_process' AND match(database, ");
 	ch_quote_str(&sql, pattern.buf);
 	sb_puts(&sql, ") GROUP BY database, table, partition_id FORMAT TabSeparated");
 	if (ch_exec(s, sql.buf, &body, err, sizeof(err)) < 0) {
@@ -1414,15 +1382,14 @@ static void ch_drop_expired(struct ch_store *s)
 	}
 	for (line = strtok_r(body.buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		char db[CH_DB_NAME_MAX + 8], table[16], id[32], *end;
-		int64_t start, span;
+		int64_t start;
 
 		if (sscanf(line, "%65[^\t]\t%15[^\t]\t%31s", db, table, id) != 3)
 			continue;
 		start = strtoll(id, &end, 10);
 		if (*end || end == id)
 			continue; /* not a partitioning ember made */
-		span = strcmp(table, "batches") == 0 ? 86400 : 3600;
-		if (start + span > cutoff)
+		if (start + 3600 > cutoff)
 			continue;
 		sb_reset(&sql);
 		sb_printf(&sql, "ALTER TABLE `%s`.%s DROP PARTITION ID '%s'", db, table, id);
@@ -1616,13 +1583,12 @@ int store_clickhouse_open(const char *url, struct store **out, char *err, size_t
 		return rc;
 	}
 	ch_features_of(18, 16, &s->feat);
-	/* Unreachable is not fatal (store.h): health says why, and writes answer -EAGAIN. */
+	/*
+	 * Neither an unreachable server nor refused credentials is fatal (store.h): the server
+	 * starts, health says why, writes answer -EAGAIN/-EACCES, and the schema is created on the
+	 * first call that gets through (a user created later, a ClickHouse started later).
+	 */
 	rc = ch_ensure_schema(s, 1, herr, sizeof(herr));
-	if (rc == -EACCES || rc == -EIO) {
-		snprintf(err, errlen, "%s", herr);
-		ch_close(&s->base);
-		return rc;
-	}
 	if (rc < 0)
 		log_warn("%s (will retry)", herr);
 	if (s->retention_s > 0) {

@@ -2,12 +2,16 @@
 # clickhouse.sh — run a private, throw-away ClickHouse server for tests and benches.
 #
 # Source it, then:
-#   ch_start    pick two free loopback ports, write a minimal config (users: `default` without a
+#   ch_start [HTTP_PORT]
+#               pick two free loopback ports (or use HTTP_PORT for HTTP: a test that started a
+#               client before the server), write a minimal config (users: `default` without a
 #               password, `ember` with password `secret`), start clickhouse-server in the
 #               background on a temp data dir, wait (bounded) until `SELECT 1` answers over HTTP.
 #               Exports CH_HTTP_PORT, CH_TCP_PORT, CH_URL (clickhouse://127.0.0.1:PORT), CH_DIR,
 #               CH_PID. Exits 77 (skip) when no clickhouse-server binary exists; returns 1 if the
 #               server does not come up (its log is printed).
+#               CH_QUERY_LOG=1 turns on system.query_log (per-statement times, for benches).
+#   ch_free_port  print a loopback port nobody listens on now.
 #   ch_stop     stop the server (SIGTERM, then SIGKILL) and remove the data dir.
 # The server's pid is kept in $CH_DIR/server.pid, so a process that only inherited CH_DIR (a test
 # program running `bash -c 'source clickhouse.sh; ch_restart'`) can kill and restart it too.
@@ -43,7 +47,17 @@ ch__free_port() {
 	done
 }
 
+ch_free_port() {
+	ch__free_port
+}
+
 ch__write_config() {
+	local query_log="" log_queries=""
+	if [ "${CH_QUERY_LOG:-0}" = 1 ]; then
+		query_log="<query_log><database>system</database><table>query_log</table>"
+		query_log="$query_log<flush_interval_milliseconds>1000</flush_interval_milliseconds></query_log>"
+		log_queries="<log_queries>1</log_queries>"
+	fi
 	mkdir -p "$CH_DIR/data/tmp" "$CH_DIR/data/user_files" "$CH_DIR/log" "$CH_DIR/format_schemas"
 	cat >"$CH_DIR/config.xml" <<XML
 <?xml version="1.0"?>
@@ -74,6 +88,7 @@ ch__write_config() {
     <mlock_executable>false</mlock_executable>
     <builtin_dictionaries_reload_interval>3600</builtin_dictionaries_reload_interval>
     <max_session_timeout>3600</max_session_timeout>
+    $query_log
     <default_session_timeout>60</default_session_timeout>
 </yandex>
 XML
@@ -84,6 +99,7 @@ XML
         <default>
             <max_memory_usage>2000000000</max_memory_usage>
             <load_balancing>random</load_balancing>
+            $log_queries
         </default>
     </profiles>
     <users>
@@ -160,7 +176,7 @@ ch__pid() {
 }
 
 ch_start() {
-	local bin attempt
+	local bin attempt fixed=${1:-}
 	if ! bin=$(ch__bin); then
 		echo "clickhouse-server not installed: skipping"
 		exit 77
@@ -168,7 +184,7 @@ ch_start() {
 	CH_DIR=$(mktemp -d /tmp/ember-ch.XXXXXX)
 	export CH_DIR
 	for attempt in 1 2 3; do
-		CH_HTTP_PORT=$(ch__free_port)
+		CH_HTTP_PORT=${fixed:-$(ch__free_port)}
 		CH_TCP_PORT=$(ch__free_port)
 		[ "$CH_HTTP_PORT" = "$CH_TCP_PORT" ] && continue
 		export CH_HTTP_PORT CH_TCP_PORT
@@ -179,7 +195,7 @@ ch_start() {
 			return 0
 		fi
 		kill -9 "$CH_PID" 2>/dev/null
-		echo "clickhouse: start attempt $attempt failed, retrying with other ports" >&2
+		echo "clickhouse: start attempt $attempt failed, retrying" >&2
 	done
 	return 1
 }

@@ -282,8 +282,8 @@ static void test_schema_idempotent(void **state)
 	NEED_SERVER();
 	s = open_db("ember_t_schema", NULL);
 	assert_string_equal(sql_text("SELECT count() FROM system.tables WHERE database ="
-				     " 'ember_t_schema' AND name IN ('in_process', 'batches')"),
-			    "2");
+				     " 'ember_t_schema' AND name = 'in_process'"),
+			    "1");
 	old = strncmp(sql_text("SELECT version()"), "18.", 3) == 0;
 	assert_string_equal(sql_text("SELECT type FROM system.columns WHERE database ="
 				     " 'ember_t_schema' AND table = 'in_process' AND name ="
@@ -461,15 +461,14 @@ static void test_duplicates_and_recovery(void **state)
 				     " ember_t_dup.in_process"),
 			    "3\t7");
 
-	/* an attempt that died after its rows, before the "done" marker */
-	sql_text("INSERT INTO ember_t_dup.batches VALUES ('dup-2', 1, 3, now())");
+	/* an attempt that died after its first hour's INSERT, before the second */
 	sql_text("INSERT INTO ember_t_dup.in_process (time, app_service, profile_location_str,"
 		 " profile_value, profile_event_type, profile_language_type, batch_id) VALUES"
 		 " (%d, 'svc', '[p] b', 10, 'on-cpu', 'eBPF', 'dup-2')",
 		 T0);
 	rows[0] = mkrow(T0, "svc", "[p] b", 10);
 	rows[1] = mkrow(T0 + 7200, "svc", "[p] b", 20);
-	/* hour T0 is complete (1 of 1); hour T0+7200 is missing: only it is written */
+	/* hour T0 is there; hour T0+7200 is missing: only it is written */
 	assert_int_equal(store_insert(s, 1, "dup-2", rows, 2, &dup), 0);
 	assert_int_equal(dup, 0);
 	assert_string_equal(sql_text("SELECT count(), sum(profile_value) FROM"
@@ -478,26 +477,45 @@ static void test_duplicates_and_recovery(void **state)
 	assert_int_equal(store_insert(s, 1, "dup-2", rows, 2, &dup), 0);
 	assert_int_equal(dup, 1);
 
-	/* an attempt that died after the pending marker, before any row */
-	sql_text("INSERT INTO ember_t_dup.batches VALUES ('dup-3', 1, 1, now())");
-	rows[0] = mkrow(T0, "svc", "[p] c", 11);
-	assert_int_equal(store_insert(s, 1, "dup-3", rows, 1, &dup), 0);
-	assert_int_equal(dup, 0);
+	/* another batch's rows at the same sort key do not count as this batch's */
+	rows[0] = mkrow(T0, "svc", "[p] b", 40);
+	insert_ok(s, 1, "dup-3", rows, 1);
 	assert_string_equal(sql_text("SELECT count(), sum(profile_value) FROM"
 				     " ember_t_dup.in_process WHERE batch_id = 'dup-3'"),
-			    "1\t11");
+			    "1\t40");
 
-	/* an attempt that died after all its rows: the retry is a duplicate */
-	sql_text("INSERT INTO ember_t_dup.batches VALUES ('dup-4', 1, 1, now())");
-	sql_text("INSERT INTO ember_t_dup.in_process (time, profile_value, batch_id) VALUES"
-		 " (%d, 13, 'dup-4')",
-		 T0);
-	rows[0] = mkrow(T0, "svc", "[p] d", 13);
-	assert_int_equal(store_insert(s, 1, "dup-4", rows, 1, &dup), 0);
-	assert_int_equal(dup, 1);
-	assert_string_equal(sql_text("SELECT count() FROM ember_t_dup.in_process WHERE batch_id"
-				     " = 'dup-4'"),
-			    "1");
+	/* a big batch over three hours, rows in no particular order: each hour once */
+	{
+		enum { BIG = 3000 };
+		struct profile_row *big = calloc(BIG, sizeof(*big));
+		static const char *const st[] = {"[p] x;a", "[p] x;b;c", "[p] x"};
+
+		assert_non_null(big);
+		for (int i = 0; i < BIG; i++)
+			big[i] = mkrow(T0 + (i * 7919) % (3 * 3600), i % 2 ? "svc" : "other",
+				       st[i % 3], i);
+		insert_ok(s, 1, "dup-4", big, BIG);
+		/* the middle hour's INSERT "was lost": the retry rewrites exactly that hour */
+		sql_text("ALTER TABLE ember_t_dup.in_process DELETE WHERE batch_id = 'dup-4' AND"
+			 " toStartOfHour(time) = toStartOfHour(toDateTime(%d))",
+			 T0 + 3600);
+		for (int i = 0; i < 600; i++) {
+			if (strcmp(sql_text("SELECT count() FROM system.mutations WHERE database ="
+					    " 'ember_t_dup' AND NOT is_done"),
+				   "0") == 0)
+				break;
+			usleep(100 * 1000);
+		}
+		assert_int_equal(store_insert(s, 1, "dup-4", big, BIG, &dup), 0);
+		assert_int_equal(dup, 0);
+		assert_int_equal(store_insert(s, 1, "dup-4", big, BIG, &dup), 0);
+		assert_int_equal(dup, 1);
+		assert_string_equal(sql_text("SELECT count(), sum(profile_value),"
+					     " uniqExact(time, app_service, profile_location_str)"
+					     " FROM ember_t_dup.in_process WHERE batch_id = 'dup-4'"),
+				    "3000\t4498500\t3000");
+		free(big);
+	}
 	store_close(s);
 }
 
@@ -673,7 +691,7 @@ static void test_injection_corpus(void **state)
 	assert_string_equal(sql_text("SELECT count() FROM ember_t_inj.in_process"), line);
 	assert_string_equal(sql_text("SELECT count() FROM system.tables WHERE database ="
 				     " 'ember_t_inj'"),
-			    "2");
+			    "1");
 	got_free(&g);
 	store_close(s);
 }
@@ -793,9 +811,21 @@ static void test_auth(void **state)
 	struct store *s;
 
 	NEED_SERVER();
+	struct profile_row r = mkrow(T0, "svc", "[p] a", 1);
+	struct store_query q = mkq(T0, T0, NULL);
+	struct got g = {0};
+	int dup;
+
+	/* wrong password: the store opens, and every call says why it cannot work */
 	snprintf(url, sizeof(url), "clickhouse://ember:wrong@127.0.0.1:%s/ember_t_auth", port);
-	assert_int_equal(store_open(url, &s, err, sizeof(err)), -EACCES);
+	assert_int_equal(store_open(url, &s, err, sizeof(err)), 0);
+	assert_int_equal(store_health(s, err, sizeof(err)), -EACCES);
 	assert_non_null(strstr(err, "authentication failed for user 'ember'"));
+	assert_int_equal(store_insert(s, 1, "auth-1", &r, 1, &dup), -EACCES);
+	assert_non_null(strstr(store_errmsg(s), "authentication failed for user 'ember'"));
+	assert_int_equal(query(s, 1, &q, &g, NULL), -EACCES);
+	assert_non_null(strstr(store_errmsg(s), "authentication failed for user 'ember'"));
+	store_close(s);
 	/* percent-encoded password */
 	snprintf(url, sizeof(url), "clickhouse://ember:%%73ecret@127.0.0.1:%s/ember_t_auth", port);
 	assert_int_equal(store_open(url, &s, err, sizeof(err)), 0);
