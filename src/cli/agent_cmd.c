@@ -26,6 +26,7 @@
 #include "agent/symbolize.h"
 #include "cli/cli.h"
 #include "cli/server_flags.h"
+#include "common/export.h"
 #include "common/log.h"
 
 enum agent_flag {
@@ -242,10 +243,12 @@ static void record_usage(FILE *f)
 {
 	fprintf(f,
 		"usage: ember record [-F HZ] [-d SECONDS] [-p PID | -- CMD ARGS...] [-o FILE]\n"
+		"                    [--format folded|svg|speedscope|pprof]\n"
 		"                    [--value samples|us] [--unwind dwarf|fp (default dwarf)]\n"
 		"Profiles one process (or runs CMD and profiles it) and writes folded stacks\n"
 		"('comm;frame;...;frame VALUE' lines, flamegraph.pl's input). Without -d it stops\n"
-		"when the process exits or on Ctrl-C.\n");
+		"when the process exits or on Ctrl-C. --format (default: from the -o name: .svg,\n"
+		".json = speedscope, .pb.gz/.pprof = pprof; else folded) picks another output.\n");
 }
 
 /* Starts CMD held at a pipe until sampling runs; returns its pid or -errno. */
@@ -274,6 +277,54 @@ static pid_t record_spawn(char **argv, int *go_fd)
 	return pid;
 }
 
+static enum export_format record_format_from_name(const char *path)
+{
+	size_t n = strlen(path);
+	static const struct {
+		const char *suffix;
+		enum export_format fmt;
+	} by_suffix[] = {{".svg", EXPORT_SVG}, {".json", EXPORT_SPEEDSCOPE},
+			 {".pb.gz", EXPORT_PPROF}, {".pprof", EXPORT_PPROF}};
+
+	for (size_t i = 0; i < sizeof(by_suffix) / sizeof(by_suffix[0]); i++) {
+		size_t k = strlen(by_suffix[i].suffix);
+
+		if (n > k && strcmp(path + n - k, by_suffix[i].suffix) == 0)
+			return by_suffix[i].fmt;
+	}
+	return EXPORT_FOLDED;
+}
+
+/* The recorded stacks in the chosen format: folded text first, converted when asked. */
+static int record_write(struct aggregate *agg, enum export_format fmt, enum aggregate_value unit,
+			int frequency, const char *title, FILE *out)
+{
+	struct export_opts eo = {
+		.title = title,
+		.unit = unit == AGGREGATE_VALUE_US ? "microseconds" : "samples",
+		.period = 1000000 / frequency,
+	};
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *mem;
+	int rc;
+
+	if (fmt == EXPORT_FOLDED)
+		return aggregate_write_folded(agg, out, unit);
+	mem = open_memstream(&buf, &len);
+	if (!mem)
+		return -ENOMEM;
+	rc = aggregate_write_folded(agg, mem, unit);
+	fclose(mem);
+	if (rc == 0)
+		rc = export_write_folded_text(fmt, &eo, buf, len, out, NULL);
+	if (rc < 0)
+		fprintf(stderr, "ember record: writing %s failed: %s\n", export_format_name(fmt),
+			strerror(-rc));
+	free(buf);
+	return rc;
+}
+
 int cli_record(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -283,6 +334,7 @@ int cli_record(int argc, char **argv)
 		{"output", required_argument, NULL, 'o'},
 		{"value", required_argument, NULL, 'v'},
 		{"unwind", required_argument, NULL, 'u'},
+		{"format", required_argument, NULL, 'f'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -300,6 +352,8 @@ int cli_record(int argc, char **argv)
 	int opt, go_fd = -1, ret = 1, status = 0, child_done = 0;
 	pid_t child = 0;
 	FILE *out = stdout;
+	enum export_format fmt = EXPORT_FOLDED;
+	int fmt_given = 0;
 
 	while ((opt = getopt_long(argc, argv, "+F:d:p:o:h", longopts, NULL)) != -1) {
 		switch (opt) {
@@ -337,10 +391,19 @@ int cli_record(int argc, char **argv)
 				return 2;
 			}
 			break;
+		case 'f':
+			if (export_parse_format(optarg, &fmt) < 0) {
+				fprintf(stderr, "ember record: --format is folded, svg, speedscope or pprof\n");
+				return 2;
+			}
+			fmt_given = 1;
+			break;
 		case 'h': record_usage(stdout); return 0;
 		default: record_usage(stderr); return 2;
 		}
 	}
+	if (!fmt_given && output)
+		fmt = record_format_from_name(output);
 	if ((pid != 0) == (optind < argc)) {
 		fprintf(stderr, "ember record: give either -p PID or -- CMD ARGS...\n");
 		record_usage(stderr);
@@ -395,7 +458,8 @@ int cli_record(int argc, char **argv)
 		out = stdout;
 		goto out;
 	}
-	if (aggregate_write_folded(agg, out, unit) < 0)
+	if (record_write(agg, fmt, unit, so.frequency, argv[optind] ? argv[optind] : "ember record",
+			 out) < 0)
 		goto out;
 	{
 		struct sampler_stats st;

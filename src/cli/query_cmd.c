@@ -12,10 +12,11 @@
 #include <time.h>
 
 #include "cli/cli.h"
+#include "common/export.h"
 #include "common/httpc.h"
 #include "common/strbuf.h"
 
-enum query_format { QF_TREE, QF_FOLDED, QF_JSON };
+enum query_format { QF_TREE, QF_FOLDED, QF_JSON, QF_EXPORT };
 
 struct qnode {
 	const char *label;
@@ -30,7 +31,8 @@ static void query_usage(FILE *f)
 		"usage: ember query --server URL --app-service NAME [--event-type on-cpu]\n"
 		"                   [--language eBPF] [--since 10m | --from T --to T]\n"
 		"                   [--tag-filter EXPR] [--max-kernel-depth D]\n"
-		"                   [--format tree|folded|json] [--min-percent P] [--org N]\n");
+		"                   [--format tree|folded|json|svg|speedscope|pprof]\n"
+		"                   [--min-percent P] [--org N] [-o FILE]\n");
 }
 
 /* The path of node i, root excluded, into sb. */
@@ -44,8 +46,10 @@ static void query_path(const struct qnode *nodes, long i, struct strbuf *sb)
 	sb_puts(sb, nodes[i].label);
 }
 
-static int query_print(json_t *result, enum query_format fmt, double min_percent)
+static int query_print(json_t *result, enum query_format fmt, enum export_format efmt,
+		       double min_percent, const char *title, const char *event, FILE *out)
 {
+	struct strbuf folded = STRBUF_INIT;
 	size_t n = json_array_size(result);
 	struct qnode *nodes = calloc(n ? n : 1, sizeof(*nodes));
 	json_t *ids = json_object();
@@ -77,16 +81,31 @@ static int query_print(json_t *result, enum query_format fmt, double min_percent
 		if (fmt == QF_TREE) {
 			if (pct < min_percent)
 				continue;
-			printf("%6.2f%% %12" PRId64 "  %*s%s\n", pct, nodes[i].total,
-			       nodes[i].depth * 2, "", nodes[i].label ? nodes[i].label : "");
+			fprintf(out, "%6.2f%% %12" PRId64 "  %*s%s\n", pct, nodes[i].total,
+				nodes[i].depth * 2, "", nodes[i].label ? nodes[i].label : "");
 		} else if (nodes[i].self > 0 && i > 0) {
 			struct strbuf sb = STRBUF_INIT;
 
 			query_path(nodes, (long)i, &sb);
-			printf("%s %" PRId64 "\n", sb.buf, nodes[i].self);
+			sb_printf(&folded, "%s %" PRId64 "\n", sb.buf, nodes[i].self);
 			sb_free(&sb);
 		}
 	}
+	if (fmt == QF_FOLDED) {
+		fwrite(folded.buf ? folded.buf : "", 1, folded.len, out);
+	} else if (fmt == QF_EXPORT) {
+		struct export_opts eo = {
+			.title = title,
+			.unit = strncmp(event, "mem-", 4) == 0 ? "bytes" : "microseconds",
+		};
+		int rc = export_write_folded_text(efmt, &eo, folded.buf ? folded.buf : "",
+						  folded.len, out, NULL);
+
+		if (rc < 0)
+			fprintf(stderr, "ember query: writing %s failed: %s\n",
+				export_format_name(efmt), strerror(-rc));
+	}
+	sb_free(&folded);
 	json_decref(ids);
 	free(nodes);
 	return 0;
@@ -104,15 +123,19 @@ int cli_query(int argc, char **argv)
 		{"to", required_argument, NULL, 'T'},
 		{"tag-filter", required_argument, NULL, 'f'},
 		{"max-kernel-depth", required_argument, NULL, 'k'},
-		{"format", required_argument, NULL, 'o'},
+		{"format", required_argument, NULL, 'r'},
 		{"min-percent", required_argument, NULL, 'm'},
 		{"org", required_argument, NULL, 'g'},
+		{"output", required_argument, NULL, 'o'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
 	const char *server = NULL, *app = NULL, *event = "on-cpu", *lang = "eBPF", *filter = "";
 	int64_t since = 600, from = 0, to = 0, kdepth = -1, org = 1;
 	enum query_format fmt = QF_TREE;
+	enum export_format efmt = EXPORT_FOLDED;
+	const char *output = NULL;
+	FILE *out = stdout;
 	double min_percent = 0;
 	struct strbuf body = STRBUF_INIT;
 	struct httpc_resp resp = {0};
@@ -121,7 +144,7 @@ int cli_query(int argc, char **argv)
 	json_error_t jerr;
 	int opt, ret = 1;
 
-	while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+	while ((opt = getopt_long(argc, argv, "ho:", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 's': server = optarg; break;
 		case 'a': app = optarg; break;
@@ -147,15 +170,18 @@ int cli_query(int argc, char **argv)
 				return 2;
 			}
 			break;
-		case 'o':
+		case 'r':
 			if (strcmp(optarg, "tree") == 0)
 				fmt = QF_TREE;
 			else if (strcmp(optarg, "folded") == 0)
 				fmt = QF_FOLDED;
 			else if (strcmp(optarg, "json") == 0)
 				fmt = QF_JSON;
+			else if (export_parse_format(optarg, &efmt) == 0)
+				fmt = QF_EXPORT;
 			else {
-				fprintf(stderr, "ember query: --format is tree, folded or json\n");
+				fprintf(stderr, "ember query: --format is tree, folded, json, svg, "
+						"speedscope or pprof\n");
 				return 2;
 			}
 			break;
@@ -166,6 +192,7 @@ int cli_query(int argc, char **argv)
 				return 2;
 			}
 			break;
+		case 'o': output = optarg; break;
 		case 'h': query_usage(stdout); return 0;
 		default: query_usage(stderr); return 2;
 		}
@@ -203,9 +230,14 @@ int cli_query(int argc, char **argv)
 			goto out;
 		}
 	}
+	if (output && !(out = fopen(output, "w"))) {
+		fprintf(stderr, "ember query: cannot write %s: %s\n", output, strerror(errno));
+		out = stdout;
+		goto out;
+	}
 	if (fmt == QF_JSON) {
-		fwrite(resp.body.buf ? resp.body.buf : "", 1, resp.body.len, stdout);
-		putchar('\n');
+		fwrite(resp.body.buf ? resp.body.buf : "", 1, resp.body.len, out);
+		fputc('\n', out);
 		ret = resp.status == 200 ? 0 : 1;
 		goto out;
 	}
@@ -232,8 +264,12 @@ int cli_query(int argc, char **argv)
 		ret = 0;
 		goto out;
 	}
-	ret = query_print(json_object_get(root, "result"), fmt, min_percent) < 0 ? 1 : 0;
+	ret = query_print(json_object_get(root, "result"), fmt, efmt, min_percent, app, event, out) < 0
+		      ? 1
+		      : 0;
 out:
+	if (out != stdout)
+		fclose(out);
 	json_decref(root);
 	sb_free(&resp.body);
 	sb_free(&body);

@@ -125,6 +125,12 @@ sort "$FIX/worked-example.folded" | awk '{v=$NF; $NF=""; sub(/ $/, ""); s[$0]+=v
 check "query folded: the imported stacks back, duplicates summed" cmp -s "$E2E_TMP/q.folded" "$E2E_TMP/want.folded"
 "${Q[@]}" --format json > "$E2E_TMP/q.json"
 check "query json: the API's answer" [ "$(jq -r '.result[0].total_value' "$E2E_TMP/q.json")" = 50505 ]
+"${Q[@]}" --format speedscope -o "$E2E_TMP/q.speedscope.json" || fail "query speedscope"
+check "query --format speedscope: frames and weights add up to the total" [ "$(jq '[.profiles[0].weights[]] | add' "$E2E_TMP/q.speedscope.json")" = 50505 ]
+"${Q[@]}" --format svg -o "$E2E_TMP/q.svg" || fail "query svg"
+check "query --format svg: an SVG with the frames" bash -c "grep -q '<svg' '$E2E_TMP/q.svg' && grep -q 'tokio-runtime-w' '$E2E_TMP/q.svg'"
+"${Q[@]}" --format pprof -o "$E2E_TMP/q.pb.gz" || fail "query pprof"
+check "query --format pprof: gzip'ed protobuf naming the functions" bash -c "gzip -t '$E2E_TMP/q.pb.gz' && zcat '$E2E_TMP/q.pb.gz' | grep -aq main_loop"
 "${Q[@]}" --tag-filter 'nosuchfield = 1' 2>"$E2E_TMP/q.err" >/dev/null
 check "query with a bad filter: non-zero exit and the server's message" bash -c "[ $? -ne 0 ] && grep -q 'nosuchfield' '$E2E_TMP/q.err'"
 "$EMBER_BIN" query --server "$URL" --app-service deepflow-agent --since 10m --max-kernel-depth 0 --format folded > "$E2E_TMP/q0.folded" 2>/dev/null

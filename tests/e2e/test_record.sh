@@ -23,6 +23,10 @@ check "hot_b ~30% (±5)" within "$b" 25 35
 check "every line starts with the process and a [p] level (the pre-exec child is still 'ember')" bash -c "! grep -v '^cpu_split;\\[p\\] ' '$E2E_TMP/split.folded' | grep -q ."
 check "values are sample counts (integers > 0)" bash -c "awk '\$NF !~ /^[1-9][0-9]*$/ {bad=1} END {exit bad}' '$E2E_TMP/split.folded'"
 
+"$EMBER_BIN" record -F 99 -o "$E2E_TMP/split.svg" -- "$W/cpu_split" 1 >/dev/null || fail "record to svg"
+check "-o x.svg writes an SVG flame graph with the functions" bash -c "head -c 300 '$E2E_TMP/split.svg' | grep -q '<svg' && grep -q 'hot_a' '$E2E_TMP/split.svg'"
+"$EMBER_BIN" record -F 99 --format speedscope -o "$E2E_TMP/split.out" -- "$W/cpu_split" 1 >/dev/null || fail "record speedscope"
+check "--format speedscope: valid speedscope JSON" bash -c "jq -e '.profiles[0].type == \"sampled\" and (.shared.frames | map(.name) | index(\"hot_a\"))' '$E2E_TMP/split.out' >/dev/null"
 "$EMBER_BIN" record -F 99 --value us -o "$E2E_TMP/us.folded" -- "$W/cpu_split" 1 >/dev/null || fail "record --value us"
 check "--value us: multiples of 10101 µs" bash -c "awk '\$NF % 10101 {bad=1} END {exit bad}' '$E2E_TMP/us.folded'"
 
