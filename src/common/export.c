@@ -1,8 +1,12 @@
 /*
- * export — see export.h. Every format but folded first interns the frames in one open-addressing
- * table keyed by (parent, name): with parent = EX_NONE it deduplicates frame names (speedscope,
- * pprof), with parent = the previous frame's node it is the flame-graph trie (svg). Names are
- * never copied: nodes point into the caller's stacks, which outlive the call.
+ * export — see export.h. speedscope and pprof intern the frame names in an open-addressing table
+ * (names are not copied: they point into the caller's stacks, which outlive the call).
+ *
+ * The SVG needs no tree in memory: the stacks are sorted frame by frame (flamegraph.pl sorts its
+ * input the same way), so the stacks through any one frame are adjacent and a frame's width is
+ * known when the first following stack leaves it. One walk with an open-frame stack of
+ * EXPORT_MAX_DEPTH entries lays out every frame; it runs twice, first to learn the height and
+ * the omitted count the header needs, then to write. Memory: one index per stack.
  *
  * Output goes through a strbuf flushed to the FILE every EX_CHUNK bytes, except pprof, whose
  * protobuf is built whole (lengths precede nested messages) and then gzip'ed with zlib.
@@ -21,18 +25,13 @@
 #include "common/log.h"
 #include "common/strbuf.h"
 
-#define EX_NONE UINT32_MAX
 #define EX_CHUNK (64u << 10)
 #define EX_MIN_SLOTS 1024u
 
 struct ex_node {
 	const char *name;
 	uint32_t len;
-	uint32_t parent; /* EX_NONE: a frame, or a first-level flame-graph node */
 	uint32_t hash;
-	uint32_t depth; /* svg: 1 for first-level nodes (the "all" root is depth 0) */
-	int64_t total;	/* svg: sum of the values of the stacks through this node */
-	double x;	/* svg: left edge, in value units from the left of "all" */
 };
 
 struct ex_table {
@@ -47,9 +46,9 @@ static int64_t ex_add_sat(int64_t a, int64_t b)
 	return a > INT64_MAX - b ? INT64_MAX : a + b;
 }
 
-static uint32_t ex_hash(uint32_t parent, const char *s, size_t len)
+static uint32_t ex_hash(const char *s, size_t len)
 {
-	uint32_t h = 2166136261u ^ (parent * 0x9e3779b1u);
+	uint32_t h = 2166136261u;
 
 	for (size_t i = 0; i < len; i++) {
 		h ^= (unsigned char)s[i];
@@ -84,11 +83,10 @@ static int ex_table_rehash(struct ex_table *t)
 	return 0;
 }
 
-/* *id = the node (parent, s[0..len)), added when new. 0, -E2BIG or -ENOMEM. */
-static int ex_table_get(struct ex_table *t, uint32_t parent, const char *s, size_t len,
-			uint32_t *id)
+/* *id = the index of frame s[0..len), added when new. 0, -E2BIG or -ENOMEM. */
+static int ex_table_get(struct ex_table *t, const char *s, size_t len, uint32_t *id)
 {
-	uint32_t h = ex_hash(parent, s, len);
+	uint32_t h = ex_hash(s, len);
 	struct ex_node *nd;
 	size_t i;
 
@@ -96,8 +94,7 @@ static int ex_table_get(struct ex_table *t, uint32_t parent, const char *s, size
 		return -ENOMEM;
 	for (i = h & (t->nslots - 1); t->slots[i]; i = (i + 1) & (t->nslots - 1)) {
 		nd = &t->nodes[t->slots[i] - 1];
-		if (nd->hash == h && nd->parent == parent && nd->len == len &&
-		    memcmp(nd->name, s, len) == 0) {
+		if (nd->hash == h && nd->len == len && memcmp(nd->name, s, len) == 0) {
 			*id = t->slots[i] - 1;
 			return 0;
 		}
@@ -114,24 +111,18 @@ static int ex_table_get(struct ex_table *t, uint32_t parent, const char *s, size
 		t->cap = cap;
 	}
 	nd = &t->nodes[t->n];
-	*nd = (struct ex_node){.name = s, .len = (uint32_t)len, .parent = parent, .hash = h};
-	if (parent != EX_NONE)
-		nd->depth = t->nodes[parent].depth + 1;
-	else
-		nd->depth = 1;
+	*nd = (struct ex_node){.name = s, .len = (uint32_t)len, .hash = h};
 	t->slots[i] = (uint32_t)t->n + 1;
 	*id = (uint32_t)t->n++;
 	return 0;
 }
 
 /*
- * Interns the frames of one stack, root first, into ids[0..EXPORT_MAX_DEPTH). As a trie path
- * (each frame's parent is the one before) when tree, else as independent names.
+ * Interns the frames of one stack, root first, into ids[0..EXPORT_MAX_DEPTH).
  * Returns the number of frames, or -E2BIG / -ENOMEM.
  */
-static int ex_intern_stack(struct ex_table *t, bool tree, const char *s, size_t len, uint32_t *ids)
+static int ex_intern_stack(struct ex_table *t, const char *s, size_t len, uint32_t *ids)
 {
-	uint32_t parent = EX_NONE;
 	size_t depth = 0, start = 0;
 
 	for (size_t i = 0; i <= len; i++) {
@@ -141,10 +132,9 @@ static int ex_intern_stack(struct ex_table *t, bool tree, const char *s, size_t 
 			continue;
 		if (depth == EXPORT_MAX_DEPTH)
 			return -E2BIG;
-		rc = ex_table_get(t, tree ? parent : EX_NONE, s + start, i - start, &ids[depth]);
+		rc = ex_table_get(t, s + start, i - start, &ids[depth++]);
 		if (rc < 0)
 			return rc;
-		parent = ids[depth++];
 		start = i + 1;
 	}
 	return (int)depth;
@@ -311,7 +301,7 @@ static void svg_label(struct strbuf *sb, const char *s, size_t len, double w)
  */
 static void svg_color(struct strbuf *sb, const char *s, size_t len, bool root)
 {
-	uint32_t h = ex_hash(0, s, len);
+	uint32_t h = ex_hash(s, len);
 	double v1 = (h & 0xff) / 255.0, v2 = ((h >> 8) & 0xff) / 255.0;
 	int r, g, b;
 
@@ -383,93 +373,156 @@ static const char svg_script[] =
     " document.getElementById('matched').textContent=q===''?' ':"
     "'Matched: '+(100*m/W).toFixed(1)+'%'}\n";
 
-static int svg_cmp(const void *a, const void *b, void *arg)
-{
-	const struct ex_node *nodes = arg;
-	const struct ex_node *x = &nodes[*(const uint32_t *)a], *y = &nodes[*(const uint32_t *)b];
-	/* EX_NONE + 1 wraps to 0: first-level nodes sort first */
-	uint32_t px = x->parent + 1, py = y->parent + 1;
-	int c;
-
-	if (px != py)
-		return px < py ? -1 : 1;
-	c = memcmp(x->name, y->name, x->len < y->len ? x->len : y->len);
-	if (c)
-		return c;
-	return x->len < y->len ? -1 : x->len > y->len;
-}
+struct svg_in {
+	const char *const *stacks;
+	const size_t *lens;
+};
 
 /*
- * Lays the trie out like flamegraph.pl: siblings left to right in byte order of their names.
- * Sorted by (parent, name), the groups come parents first (a parent is always created before
- * its children), so each group starts at its parent's already known x.
+ * Frame by frame, each frame's names in byte order with a name before its extensions ("a" <
+ * "a b"): ';' sorts below every byte and the end of the stack below ';'.
  */
-static int svg_layout(struct ex_table *t)
+static int svg_cmp(const void *a, const void *b, void *arg)
 {
-	uint32_t *order = malloc((t->n ? t->n : 1) * sizeof(*order));
-	uint32_t group = EX_NONE;
-	double cur = 0;
+	const struct svg_in *in = arg;
+	size_t i = *(const size_t *)a, j = *(const size_t *)b;
+	const unsigned char *x = (const unsigned char *)in->stacks[i];
+	const unsigned char *y = (const unsigned char *)in->stacks[j];
 
-	if (!order)
-		return -ENOMEM;
-	for (size_t i = 0; i < t->n; i++)
-		order[i] = (uint32_t)i;
-	qsort_r(order, t->n, sizeof(*order), svg_cmp, t->nodes);
-	for (size_t i = 0; i < t->n; i++) {
-		struct ex_node *nd = &t->nodes[order[i]];
+	for (size_t k = 0;; k++) {
+		int cx = k < in->lens[i] ? (x[k] == ';' ? 0 : x[k] + 1) : -1;
+		int cy = k < in->lens[j] ? (y[k] == ';' ? 0 : y[k] + 1) : -1;
 
-		if (i == 0 || nd->parent != group) {
-			group = nd->parent;
-			cur = group == EX_NONE ? 0 : t->nodes[group].x;
-		}
-		nd->x = cur;
-		cur += (double)nd->total;
+		if (cx != cy)
+			return cx < cy ? -1 : 1;
+		if (cx < 0)
+			return i < j ? -1 : i > j;
 	}
-	free(order);
+}
+
+/* The number of frames two stacks share from the root. */
+static size_t svg_common(const char *a, size_t la, const char *b, size_t lb)
+{
+	size_t i = 0, frames = 0, m = la < lb ? la : lb;
+
+	for (; i < m && a[i] == b[i]; i++)
+		if (a[i] == ';')
+			frames++;
+	/* the frame in progress is shared too when it ends in both */
+	if ((i == la || a[i] == ';') && (i == lb || b[i] == ';'))
+		frames++;
+	return frames;
+}
+
+struct svg_open {
+	const char *name;
+	size_t len;
+	int64_t start; /* left edge, in value units from the left of "all" */
+};
+
+struct svg_walk {
+	struct svg_open *open; /* [EXPORT_MAX_DEPTH] */
+	struct strbuf *sb;     /* NULL in the measuring pass */
+	FILE *out;
+	const char *unit;
+	int64_t total;
+	double scale, base; /* px per value unit; y of the "all" frame */
+	size_t max_depth, omitted;
+};
+
+/* Frame d (1-based depth) of the open stack ends at x = end. */
+static int svg_close(struct svg_walk *w, size_t d, int64_t end)
+{
+	const struct svg_open *f = &w->open[d - 1];
+	double width = (double)(end - f->start) * w->scale;
+
+	if (width < EXPORT_SVG_MIN_PX) {
+		w->omitted++;
+		return 0;
+	}
+	if (d > w->max_depth)
+		w->max_depth = d;
+	if (!w->sb)
+		return 0;
+	svg_frame(w->sb, f->name, f->len, false, end - f->start, w->total, w->unit,
+		  SVG_PAD + (double)f->start * w->scale, w->base - (double)d * SVG_FRAME_H, width);
+	return ex_flush(w->sb, w->out, false);
+}
+
+/* One pass over the stacks in order[0..n) (sorted by svg_cmp, empty stacks left out). */
+static int svg_walk(struct svg_walk *w, const struct svg_in *in, const int64_t *values,
+		    const size_t *order, size_t n)
+{
+	size_t depth = 0;
+	int64_t x = 0;
+	int rc;
+
+	w->max_depth = 0;
+	w->omitted = 0;
+	for (size_t k = 0; k < n; k++) {
+		size_t i = order[k], common = 0, frame = 0, start = 0;
+		const char *s = in->stacks[i];
+
+		if (k)
+			common = svg_common(in->stacks[order[k - 1]], in->lens[order[k - 1]], s,
+					    in->lens[i]);
+		for (; depth > common; depth--) {
+			rc = svg_close(w, depth, x);
+			if (rc < 0)
+				return rc;
+		}
+		for (size_t b = 0; b <= in->lens[i]; b++) {
+			if (b < in->lens[i] && s[b] != ';')
+				continue;
+			if (frame++ >= common) {
+				if (depth == EXPORT_MAX_DEPTH) {
+					log_error("stack %zu: more than %d frames", i,
+						  EXPORT_MAX_DEPTH);
+					return -E2BIG;
+				}
+				w->open[depth++] = (struct svg_open){s + start, b - start, x};
+			}
+			start = b + 1;
+		}
+		x = ex_add_sat(x, values[i]);
+	}
+	for (; depth > 0; depth--) {
+		rc = svg_close(w, depth, x);
+		if (rc < 0)
+			return rc;
+	}
 	return 0;
 }
 
 static int ex_write_svg(const struct export_opts *o, const char *unit, const char *const *stacks,
 			const size_t *lens, const int64_t *values, size_t n, FILE *out)
 {
-	struct ex_table t = {.max = o->max_frames};
-	struct strbuf sb = STRBUF_INIT;
-	uint32_t *ids = malloc(EXPORT_MAX_DEPTH * sizeof(*ids));
 	const double width = EXPORT_SVG_WIDTH - 2 * SVG_PAD;
-	int64_t total = 0;
-	size_t omitted = 0;
-	uint32_t max_depth = 0;
-	double scale, height, base;
-	int rc = 0;
+	struct svg_in in = {stacks, lens};
+	struct svg_walk w = {.out = out, .unit = unit};
+	struct strbuf sb = STRBUF_INIT;
+	size_t *order = malloc((n ? n : 1) * sizeof(*order)), m = 0;
+	double height;
+	int rc;
 
-	if (!ids)
-		return -ENOMEM;
+	w.open = malloc(EXPORT_MAX_DEPTH * sizeof(*w.open));
+	if (!order || !w.open) {
+		rc = -ENOMEM;
+		goto cleanup;
+	}
 	for (size_t i = 0; i < n; i++) {
-		int depth;
-
 		if (lens[i] == 0)
 			continue;
-		depth = ex_intern_stack(&t, true, stacks[i], lens[i], ids);
-		if (depth < 0) {
-			rc = ex_intern_err(depth, i, &t);
-			goto cleanup;
-		}
-		for (int d = 0; d < depth; d++)
-			t.nodes[ids[d]].total = ex_add_sat(t.nodes[ids[d]].total, values[i]);
-		total = ex_add_sat(total, values[i]);
+		order[m++] = i;
+		w.total = ex_add_sat(w.total, values[i]);
 	}
-	rc = svg_layout(&t);
+	qsort_r(order, m, sizeof(*order), svg_cmp, &in);
+	w.scale = w.total ? width / (double)w.total : 0;
+	rc = svg_walk(&w, &in, values, order, m);
 	if (rc < 0)
 		goto cleanup;
-	scale = total ? width / (double)total : 0;
-	for (size_t i = 0; i < t.n; i++) {
-		if ((double)t.nodes[i].total * scale < EXPORT_SVG_MIN_PX)
-			omitted++;
-		else if (t.nodes[i].depth > max_depth)
-			max_depth = t.nodes[i].depth;
-	}
-	height = SVG_TOP + (max_depth + 1) * SVG_FRAME_H + SVG_BOTTOM;
-	base = height - SVG_BOTTOM - SVG_FRAME_H; /* y of the "all" frame */
+	height = SVG_TOP + (double)(w.max_depth + 1) * SVG_FRAME_H + SVG_BOTTOM;
+	w.base = height - SVG_BOTTOM - SVG_FRAME_H;
 
 	sb_printf(&sb,
 		  "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"no\"?>\n"
@@ -495,30 +548,23 @@ static int ex_write_svg(const struct export_opts *o, const char *unit, const cha
 		  "<text id=\"matched\" class=\"r\" x=\"%d\" y=\"%.0f\"> </text>\n",
 		  SVG_PAD, EXPORT_SVG_WIDTH - SVG_PAD, SVG_PAD, height - 20,
 		  EXPORT_SVG_WIDTH - SVG_PAD, height - 6);
-	if (omitted)
+	if (w.omitted)
 		sb_printf(&sb,
 			  "<text id=\"omitted\" x=\"%d\" y=\"%.0f\">%zu frames narrower than "
 			  "%g px omitted</text>\n",
-			  SVG_PAD, height - 6, omitted, EXPORT_SVG_MIN_PX);
-	svg_frame(&sb, "all", 3, true, total, total, unit, SVG_PAD, base, total ? width : 0);
-	for (size_t i = 0; i < t.n && rc == 0; i++) {
-		const struct ex_node *nd = &t.nodes[i];
-		double w = (double)nd->total * scale;
-
-		if (w < EXPORT_SVG_MIN_PX)
-			continue;
-		svg_frame(&sb, nd->name, nd->len, false, nd->total, total, unit,
-			  SVG_PAD + nd->x * scale, base - nd->depth * SVG_FRAME_H, w);
-		rc = ex_flush(&sb, out, false);
-	}
+			  SVG_PAD, height - 6, w.omitted, EXPORT_SVG_MIN_PX);
+	svg_frame(&sb, "all", 3, true, w.total, w.total, unit, SVG_PAD, w.base,
+		  w.total ? width : 0);
+	w.sb = &sb;
+	rc = svg_walk(&w, &in, values, order, m);
 	if (rc == 0) {
 		sb_puts(&sb, "</svg>\n");
 		rc = ex_flush(&sb, out, true);
 	}
 cleanup:
-	free(ids);
+	free(order);
+	free(w.open);
 	sb_free(&sb);
-	ex_table_free(&t);
 	return rc;
 }
 
@@ -532,7 +578,7 @@ static int ex_intern_frames(struct ex_table *t, const char *const *stacks, const
 
 		if (lens[i] == 0)
 			continue;
-		depth = ex_intern_stack(t, false, stacks[i], lens[i], ids);
+		depth = ex_intern_stack(t, stacks[i], lens[i], ids);
 		if (depth < 0)
 			return ex_intern_err(depth, i, t);
 	}
@@ -582,14 +628,17 @@ static int ex_write_speedscope(const struct export_opts *o, const char *unit,
 		if (lens[i] == 0)
 			continue;
 		/* every frame is known: this only looks them up */
-		depth = ex_intern_stack(&t, false, stacks[i], lens[i], ids);
+		depth = ex_intern_stack(&t, stacks[i], lens[i], ids);
 		if (depth < 0) {
 			rc = depth;
 			break;
 		}
 		sb_puts(&sb, first ? "[" : ",[");
-		for (int d = 0; d < depth; d++)
-			sb_printf(&sb, d ? ",%u" : "%u", ids[d]);
+		for (int d = 0; d < depth; d++) {
+			if (d)
+				sb_putc(&sb, ',');
+			sb_put_i64(&sb, ids[d]);
+		}
 		sb_putc(&sb, ']');
 		first = false;
 		rc = ex_flush(&sb, out, false);
@@ -760,7 +809,7 @@ static int ex_write_pprof(const struct export_opts *o, const char *unit, const c
 
 		if (lens[i] == 0)
 			continue;
-		depth = ex_intern_stack(&t, false, stacks[i], lens[i], ids);
+		depth = ex_intern_stack(&t, stacks[i], lens[i], ids);
 		if (depth < 0) {
 			rc = depth;
 			goto cleanup;

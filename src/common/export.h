@@ -13,10 +13,11 @@
  * folded writes them as given. Frames are split as in the flame tree: "a;;b" has an empty middle
  * frame. The arrays are only read and need to live only during the call.
  *
- * Bounds: at most o->max_frames (0: EXPORT_DEFAULT_MAX_FRAMES) distinct frames (speedscope,
- * pprof) or flame-graph nodes (svg), and EXPORT_MAX_DEPTH frames per stack; beyond either the
- * call fails with -E2BIG. The SVG leaves out frames narrower than EXPORT_SVG_MIN_PX and says how
- * many in a note at its bottom.
+ * Bounds: EXPORT_MAX_DEPTH frames per stack, and for speedscope and pprof at most o->max_frames
+ * (0: EXPORT_DEFAULT_MAX_FRAMES) distinct frame names; beyond either the call fails with -E2BIG.
+ * Memory is about the size of the output for pprof, one index per stack for svg, and the frame
+ * table otherwise. The SVG (EXPORT_SVG_WIDTH px wide, siblings in byte order of their names, as
+ * flamegraph.pl) leaves out frames narrower than EXPORT_SVG_MIN_PX and says how many in a note.
  *
  * Errors: 0, -EINVAL (negative value, unknown unit, or a stack folded text cannot carry), -E2BIG,
  * -ENOMEM, -EIO (writing to out failed, or zlib). Output may be partial after an error.
@@ -51,7 +52,7 @@ struct export_opts {
 	 */
 	const char *unit;
 	int64_t period;	   /* µs per sample (10101 at 99 Hz); 0: unknown. pprof only */
-	size_t max_frames; /* 0: EXPORT_DEFAULT_MAX_FRAMES */
+	size_t max_frames; /* speedscope, pprof; 0: EXPORT_DEFAULT_MAX_FRAMES */
 };
 
 /* Writes all stacks to out in format fmt. o may be NULL (all defaults). See the top comment. */
