@@ -739,10 +739,11 @@ static void pprof_external_checks(const struct out *o, const unsigned char *raw,
 		assert_int_equal(write(fd, o->buf, o->len), (ssize_t)o->len);
 		close(fd);
 		/* go tool pprof -top: the flat samples of the leaf; 30 in do_syscall_64 */
-		snprintf(cmd, sizeof(cmd),
-			 "go tool pprof -top -sample_index=samples %s 2>/dev/null | "
-			 "grep -q '^ *30 .*\\[k\\] do_syscall_64$'",
-			 gz);
+		snprintf(
+		    cmd, sizeof(cmd),
+		    "HOME=${HOME:-/tmp} go tool pprof -top -sample_index=samples %s 2>/dev/null | "
+		    "grep -q '^ *30 .*\\[k\\] do_syscall_64$'",
+		    gz);
 		assert_int_equal(system(cmd), 0);
 		unlink(gz);
 	}
