@@ -49,6 +49,24 @@ check "injection attempt answers 400 or nothing, and the data survives" bash -c 
 api "$URL" "$(req deepflow-agent)" >/dev/null
 check "data intact after injection attempt" [ "$(jqr '.result[0].total_value')" = 50505 ]
 
+# --- the injection corpus, through the API: as a quoted value, as a tag value and as the whole
+# filter. Every answer is 200 or 400 (never a 500 from a broken statement) and the data survives.
+inj_codes=$E2E_TMP/inj.codes
+: > "$inj_codes"
+while IFS= read -r p; do
+	q=${p//\\/\\\\}; q=${q//\'/\\\'}   # the tag_filter string escapes: \\ and \'
+	for f in "app_service = '$q'" "$p"; do
+		body=$(jq -cn --arg f "$f" --argjson t $T '{app_service:"deepflow-agent", profile_language_type:"eBPF",
+			profile_event_type:"on-cpu", time_start:($t-10), time_end:($t+10), tag_filter:$f}')
+		api "$URL" "$body" >> "$inj_codes"
+		echo >> "$inj_codes"
+	done
+done < "$EMBER_TOP/tests/fixtures/injection.txt"
+echo "injection corpus: $(sort "$inj_codes" | uniq -c | tr '\n' ' ')"
+check "injection corpus: $(grep -c . "$inj_codes") requests, each 200 or 400" bash -c "! grep -vqE '^(200|400)$' '$inj_codes'"
+api "$URL" "$(req deepflow-agent)" >/dev/null
+check "injection corpus: data intact afterwards, byte for byte" cmp -s "$E2E_TMP/resp.json" "$FIX/worked-example.golden.json"
+
 # --- max_kernel_stack_depth -----------------------------------------------------------------
 api "$URL" "$(req deepflow-agent ',"max_kernel_stack_depth":0')" >/dev/null
 check "depth 0 removes kernel frames; main_loop keeps the value as self" [ "$(jqr '[.result[] | select(.profile_location_str | startswith("[k]"))] | length')-$(jqr '.result[] | select(.profile_location_str=="main_loop") | .self_value')" = "0-20202" ]
