@@ -22,6 +22,9 @@
 #include "server/metrics.h"
 #include "store/store.h"
 
+/* The largest time whose microseconds (the default profile_create_timestamp) fit an int64. */
+#define INGEST_MAX_TIME (INT64_MAX / 1000000)
+
 enum field_kind { F_STR, F_INT, F_STACK, F_TAGS };
 
 struct row_field {
@@ -204,9 +207,11 @@ static int decode_row(json_t *obj, size_t i, json_t *stacks, struct profile_row 
 		}
 		}
 	}
-	if (!have_time || r->time <= 0) {
+	if (!have_time || r->time <= 0 || r->time > INGEST_MAX_TIME) {
 		sb_printf(err, "row %zu: field 'time': %s", i,
-			  have_time ? "must be unix seconds > 0" : "missing (unix seconds)");
+			  !have_time ? "missing (unix seconds)"
+			  : r->time <= 0 ? "must be unix seconds > 0"
+					 : "too large: unix seconds whose microseconds fit in 64 bits");
 		return -EINVAL;
 	}
 	if (!r->app_service || !*r->app_service) {
