@@ -60,11 +60,12 @@
 /* DWARF unwinding: the global table array (32 MiB) and the processes with a mapping list. */
 #define SAMPLER_UNW_SLOTS UNW_ARENA_MAX_SLOTS
 #define SAMPLER_UNW_PROCS UNWINDER_MAX_PROCS
-#define SAMPLER_UNW_POLL_MS 20		     /* event thread wake-up */
-#define SAMPLER_UNW_RESCAN_NS 50000000ull    /* after exec, scan again once ld.so mapped libs */
-#define SAMPLER_UNW_PENDING 1024	     /* delayed rescans queued */
-#define SAMPLER_UNW_COLLECT_NS 5000000000ull /* how often unused tables are collected */
-#define SAMPLER_UNW_NICE 10		     /* the event thread builds tables at low priority */
+#define SAMPLER_UNW_POLL_MS 20		      /* event thread wake-up */
+#define SAMPLER_UNW_RESCAN_NS 50000000ull     /* after exec, scan again once ld.so mapped libs */
+#define SAMPLER_UNW_PENDING 1024	      /* delayed rescans queued */
+#define SAMPLER_UNW_COLLECT_NS 5000000000ull  /* how often unused tables are collected */
+#define SAMPLER_UNW_INCOMPLETE_NS 50000000ull /* lists missing a table: rescan this often */
+#define SAMPLER_UNW_NICE 10 /* table builds run at low priority (not the bookkeeping) */
 
 struct sampler_set {
 	int counts_fd;
@@ -84,8 +85,9 @@ struct sampler {
 	struct ring_buffer *events;    /* DWARF only: exec/exit/unknown events */
 	struct ring_buffer *overflow;  /* samples whose counts map was full */
 	struct bpf_link *unw_links[2]; /* exec and exit tracepoints */
-	pthread_t unw_thread;
-	int unw_thread_started;
+	pthread_t unw_thread;	       /* events: exec, exit, unknown addresses */
+	pthread_t scan_thread;	       /* the first scan of every process */
+	int unw_thread_started, scan_thread_started;
 	int unw_stop;
 	struct sampler_rescan pending[SAMPLER_UNW_PENDING];
 	uint32_t n_pending;
@@ -306,13 +308,17 @@ static int sampler_on_event(void *ctx, void *data, size_t size)
 		return 0;
 	switch (ev->type) {
 	case UNW_EVENT_EXEC:
-		unwinder_scan_process(s->unw, ev->pid);
+		/* A new process: its list at once, small tables inline, big ones queued. */
+		unwinder_scan_process(s->unw, ev->pid, UNWINDER_SCAN_SMALL);
 		/* ld.so maps the libraries after exec: look again shortly. */
 		sampler_queue_rescan(s, ev->pid,
 				     sampler_now_ns(CLOCK_MONOTONIC) + SAMPLER_UNW_RESCAN_NS);
 		break;
 	case UNW_EVENT_UNKNOWN:
-		unwinder_scan_process(s->unw, ev->pid);
+		log_debug("pid %u: pc 0x%llx outside its mappings; rescanning", ev->pid,
+			  (unsigned long long)ev->pc);
+		/* Old processes the first scan has not reached, or dlopen: builds are queued. */
+		unwinder_scan_process(s->unw, ev->pid, UNWINDER_SCAN_FORCE);
 		break;
 	case UNW_EVENT_EXIT:
 		unwinder_drop_process(s->unw, ev->pid);
@@ -321,13 +327,58 @@ static int sampler_on_event(void *ctx, void *data, size_t size)
 	return 0;
 }
 
+static int sampler_unw_stopping(void *arg)
+{
+	struct sampler *s = arg;
+
+	return __atomic_load_n(&s->unw_stop, __ATOMIC_ACQUIRE);
+}
+
+/* Between two processes of the first scan: tables that new processes wait for come first. */
+static int sampler_scan_between(void *arg)
+{
+	struct sampler *s = arg;
+
+	while (!sampler_unw_stopping(s) && unwinder_build_pending(s->unw))
+		;
+	return sampler_unw_stopping(s);
+}
+
+/*
+ * The table builder, at low priority: scans every process once at start (unless one process is
+ * profiled), then builds the tables that events queued. The event thread never builds, so a new
+ * process gets its mapping list within milliseconds and its tables as soon as they are built.
+ */
+static void *sampler_scan_main(void *arg)
+{
+	struct sampler *s = arg;
+	uint64_t t0 = sampler_now_ns(CLOCK_MONOTONIC);
+	struct unwinder_stats us;
+	int n;
+
+	if (!s->opts.only_tgid) {
+		/* Our own libraries (libc, ld.so, libcrypto ...) are the common ones: first. */
+		unwinder_scan_process(s->unw, (uint32_t)getpid(), UNWINDER_SCAN_BUILD);
+		n = unwinder_scan_all(s->unw, sampler_scan_between, s);
+		unwinder_get_stats(s->unw, &us);
+		log_info("unwind tables: %d processes, %" PRIu64 " objects, %.1f MiB in %.0f ms", n,
+			 us.objects, (double)us.slots_used * 8 / (1 << 20),
+			 (double)(sampler_now_ns(CLOCK_MONOTONIC) - t0) / 1e6);
+	}
+	/* Then the tables that exec and unknown-address events queued, one at a time. */
+	while (!sampler_unw_stopping(s))
+		if (!unwinder_build_pending(s->unw))
+			usleep(SAMPLER_UNW_POLL_MS * 1000);
+	return NULL;
+}
+
 /* Follows process lifecycle events and builds tables, off the sampling and draining path. */
 static void *sampler_unw_main(void *arg)
 {
 	struct sampler *s = arg;
-	uint64_t last_collect = sampler_now_ns(CLOCK_MONOTONIC);
+	uint64_t last_collect = sampler_now_ns(CLOCK_MONOTONIC), last_incomplete = last_collect;
 
-	setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), SAMPLER_UNW_NICE);
+	/* Not niced: reading maps is cheap, and a new process needs its list within ms. */
 	while (!__atomic_load_n(&s->unw_stop, __ATOMIC_ACQUIRE)) {
 		uint64_t now;
 		uint32_t keep = 0;
@@ -336,11 +387,16 @@ static void *sampler_unw_main(void *arg)
 		now = sampler_now_ns(CLOCK_MONOTONIC);
 		for (uint32_t i = 0; i < s->n_pending; i++) {
 			if (s->pending[i].due_ns <= now)
-				unwinder_scan_process(s->unw, s->pending[i].pid);
+				unwinder_scan_process(s->unw, s->pending[i].pid,
+						      UNWINDER_SCAN_SMALL);
 			else
 				s->pending[keep++] = s->pending[i];
 		}
 		s->n_pending = keep;
+		if (now - last_incomplete >= SAMPLER_UNW_INCOMPLETE_NS) {
+			unwinder_rescan_incomplete(s->unw);
+			last_incomplete = now;
+		}
 		if (now - last_collect >= SAMPLER_UNW_COLLECT_NS) {
 			unwinder_collect(s->unw);
 			last_collect = now;
@@ -357,10 +413,9 @@ static int sampler_start_unwinder(struct sampler *s)
 	    .max_slots = SAMPLER_UNW_SLOTS,
 	    .procs_fd = bpf_map__fd(s->skel->maps.unw_procs),
 	    .max_procs = SAMPLER_UNW_PROCS,
+	    .build_nice = SAMPLER_UNW_NICE,
 	};
-	struct unwinder_stats us;
-	uint64_t t0 = sampler_now_ns(CLOCK_MONOTONIC);
-	int ret, n;
+	int ret;
 
 	ret = unwinder_open(&uo, &s->unw);
 	if (ret)
@@ -377,22 +432,18 @@ static int sampler_start_unwinder(struct sampler *s)
 		log_error("attach sched_process_exec/exit tracepoints: %s", strerror(-ret));
 		return ret;
 	}
-	/* Our own libraries (libc, ld.so, libcrypto ...) are the common ones: tables early. */
-	unwinder_scan_process(s->unw, (uint32_t)getpid());
-	if (s->opts.only_tgid) {
-		unwinder_scan_process(s->unw, s->opts.only_tgid);
-		n = 1;
-	} else {
-		n = unwinder_scan_all(s->unw);
-	}
-	unwinder_get_stats(s->unw, &us);
-	log_info("unwind tables: %d processes, %" PRIu64 " objects, %.1f MiB in %.0f ms",
-		 n < 0 ? 0 : n, us.objects, (double)us.slots_used * 8 / (1 << 20),
-		 (double)(sampler_now_ns(CLOCK_MONOTONIC) - t0) / 1e6);
+	/* ember record: the target (still a copy of us before its exec) before sampling starts;
+	 * the whole host is scanned by the event thread, so sampling starts at once. */
+	if (s->opts.only_tgid)
+		unwinder_scan_process(s->unw, s->opts.only_tgid, UNWINDER_SCAN_BUILD);
 	ret = pthread_create(&s->unw_thread, NULL, sampler_unw_main, s);
 	if (ret)
 		return -ret;
 	s->unw_thread_started = 1;
+	ret = pthread_create(&s->scan_thread, NULL, sampler_scan_main, s);
+	if (ret)
+		return -ret;
+	s->scan_thread_started = 1;
 	return 0;
 }
 
@@ -743,6 +794,10 @@ void sampler_close(struct sampler *s)
 	if (s->unw_thread_started) {
 		__atomic_store_n(&s->unw_stop, 1, __ATOMIC_RELEASE);
 		pthread_join(s->unw_thread, NULL);
+	}
+	if (s->scan_thread_started) {
+		__atomic_store_n(&s->unw_stop, 1, __ATOMIC_RELEASE);
+		pthread_join(s->scan_thread, NULL);
 	}
 	bpf_link__destroy(s->unw_links[0]);
 	bpf_link__destroy(s->unw_links[1]);

@@ -24,6 +24,9 @@
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -34,7 +37,9 @@
 #include "common/log.h"
 
 #define UNWINDER_PROC_BUCKETS 1024
-#define UNWINDER_VDSO_DEV UINT64_MAX /* object key of the vDSO */
+#define UNWINDER_VDSO_DEV UINT64_MAX	       /* object key of the vDSO */
+#define UNWINDER_MAPS_MAX_BYTES (16u << 20)    /* /proc/PID/maps read at most */
+#define UNWINDER_INLINE_BUILD_BYTES (4u << 20) /* objects built by the event thread itself */
 
 struct unw_obj {
 	int used;
@@ -43,6 +48,10 @@ struct unw_obj {
 	struct ehtable *t; /* loads only (slots freed once in BPF); NULL when the build failed */
 	uint32_t base, n_slots;
 	uint32_t refs;
+	int building;	       /* a thread builds the table with the lock released */
+	int pending;	       /* waits for unwinder_build_pending() */
+	uint32_t pid;	       /* a process mapping it: the file is opened through its root */
+	int small;	       /* file ≤ UNWINDER_INLINE_BUILD_BYTES: built without queueing */
 	uint64_t unused_since; /* monotonic ns when refs dropped to 0 */
 };
 
@@ -50,7 +59,8 @@ struct unw_uproc {
 	struct unw_uproc *next;
 	uint32_t pid;
 	uint32_t n_objs;
-	uint64_t sig; /* hash of the executable mapping lines, to skip unchanged rescans */
+	uint64_t sig; /* hash of the executable mapping lines, to skip unchanged rescans; 0 when
+		       * a table was still being built (the next rescan completes the list) */
 	uint16_t objs[UNW_MAX_MAPPINGS];
 };
 
@@ -62,9 +72,6 @@ struct unwinder {
 	struct unw_obj *objs; /* UNWINDER_MAX_OBJECTS; id = index + 1 */
 	struct unw_uproc *procs[UNWINDER_PROC_BUCKETS];
 	struct unwinder_alloc alloc;
-	struct unw_proc scratch; /* the list being built */
-	uint32_t *keys;		 /* batch-update keys, grown as needed */
-	size_t keys_cap;
 	struct unwinder_stats st;
 };
 
@@ -133,6 +140,16 @@ int unwinder_alloc_put(struct unwinder_alloc *a, uint32_t start, uint32_t len)
 
 /* ---- objects ------------------------------------------------------------------------------- */
 
+/*
+ * Builds run at opts.build_nice, but never while holding the lock: a low-priority thread that
+ * holds it on a busy machine would stall exec events for seconds (priority inversion).
+ */
+static void unwinder_nice(struct unwinder *u, int nice)
+{
+	if (u->opts.build_nice)
+		setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice);
+}
+
 /* The vDSO is the same image in every process: build its table from our own copy. */
 static int unwinder_build_vdso(struct ehtable **out)
 {
@@ -165,55 +182,93 @@ static int unwinder_build_vdso(struct ehtable **out)
 	return rc;
 }
 
-/* Copies a built table into BPF slots; on success the table keeps only its load segments. */
-static int unwinder_upload(struct unwinder *u, struct unw_obj *o)
+static void unwinder_free_obj(struct unwinder *u, struct unw_obj *o);
+
+/* Frees the table unused for longest (not keep); -ENOENT when every table is in use. */
+static int unwinder_evict_one(struct unwinder *u, const struct unw_obj *keep)
+{
+	struct unw_obj *oldest = NULL;
+
+	for (int i = 0; i < UNWINDER_MAX_OBJECTS; i++) {
+		struct unw_obj *o = &u->objs[i];
+
+		if (o->used && o != keep && o->refs == 0 && !o->building && o->t &&
+		    (!oldest || o->unused_since < oldest->unused_since))
+			oldest = o;
+	}
+	if (!oldest)
+		return -ENOENT;
+	unwinder_free_obj(u, oldest);
+	return 0;
+}
+
+/*
+ * Copies table t of o into BPF slots. Called locked; the slot range is reserved under the lock,
+ * the copy (up to a million slots) runs unlocked while o is still marked building.
+ */
+static int unwinder_upload(struct unwinder *u, struct unw_obj *o, struct ehtable *t)
 {
 	LIBBPF_OPTS(bpf_map_batch_opts, bopts);
-	uint32_t n = o->t->n_slots, base, count;
-	int rc;
+	uint32_t n = t->n_slots, base, count = n, *keys;
+	int rc = 0;
 
-	if (unwinder_alloc_get(&u->alloc, n, &base)) {
+	while (unwinder_alloc_get(&u->alloc, n, &base)) {
+		if (unwinder_evict_one(u, o) == 0) {
+			u->st.objects_evicted++;
+			continue;
+		}
 		u->st.slots_full++;
 		log_warn("no room for the %u-slot table of %s (%" PRIu64 " of %" PRIu64
 			 " slots used)",
 			 n, o->path, u->st.slots_used, u->st.slots_max);
 		return -ENOSPC;
 	}
-	if (u->keys_cap < n) {
-		uint32_t *k = realloc(u->keys, (size_t)n * sizeof(*k));
-
-		if (!k) {
-			unwinder_alloc_put(&u->alloc, base, n);
-			return -ENOMEM;
-		}
-		u->keys = k;
-		u->keys_cap = n;
+	u->st.slots_used += n;
+	pthread_mutex_unlock(&u->lock);
+	keys = malloc((size_t)n * sizeof(*keys));
+	if (keys) {
+		for (uint32_t i = 0; i < n; i++)
+			keys[i] = base + i;
+		if (bpf_map_update_batch(u->opts.slots_fd, keys, t->slots, &count, &bopts))
+			rc = -errno;
+		free(keys);
+	} else {
+		rc = -ENOMEM;
 	}
-	for (uint32_t i = 0; i < n; i++)
-		u->keys[i] = base + i;
-	count = n;
-	rc = bpf_map_update_batch(u->opts.slots_fd, u->keys, o->t->slots, &count, &bopts);
+	pthread_mutex_lock(&u->lock);
 	if (rc) {
-		rc = -errno;
+		u->st.slots_used -= n;
 		unwinder_alloc_put(&u->alloc, base, n);
 		log_warn("write the table of %s into BPF: %s", o->path, strerror(-rc));
 		return rc;
 	}
 	o->base = base;
 	o->n_slots = n;
-	u->st.slots_used += n;
-	free(o->t->slots);
-	o->t->slots = NULL;
+	free(t->slots);
+	t->slots = NULL;
 	return 0;
 }
 
-/* Builds (or loads from the cache) the table of o; o->t stays NULL when there is none. */
-static void unwinder_build(struct unwinder *u, struct unw_obj *o, const char *open_path)
+/*
+ * Builds (or loads from the cache) the table of o with the lock released (a big object takes
+ * seconds; other scans go on meanwhile), then uploads it. o->t stays NULL when there is none.
+ */
+static void unwinder_build(struct unwinder *u, struct unw_obj *o, int background)
 {
+	char open_path[PATH_MAX + 300];
 	uint64_t t0 = unwinder_now_ns();
 	struct ehtable *t = NULL;
 	int rc = -ENOENT, cached = 0;
 
+	/* Through the process's root (containers); the plain path once that process is gone. */
+	snprintf(open_path, sizeof(open_path), "%s/%u/root%s", u->proc_root, o->pid, o->path);
+	if (access(open_path, R_OK))
+		snprintf(open_path, sizeof(open_path), "%s", o->path);
+	o->building = 1;
+	o->pending = 0;
+	pthread_mutex_unlock(&u->lock);
+	if (background)
+		unwinder_nice(u, u->opts.build_nice);
 	if (o->dev == UNWINDER_VDSO_DEV) {
 		rc = unwinder_build_vdso(&t);
 	} else {
@@ -230,25 +285,30 @@ static void unwinder_build(struct unwinder *u, struct unw_obj *o, const char *op
 		}
 		if (!cached)
 			rc = ehtable_build(open_path, &t);
+		if (!cached && rc == 0 && u->cache_dir[0])
+			ehtable_cache_put(u->cache_dir, t, EHTABLE_CACHE_MAX_BYTES);
 	}
+	if (background)
+		unwinder_nice(u, 0);
+	pthread_mutex_lock(&u->lock);
 	u->st.build_ns += unwinder_now_ns() - t0;
 	if (rc) {
+		o->building = 0;
 		u->st.table_failures++;
 		log_debug("no unwind table for %s: %s", o->path, strerror(-rc));
 		return;
 	}
-	if (cached) {
+	if (cached)
 		u->st.tables_from_cache++;
-	} else {
+	else
 		u->st.tables_built++;
-		if (u->cache_dir[0])
-			ehtable_cache_put(u->cache_dir, t, EHTABLE_CACHE_MAX_BYTES);
-	}
-	o->t = t;
-	if (unwinder_upload(u, o)) {
+	log_debug("table of %s: %u slots in %.1f ms%s", o->path, t->n_slots,
+		  (double)(unwinder_now_ns() - t0) / 1e6, background ? " (background)" : "");
+	if (unwinder_upload(u, o, t) == 0)
+		o->t = t;
+	else
 		ehtable_free(t);
-		o->t = NULL;
-	}
+	o->building = 0;
 }
 
 static void unwinder_free_obj(struct unwinder *u, struct unw_obj *o)
@@ -264,9 +324,26 @@ static void unwinder_free_obj(struct unwinder *u, struct unw_obj *o)
 }
 
 /* The object of a mapping, built if new; -1 when there is no room for another. */
-static int unwinder_obj(struct unwinder *u, uint64_t dev, uint64_t ino, const char *path,
-			const char *open_path)
+/* Small objects (most executables and libraries) take a few ms: build them at once. */
+static int unwinder_is_small(struct unwinder *u, uint32_t pid, const char *path)
 {
+	char p[PATH_MAX + 300];
+	struct stat st;
+
+	if (strcmp(path, "[vdso]") == 0)
+		return 1;
+	snprintf(p, sizeof(p), "%s/%u/root%s", u->proc_root, pid, path);
+	return stat(p, &st) == 0 && st.st_size <= UNWINDER_INLINE_BUILD_BYTES;
+}
+
+/*
+ * The object of a mapping; a new one is built now with UNWINDER_SCAN_BUILD (or SMALL, for a
+ * small one), else queued for unwinder_build_pending(). -1 when there is no room for another.
+ */
+static int unwinder_obj(struct unwinder *u, uint64_t dev, uint64_t ino, const char *path,
+			uint32_t pid, int flags)
+{
+	int build = flags & UNWINDER_SCAN_BUILD, small = flags & UNWINDER_SCAN_SMALL;
 	int free_i = -1, oldest = -1;
 
 	for (int i = 0; i < UNWINDER_MAX_OBJECTS; i++) {
@@ -277,9 +354,13 @@ static int unwinder_obj(struct unwinder *u, uint64_t dev, uint64_t ino, const ch
 				free_i = i;
 			continue;
 		}
-		if (o->dev == dev && o->ino == ino)
+		if (o->dev == dev && o->ino == ino) {
+			if ((build || (small && o->small)) && o->pending && !o->building)
+				unwinder_build(u, o, build);
 			return i;
-		if (o->refs == 0 && (oldest < 0 || o->unused_since < u->objs[oldest].unused_since))
+		}
+		if (o->refs == 0 && !o->building &&
+		    (oldest < 0 || o->unused_since < u->objs[oldest].unused_since))
 			oldest = i;
 	}
 	if (free_i < 0) {
@@ -295,8 +376,12 @@ static int unwinder_obj(struct unwinder *u, uint64_t dev, uint64_t ino, const ch
 	o->ino = ino;
 	snprintf(o->path, sizeof(o->path), "%s", path);
 	o->unused_since = unwinder_now_ns();
+	o->pid = pid;
+	o->pending = 1;
+	o->small = unwinder_is_small(u, pid, path);
 	u->st.objects++;
-	unwinder_build(u, o, open_path);
+	if (build || (small && o->small))
+		unwinder_build(u, o, build);
 	return free_i;
 }
 
@@ -330,13 +415,17 @@ static uint64_t unwinder_sig(uint64_t h, const char *s)
 	return h;
 }
 
-/* Adds one executable mapping line to u->scratch; objs collects the referenced objects. */
-static void unwinder_add_mapping(struct unwinder *u, uint32_t pid, const char *line, uint16_t *objs,
-				 uint32_t *n_objs)
+/*
+ * Adds one executable mapping line to list; objs collects the referenced objects. *incomplete
+ * is set when the object's table is being built by another thread.
+ */
+static void unwinder_add_mapping(struct unwinder *u, uint32_t pid, const char *line, int flags,
+				 struct unw_proc *list, uint16_t *objs, uint32_t *n_objs,
+				 int *incomplete)
 {
 	uint64_t start, end, pgoff, ino, bias;
 	unsigned int major, minor;
-	char perms[5], open_path[PATH_MAX + 300];
+	char perms[5];
 	struct unw_mapping m;
 	const char *path;
 	int pos = 0, oi;
@@ -346,21 +435,12 @@ static void unwinder_add_mapping(struct unwinder *u, uint32_t pid, const char *l
 	    perms[2] != 'x')
 		return;
 	path = line + pos;
-	if (strcmp(path, "[vdso]") == 0) {
-		oi = unwinder_obj(u, UNWINDER_VDSO_DEV, UNWINDER_VDSO_DEV, path, NULL);
-	} else if (path[0] == '/' && ino) {
-		/* Through the process's root (containers); map_files when the file is gone. */
-		if (strstr(path, " (deleted)"))
-			snprintf(open_path, sizeof(open_path),
-				 "%s/%u/map_files/%" PRIx64 "-%" PRIx64, u->proc_root, pid, start,
-				 end);
-		else
-			snprintf(open_path, sizeof(open_path), "%s/%u/root%s", u->proc_root, pid,
-				 path);
-		oi = unwinder_obj(u, ((uint64_t)major << 32) | minor, ino, path, open_path);
-	} else {
-		return; /* anonymous code (JIT): the walk takes frame-pointer steps */
-	}
+	if (strcmp(path, "[vdso]") == 0)
+		oi = unwinder_obj(u, UNWINDER_VDSO_DEV, UNWINDER_VDSO_DEV, path, pid, flags);
+	else if (path[0] == '/' && ino && !strstr(path, " (deleted)"))
+		oi = unwinder_obj(u, ((uint64_t)major << 32) | minor, ino, path, pid, flags);
+	else
+		return; /* anonymous code (JIT), deleted files: frame-pointer steps */
 
 	memset(&m, 0, sizeof(m));
 	m.start = start;
@@ -371,6 +451,8 @@ static void unwinder_add_mapping(struct unwinder *u, uint32_t pid, const char *l
 		struct unw_obj *o = &u->objs[oi];
 
 		m.flags = (uint32_t)(oi + 1) << UNW_MAP_OBJ_SHIFT;
+		if (o->building || o->pending)
+			*incomplete = 1;
 		if (o->t && ehtable_bias(o->t, start, pgoff, &bias) == 0) {
 			m.bias = bias;
 			m.table_base = o->base;
@@ -378,7 +460,7 @@ static void unwinder_add_mapping(struct unwinder *u, uint32_t pid, const char *l
 			m.flags |= UNW_MAP_NO_TABLE;
 		}
 	}
-	if (unw_proc_insert(&u->scratch, &m)) {
+	if (unw_proc_insert(list, &m)) {
 		u->st.mappings_dropped++;
 		return;
 	}
@@ -388,22 +470,71 @@ static void unwinder_add_mapping(struct unwinder *u, uint32_t pid, const char *l
 	}
 }
 
-static int unwinder_scan_locked(struct unwinder *u, uint32_t pid)
+/* Reads /proc/PID/maps whole, unlocked; the caller frees *buf. */
+static int unwinder_read_maps(struct unwinder *u, uint32_t pid, char **buf, size_t *len)
 {
-	char path[300], line[PATH_MAX + 128];
-	uint16_t objs[UNW_MAX_MAPPINGS];
-	struct unw_uproc **pp, *p;
-	uint32_t n_objs = 0;
-	uint64_t sig = 0xcbf29ce484222325ull;
-	FILE *f;
-	int rc;
+	char path[300];
+	size_t cap = 16384, n = 0;
+	char *b = NULL;
+	ssize_t r;
+	int fd, rc = 0;
 
 	snprintf(path, sizeof(path), "%s/%u/maps", u->proc_root, pid);
-	f = fopen(path, "re");
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	for (;;) {
+		if (!b || n == cap) {
+			char *nb;
+
+			if (b)
+				cap *= 2;
+			if (cap > UNWINDER_MAPS_MAX_BYTES) {
+				rc = -E2BIG;
+				break;
+			}
+			nb = realloc(b, cap);
+			if (!nb) {
+				rc = -ENOMEM;
+				break;
+			}
+			b = nb;
+		}
+		r = read(fd, b + n, cap - n);
+		if (r < 0) {
+			rc = -errno;
+			break;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+	}
+	close(fd);
+	if (rc) {
+		free(b);
+		return rc;
+	}
+	*buf = b;
+	*len = n;
+	return 0;
+}
+
+static int unwinder_scan_locked(struct unwinder *u, uint32_t pid, int flags, char *maps,
+				size_t maps_len)
+{
+	char line[PATH_MAX + 128];
+	uint16_t objs[UNW_MAX_MAPPINGS];
+	struct unw_uproc **pp, *p;
+	struct unw_proc *list;
+	uint32_t n_objs = 0;
+	uint64_t sig = 0xcbf29ce484222325ull;
+	int rc, incomplete = 0;
+	FILE *f;
+
+	f = fmemopen(maps, maps_len, "r");
 	if (!f)
 		return -errno;
 	u->st.scans++;
-	memset(&u->scratch, 0, offsetof(struct unw_proc, maps));
 	pp = unwinder_proc_slot(u, pid);
 	/* First pass: the signature of the executable lines, to skip unchanged processes. */
 	while (fgets(line, sizeof(line), f)) {
@@ -412,39 +543,50 @@ static int unwinder_scan_locked(struct unwinder *u, uint32_t pid)
 		if (sp && sp[3] == 'x')
 			sig = unwinder_sig(sig, line);
 	}
-	if (*pp && (*pp)->sig == sig) {
+	if (*pp && (*pp)->sig == sig && !(flags & UNWINDER_SCAN_FORCE)) {
 		fclose(f);
 		u->st.scan_unchanged++;
 		return 0;
 	}
+	list = calloc(1, sizeof(*list));
+	if (!list) {
+		fclose(f);
+		return -ENOMEM;
+	}
 	rewind(f);
 	while (fgets(line, sizeof(line), f)) {
 		line[strcspn(line, "\n")] = '\0';
-		unwinder_add_mapping(u, pid, line, objs, &n_objs);
+		/* May release the lock while a table builds: pp is looked up again below. */
+		unwinder_add_mapping(u, pid, line, flags, list, objs, &n_objs, &incomplete);
 	}
 	fclose(f);
-	if (u->scratch.n == 0) {
+	if (list->n == 0) {
 		unwinder_unref(u, objs, n_objs);
+		free(list);
 		return -ENOENT; /* a kernel thread, or the process is gone */
 	}
 
+	pp = unwinder_proc_slot(u, pid);
 	p = *pp;
 	if (!p) {
 		if (u->st.procs >= u->opts.max_procs) {
 			u->st.procs_full++;
 			unwinder_unref(u, objs, n_objs);
+			free(list);
 			return -ENOSPC;
 		}
 		p = calloc(1, sizeof(*p));
 		if (!p) {
 			unwinder_unref(u, objs, n_objs);
+			free(list);
 			return -ENOMEM;
 		}
 		p->pid = pid;
 		*pp = p;
 		u->st.procs++;
 	}
-	rc = bpf_map_update_elem(u->opts.procs_fd, &pid, &u->scratch, BPF_ANY) ? -errno : 0;
+	rc = bpf_map_update_elem(u->opts.procs_fd, &pid, list, BPF_ANY) ? -errno : 0;
+	free(list);
 	if (rc) {
 		u->st.procs_full++;
 		log_debug("pid %u: store mapping list: %s", pid, strerror(-rc));
@@ -453,21 +595,34 @@ static int unwinder_scan_locked(struct unwinder *u, uint32_t pid)
 	unwinder_unref(u, p->objs, p->n_objs);
 	memcpy(p->objs, objs, n_objs * sizeof(objs[0]));
 	p->n_objs = n_objs;
-	p->sig = rc ? 0 : sig;
+	p->sig = rc || incomplete ? 0 : sig;
+	if (incomplete)
+		u->st.incomplete_scans++;
 	return rc;
 }
 
-int unwinder_scan_process(struct unwinder *u, uint32_t pid)
+int unwinder_scan_process(struct unwinder *u, uint32_t pid, int flags)
 {
+	uint64_t t0 = unwinder_now_ns();
+	char *maps = NULL;
+	size_t len = 0;
 	int rc;
 
-	pthread_mutex_lock(&u->lock);
-	rc = unwinder_scan_locked(u, pid);
-	pthread_mutex_unlock(&u->lock);
+	rc = unwinder_read_maps(u, pid, &maps, &len);
+	if (rc == 0 && len) {
+		pthread_mutex_lock(&u->lock);
+		rc = unwinder_scan_locked(u, pid, flags, maps, len);
+		pthread_mutex_unlock(&u->lock);
+	} else if (rc == 0) {
+		rc = -ENOENT; /* a kernel thread, or gone */
+	}
+	free(maps);
+	log_debug("pid %u: scanned in %.1f ms: %s", pid, (double)(unwinder_now_ns() - t0) / 1e6,
+		  rc ? strerror(-rc) : "ok");
 	return rc;
 }
 
-int unwinder_scan_all(struct unwinder *u)
+int unwinder_scan_all(struct unwinder *u, int (*stop)(void *arg), void *arg)
 {
 	DIR *d = opendir(u->proc_root);
 	struct dirent *de;
@@ -481,11 +636,45 @@ int unwinder_scan_all(struct unwinder *u)
 
 		if (*end || pid == 0 || pid > UINT32_MAX)
 			continue;
-		if (unwinder_scan_process(u, (uint32_t)pid) == 0)
+		if (unwinder_scan_process(u, (uint32_t)pid, UNWINDER_SCAN_BUILD) == 0)
 			n++;
+		if (stop && stop(arg))
+			break;
 	}
 	closedir(d);
 	return n;
+}
+
+int unwinder_rescan_incomplete(struct unwinder *u)
+{
+	uint32_t pids[64], n = 0;
+
+	pthread_mutex_lock(&u->lock);
+	for (int b = 0; b < UNWINDER_PROC_BUCKETS && n < 64; b++)
+		for (struct unw_uproc *p = u->procs[b]; p && n < 64; p = p->next)
+			if (p->sig == 0)
+				pids[n++] = p->pid;
+	pthread_mutex_unlock(&u->lock);
+	for (uint32_t i = 0; i < n; i++)
+		unwinder_scan_process(u, pids[i], 0);
+	return (int)n;
+}
+
+int unwinder_build_pending(struct unwinder *u)
+{
+	int built = 0;
+
+	pthread_mutex_lock(&u->lock);
+	for (int i = 0; i < UNWINDER_MAX_OBJECTS && !built; i++) {
+		struct unw_obj *o = &u->objs[i];
+
+		if (o->used && o->pending && !o->building) {
+			unwinder_build(u, o, 1);
+			built = 1;
+		}
+	}
+	pthread_mutex_unlock(&u->lock);
+	return built;
 }
 
 void unwinder_drop_process(struct unwinder *u, uint32_t pid)
@@ -585,6 +774,5 @@ void unwinder_close(struct unwinder *u)
 			ehtable_free(u->objs[i].t);
 	pthread_mutex_destroy(&u->lock);
 	free(u->objs);
-	free(u->keys);
 	free(u);
 }

@@ -7,14 +7,17 @@
  * built once from this process's own copy. A table is built at most once per object (or read
  * from the on-disk cache when a directory is given), is shared by every process that maps the
  * object, and is reference counted: its slots are freed UNWINDER_GRACE_NS after the last
- * process using it went away (so exec storms and short-lived processes reuse it). The slot
- * allocator is first-fit over a bounded list of free extents.
+ * process using it went away (so exec storms and short-lived processes reuse it), or earlier
+ * when a new table needs the room. The slot allocator is first-fit over a bounded list of free
+ * extents.
  *
  * Every object gets a small id (1..UNWINDER_MAX_OBJECTS), stored in the high bits of its
  * mappings' flags (UNW_MAP_OBJ_SHIFT) and resolvable to its path with unwinder_object_path().
  *
- * Threading: all calls are serialised by an internal mutex, so the sampler's event thread may
- * scan while another thread reads stats or object paths. Nothing here blocks on BPF programs.
+ * Threading: calls may come from several threads (the sampler's event and scan threads): state
+ * is under an internal mutex, released only while one table builds, so a big object (seconds)
+ * does not hold up the scan of a new process; a list that missed a table still being built is
+ * completed by unwinder_rescan_incomplete(). Nothing here blocks on BPF programs.
  */
 #ifndef EMBER_AGENT_UNWINDER_H
 #define EMBER_AGENT_UNWINDER_H
@@ -36,6 +39,7 @@ struct unwinder_opts {
 	uint32_t max_procs;    /* its max_entries */
 	const char *proc_root; /* "/proc" unless testing */
 	const char *cache_dir; /* on-disk table cache, NULL for none */
+	int build_nice;	       /* nice value of a thread while it builds a table (0: unchanged) */
 };
 
 struct unwinder_stats {
@@ -50,6 +54,8 @@ struct unwinder_stats {
 	uint64_t procs_full;	   /* processes refused by the procs map */
 	uint64_t mappings_dropped; /* mappings beyond UNW_MAX_MAPPINGS */
 	uint64_t objects_freed;
+	uint64_t objects_evicted;  /* unused tables freed early to make room for a new one */
+	uint64_t incomplete_scans; /* lists stored while a table was still being built */
 };
 
 struct unwinder;
@@ -57,10 +63,24 @@ struct unwinder;
 int unwinder_open(const struct unwinder_opts *opts, struct unwinder **out);
 void unwinder_close(struct unwinder *u);
 
-/* (Re)reads /proc/PID/maps, builds missing tables, and stores the mapping list in BPF. */
-int unwinder_scan_process(struct unwinder *u, uint32_t pid);
-/* Every process under proc_root; returns how many were scanned. */
-int unwinder_scan_all(struct unwinder *u);
+/*
+ * (Re)reads /proc/PID/maps and stores the mapping list in BPF. Tables not built yet are built
+ * now with UNWINDER_SCAN_BUILD (at opts.build_nice), small ones (most libraries, a few ms) with
+ * UNWINDER_SCAN_SMALL (at the caller's priority); the others are queued for
+ * unwinder_build_pending() and the list is completed by unwinder_rescan_incomplete() once they
+ * exist. An unchanged list is not stored again unless UNWINDER_SCAN_FORCE.
+ */
+#define UNWINDER_SCAN_BUILD 1
+#define UNWINDER_SCAN_FORCE 2
+#define UNWINDER_SCAN_SMALL 4
+int unwinder_scan_process(struct unwinder *u, uint32_t pid, int flags);
+/* Every process under proc_root; after each one, a nonzero stop(arg) ends the scan early
+ * (stop may be NULL). Returns how many were scanned. */
+int unwinder_scan_all(struct unwinder *u, int (*stop)(void *arg), void *arg);
+/* Scans again (up to 64) processes whose list missed a table being built; returns how many. */
+int unwinder_rescan_incomplete(struct unwinder *u);
+/* Builds one queued table; returns 1 when it built one, 0 when none was queued. */
+int unwinder_build_pending(struct unwinder *u);
 /* The process exited: drop its mapping list and its table references. */
 void unwinder_drop_process(struct unwinder *u, uint32_t pid);
 /* Frees tables unused for UNWINDER_GRACE_NS; call now and then. */
