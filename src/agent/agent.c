@@ -18,6 +18,7 @@
 #include "agent/aggregate.h"
 #include "agent/procinfo.h"
 #include "agent/symbolize.h"
+#include "agent/unwind.h"
 #include "agent/upload.h"
 #include "common/log.h"
 
@@ -49,6 +50,35 @@ static int agent_sink(void *arg, const struct profile_row *rows, size_t n)
 	return 0;
 }
 
+/* Unwind quality since start: how DWARF walks ended (src/bpf/unwind.h), and the tables. */
+static void agent_summary_unwind(const struct sampler_stats *ss)
+{
+	uint64_t walks = 0;
+	char reasons[256];
+	size_t o = 0;
+
+	for (unsigned r = 0; r < SAMPLER_UNW_REASONS && r < UNW_REASON_COUNT; r++) {
+		walks += ss->unwind_reasons[r];
+		if (r && ss->unwind_reasons[r] && o < sizeof(reasons))
+			o += (size_t)snprintf(reasons + o, sizeof(reasons) - o, " %s %" PRIu64,
+					      unw_reason_name(r), ss->unwind_reasons[r]);
+	}
+	if (!walks)
+		return;
+	reasons[o < sizeof(reasons) ? o : sizeof(reasons) - 1] = '\0';
+	log_info("unwind: %.1f%% of %" PRIu64 " user stacks complete; stopped:%s; tables %" PRIu64
+		 " objects %.1f/%.0f MiB for %" PRIu64 " processes (built %" PRIu64 " in %.0f ms, "
+		 "failed %" PRIu64 ", full %" PRIu64 "/%" PRIu64 "); events %" PRIu64 " lost %" PRIu64
+		 "; overflow samples %" PRIu64 " lost %" PRIu64,
+		 100.0 * (double)ss->unwind_reasons[UNW_REASON_COMPLETE] / (double)walks, walks,
+		 o ? reasons : " none", ss->unwind_objects,
+		 (double)ss->unwind_slots_used * 8 / (1 << 20),
+		 (double)ss->unwind_slots_max * 8 / (1 << 20), ss->unwind_procs,
+		 ss->unwind_tables_built, (double)ss->unwind_build_ns / 1e6,
+		 ss->unwind_table_failures, ss->unwind_slots_full, ss->unwind_procs_full,
+		 ss->unwind_events, ss->unwind_events_lost, ss->overflow_samples, ss->overflow_lost);
+}
+
 static void agent_summary(struct agent *a)
 {
 	struct sampler_stats ss;
@@ -69,6 +99,7 @@ static void agent_summary(struct agent *a)
 		 us.queued_bytes + us.spooled_bytes, us.server_ok ? "ok" : "unreachable",
 		 ys.files_loaded, ys.frames_unknown, ys.frames,
 		 ss.bpf_run_cnt ? (double)ss.bpf_run_ns / (double)ss.bpf_run_cnt / 1000.0 : 0.0);
+	agent_summary_unwind(&ss);
 }
 
 static void *agent_loop(void *arg)
