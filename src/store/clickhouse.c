@@ -35,7 +35,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netdb.h>
 #include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 #include <time.h>
 #include <zlib.h>
 #include <zstd.h>
@@ -51,6 +55,7 @@
 #define CH_MAX_STACK_BYTES (4u << 20)
 #define CH_MAX_BATCH_ID 256
 #define CH_ENCODE_CHUNK (1u << 20) /* RowBinary bytes encoded before each deflate call */
+#define CH_CONNECT_PROBE_MS 1000   /* the connect that explains a failed connection */
 #define CH_DB_NAME_MAX 58 /* ClickHouse allows more; "NNNN_" + this stays short in paths */
 
 /* Server features by version; an unknown version is treated as 18.16 (the oldest supported). */
@@ -441,6 +446,39 @@ static long ch_exception_code(const char *body)
 }
 
 /*
+ * Why a connection to the server fails ("connection refused", "no route to host"): libcurl
+ * only says "Couldn't connect to server", which does not tell a stopped ClickHouse from a wrong
+ * address or a firewall. One blocking connect, bounded by CH_CONNECT_PROBE_MS; 0 if it works.
+ */
+static int ch_connect_errno(const struct ch_store *s)
+{
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+	struct timeval tv = {.tv_sec = CH_CONNECT_PROBE_MS / 1000,
+			     .tv_usec = CH_CONNECT_PROBE_MS % 1000 * 1000};
+	char host[128];
+	const char *colon = strrchr(s->hostport, ':');
+	int fd, e;
+
+	if (s->hostport[0] == '[') /* [::1]:8123 */
+		snprintf(host, sizeof(host), "%.*s", (int)(colon - s->hostport - 2), s->hostport + 1);
+	else
+		snprintf(host, sizeof(host), "%.*s", (int)(colon - s->hostport), s->hostport);
+	e = getaddrinfo(host, colon + 1, &hints, &ai);
+	if (e)
+		return e == EAI_SYSTEM ? errno : EHOSTUNREACH;
+	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		e = errno;
+	} else {
+		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+		e = connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 ? 0 : errno;
+		close(fd);
+	}
+	freeaddrinfo(ai);
+	return e == EINPROGRESS ? ETIMEDOUT : e;
+}
+
+/*
  * Maps a finished request to 0 or a negative errno, with a message in err.
  * -EAGAIN: unreachable, timeout, overload or any other 5xx (retry later); -EACCES: credentials;
  * -ENOENT: the database or table does not exist; -EIO: the statement itself is wrong.
@@ -455,8 +493,18 @@ static int ch_result(struct ch_store *s, int rc, const char *herr, const struct 
 	if (rc == -ECANCELED)
 		return rc;
 	if (rc < 0) {
-		snprintf(err, errlen, "clickhouse %s: %s: %s", s->hostport,
-			 rc == -ETIMEDOUT ? "timed out" : "unreachable", herr);
+		int e = rc == -ECONNREFUSED && strstr(herr, "connect") ? ch_connect_errno(s) : 0;
+
+		if (e) {
+			char what[64];
+
+			snprintf(what, sizeof(what), "%s", strerror(e));
+			what[0] = (char)tolower((unsigned char)what[0]);
+			snprintf(err, errlen, "clickhouse %s: unreachable: %s", s->hostport, what);
+		} else {
+			snprintf(err, errlen, "clickhouse %s: %s: %s", s->hostport,
+				 rc == -ETIMEDOUT ? "timed out" : "unreachable", herr);
+		}
 		return -EAGAIN;
 	}
 	if (r->status == 200)
@@ -749,7 +797,6 @@ static int ch_encode_gzip(const struct profile_row *rows, const size_t *idx, siz
 	size_t i = 0;
 	int flush, zr = Z_OK, rc = 0;
 
-	/* level 1: the rows arrive grouped by stack (ch_cmp_row), so matches are long and cheap */
 	if (deflateInit2(&z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
 		return -ENOMEM;
 	sb_reset(out);
@@ -811,16 +858,16 @@ out:
 	return rc;
 }
 
-static const char *ch_nz(const char *s)
+static int ch_cmp_str(const char *a, const char *b)
 {
-	return s ? s : "";
+	return a == b ? 0 : strcmp(a ? a : "", b ? b : "");
 }
 
 /*
- * Order of a batch's rows: UTC hour (one INSERT each), then stack, then time. Rows with the same
- * stack side by side let gzip replace each repeat by a few back-references (a stack is often
- * longer than deflate's 32 KiB window holds between its repeats in arrival order); ingest gives
- * the rows of one stack the same string, so most comparisons end at the pointer test.
+ * Order of a batch's rows: UTC hour (one INSERT each), then the table's sort key (service,
+ * language, event type, time), then stack. A block that arrives in sort-key order is written
+ * as it is (MergeTree checks, and skips its own sort and the gather of every column); ingest gives
+ * the rows of one stack the same string, so equal stacks compare by pointer.
  */
 static int ch_cmp_row(const void *a, const void *b, void *arg)
 {
@@ -831,12 +878,13 @@ static int ch_cmp_row(const void *a, const void *b, void *arg)
 
 	if (ha != hb)
 		return ha < hb ? -1 : 1;
-	if (ra->profile_location_str != rb->profile_location_str) {
-		c = strcmp(ch_nz(ra->profile_location_str), ch_nz(rb->profile_location_str));
-		if (c)
-			return c;
-	}
-	return ra->time < rb->time ? -1 : ra->time > rb->time;
+	if ((c = ch_cmp_str(ra->app_service, rb->app_service)) ||
+	    (c = ch_cmp_str(ra->profile_language_type, rb->profile_language_type)) ||
+	    (c = ch_cmp_str(ra->profile_event_type, rb->profile_event_type)))
+		return c;
+	if (ra->time != rb->time)
+		return ra->time < rb->time ? -1 : 1;
+	return ch_cmp_str(ra->profile_location_str, rb->profile_location_str);
 }
 
 /*

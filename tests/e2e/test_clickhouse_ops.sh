@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# ember on ClickHouse when ClickHouse is not (yet) there, refuses the credentials, or dies under
+# an agent's load:
+#   1. ember server started before ClickHouse: /healthz 503 naming the refused connection, ingest
+#      503 + Retry-After, ProfileTracing 500 FAIL; ClickHouse comes up on that port → healthy
+#      without a restart, the schema made then, ingest and query work;
+#   2. a wrong password: 503 naming authentication; a user created later → healthy, working;
+#   3. `ember agent` (BPF, root) profiling cpu_split through ember server while ClickHouse is
+#      SIGKILLed for ~5 s and restarted: every second arrives, no row twice.
+# Skips (77) without clickhouse-server.
+. "$(dirname "$0")/../lib/e2e.sh"
+# shellcheck source=../lib/clickhouse.sh
+source "$EMBER_TOP/tests/lib/clickhouse.sh"
+ch__bin >/dev/null || { echo "clickhouse-server not installed: skipping"; exit 77; }
+trap 'ch_stop; e2e_cleanup' EXIT
+W=${EMBER_BUILD:-$EMBER_TOP/build}/workloads
+POLL=${CH_START_TIMEOUT:-60} # bound, in seconds, of every wait for recovery
+
+health() { # URL → status code; body in $E2E_TMP/h.json
+	curl -s -o "$E2E_TMP/h.json" -w '%{http_code}' "$1/healthz"
+}
+ingest() { # URL JSON → status code; headers in $E2E_TMP/ing.h, body in $E2E_TMP/ing.json
+	curl -s -D "$E2E_TMP/ing.h" -o "$E2E_TMP/ing.json" -w '%{http_code}' -X POST \
+		"$1/v1/profile/ingest" -H 'Content-Type: application/json' --data-binary "$2"
+}
+batch() { # ID SERVICE VALUE
+	printf '{"version":1,"batch_id":"%s","rows":[{"time":%d,"app_service":"%s","profile_location_str":"[p] %s;main;work","profile_value":%d}]}' \
+		"$1" "$T" "$2" "$2" "$3"
+}
+q() { # URL SERVICE
+	api "$1" "{\"app_service\":\"$2\",\"profile_language_type\":\"eBPF\",\"profile_event_type\":\"on-cpu\",\"time_start\":$((T - 60)),\"time_end\":$((T + 60))}"
+}
+wait_healthy() { # URL: polls /healthz, bounded by POLL seconds
+	local i
+	for i in $(seq $((POLL * 5))); do
+		[ "$(health "$1")" = 200 ] && return 0
+		sleep 0.2
+	done
+	return 1
+}
+desc() { jq -r .DESCRIPTION "$1"; }
+T=$(( $(date +%s) - 600 ))
+
+# --- 1. the server starts before ClickHouse --------------------------------------------------------
+CHP=$(ch_free_port)
+server_start s --store "clickhouse://127.0.0.1:$CHP/ops"
+URL=$SRV_URL_s
+check "ClickHouse down: /healthz 503" [ "$(health "$URL")" = 503 ]
+check "ClickHouse down: /healthz names the host and the refused connection" \
+	[ "$(desc "$E2E_TMP/h.json")" = "clickhouse 127.0.0.1:$CHP: unreachable: connection refused" ]
+check "ClickHouse down: ingest 503" [ "$(ingest "$URL" "$(batch ops-1 svc 7)")" = 503 ]
+check "ClickHouse down: ingest says Retry-After" grep -qi '^Retry-After: [0-9]' "$E2E_TMP/ing.h"
+check "ClickHouse down: ingest names the cause" grep -q "connection refused" "$E2E_TMP/ing.json"
+check "ClickHouse down: ProfileTracing 500 FAIL" [ "$(q "$URL" svc)-$(jqr .OPT_STATUS)" = 500-FAIL ]
+check "ClickHouse down: ProfileTracing names the cause" bash -c "jq -r .DESCRIPTION '$E2E_TMP/resp.json' | grep -q 'unreachable: connection refused'"
+
+ch_start "$CHP" || fail "clickhouse did not start on port $CHP"
+check "ClickHouse up: /healthz 200 without a restart" wait_healthy "$URL"
+check "ClickHouse up: the schema was made on first contact" \
+	[ "$(ch_query "SELECT count() FROM system.tables WHERE database = 'ops' AND name = 'in_process'")" = 1 ]
+check "ClickHouse up: ingest 200" [ "$(ingest "$URL" "$(batch ops-1 svc 7)")" = 200 ]
+check "ClickHouse up: the batch is stored" [ "$(ch_query "SELECT sum(profile_value) FROM ops.in_process")" = 7 ]
+check "ClickHouse up: ProfileTracing answers" [ "$(q "$URL" svc)-$(jqr '.result[0].total_value')" = 200-7 ]
+
+# --- 2. wrong credentials, then the right user appears ---------------------------------------------
+server_start w --store "clickhouse://ember:wrong@127.0.0.1:$CHP/opsauth"
+check "wrong password: the server starts, /healthz 503" [ "$(health "$SRV_URL_w")" = 503 ]
+check "wrong password: /healthz names authentication and the user" \
+	[ "$(desc "$E2E_TMP/h.json")" = "clickhouse 127.0.0.1:$CHP: authentication failed for user 'ember'" ]
+check "wrong password: ingest 503 + Retry-After" bash -c "[ \"\$(curl -s -D '$E2E_TMP/w.h' -o '$E2E_TMP/w.json' -w '%{http_code}' -X POST '$SRV_URL_w/v1/profile/ingest' --data-binary '$(batch auth-1 svc 3)')\" = 503 ] && grep -qi '^Retry-After' '$E2E_TMP/w.h' && grep -q 'authentication failed' '$E2E_TMP/w.json'"
+check "wrong password: ProfileTracing 500 FAIL naming authentication" \
+	bash -c "[ \"\$(curl -s -o '$E2E_TMP/w.json' -w '%{http_code}' -X POST '$SRV_URL_w/v1/profile/ProfileTracing' --data-binary '{\"app_service\":\"svc\",\"profile_language_type\":\"eBPF\",\"profile_event_type\":\"on-cpu\",\"time_start\":$T,\"time_end\":$T}')\" = 500 ] && grep -q 'authentication failed' '$E2E_TMP/w.json'"
+check "wrong password: no database made" \
+	[ "$(ch_query "SELECT count() FROM system.databases WHERE name = 'opsauth'")" = 0 ]
+
+server_start l --store "clickhouse://late:pw@127.0.0.1:$CHP/opslate"
+check "unknown user: /healthz 503 naming authentication" \
+	bash -c "[ \"\$(curl -s -o '$E2E_TMP/l.json' -w '%{http_code}' '$SRV_URL_l/healthz')\" = 503 ] && grep -q \"authentication failed for user 'late'\" '$E2E_TMP/l.json'"
+# The operator adds the user; ClickHouse reloads users.xml by itself.
+sed -i 's|</users>|<late><password>pw</password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></late></users>|' \
+	"$CH_DIR/users.xml"
+check "user created later: /healthz 200 without a restart" wait_healthy "$SRV_URL_l"
+check "user created later: ingest 200" [ "$(ingest "$SRV_URL_l" "$(batch late-1 svc 9)")" = 200 ]
+check "user created later: ProfileTracing answers" [ "$(q "$SRV_URL_l" svc)-$(jqr '.result[0].total_value')" = 200-9 ]
+
+# --- 3. an agent's rows across a ClickHouse crash ---------------------------------------------------
+if [ "$(id -u)" -ne 0 ] || [ ! -x "$W/cpu_split" ]; then
+	echo "skipping the agent part: needs root (BPF) and $W/cpu_split"
+	e2e_done
+	exit 0
+fi
+server_start a --store "clickhouse://127.0.0.1:$CHP/opsagent"
+"$EMBER_BIN" agent --server "$SRV_URL_a" --spool-dir "$E2E_TMP/spool" --process-regex '^cpu_split$' \
+	>"$E2E_TMP/agent.log" 2>&1 &
+AGENT=$!
+E2E_PIDS+=("$AGENT")
+"$W/cpu_split" 16 >/dev/null &
+LOAD=$!
+sleep 5
+ch_kill                               # ClickHouse dies mid-ingest …
+sleep 5
+ch_restart || fail "clickhouse did not restart"   # … and comes back on the same port and data
+wait "$LOAD"
+# The agent retries after Retry-After: wait (bounded) until every second of the run is stored.
+span=0 secs=0
+for _ in $(seq $((POLL * 2))); do
+	read -r secs span <<<"$(ch_query "SELECT count(DISTINCT time), max(time) - min(time) + 1 FROM
+		opsagent.in_process WHERE app_service = 'cpu_split'" 2>/dev/null || echo "0 0")"
+	[ "${span:-0}" -ge 14 ] && [ "$secs" -ge $((span - 1)) ] && break
+	sleep 0.5
+done
+sleep 2 # one more upload interval: a duplicate would arrive now
+kill -TERM "$AGENT"
+wait "$AGENT"
+check "agent exited cleanly" [ $? -eq 0 ]
+read -r secs span <<<"$(ch_query "SELECT count(DISTINCT time), max(time) - min(time) + 1 FROM
+	opsagent.in_process WHERE app_service = 'cpu_split'")"
+echo "cpu_split rows cover $secs of $span seconds, across a ~5 s ClickHouse outage"
+check "every second of the run arrived, including the outage" [ "$secs" -ge $((span - 1)) -a "$span" -ge 14 ]
+check "no row stored twice" [ "$(ch_query "SELECT count() FROM (SELECT time, process_id,
+	profile_location_str, count() AS c FROM opsagent.in_process GROUP BY time, process_id,
+	profile_location_str HAVING c > 1)")" = 0 ]
+check "the agent saw the outage (503 / retry)" grep -qiE "503|retry|unavailable" "$E2E_TMP/agent.log"
+check "the server logged the outage" grep -q "unreachable" "$E2E_TMP/a.log"
+e2e_done
