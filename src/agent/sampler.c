@@ -25,7 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -65,6 +67,7 @@
 #define SAMPLER_UNW_PENDING 1024	      /* delayed rescans queued */
 #define SAMPLER_UNW_COLLECT_NS 5000000000ull  /* how often unused tables are collected */
 #define SAMPLER_UNW_INCOMPLETE_NS 50000000ull /* lists missing a table: rescan this often */
+#define SAMPLER_UNW_CACHE_DIR "/var/cache/ember/unwind" /* bounded by EHTABLE_CACHE_MAX_BYTES */
 #define SAMPLER_UNW_NICE 10 /* table builds run at low priority (not the bookkeeping) */
 
 struct sampler_set {
@@ -317,8 +320,10 @@ static int sampler_on_event(void *ctx, void *data, size_t size)
 	case UNW_EVENT_UNKNOWN:
 		log_debug("pid %u: pc 0x%llx outside its mappings; rescanning", ev->pid,
 			  (unsigned long long)ev->pc);
-		/* Old processes the first scan has not reached, or dlopen: builds are queued. */
-		unwinder_scan_process(s->unw, ev->pid, UNWINDER_SCAN_FORCE);
+		/* dlopen in a known process: small tables inline. A process the first scan has
+		 * not reached yet: its builds are queued (they would hold up exec events). */
+		unwinder_scan_process(s->unw, ev->pid,
+				      UNWINDER_SCAN_FORCE | UNWINDER_SCAN_SMALL_IF_KNOWN);
 		break;
 	case UNW_EVENT_EXIT:
 		unwinder_drop_process(s->unw, ev->pid);
@@ -405,6 +410,31 @@ static void *sampler_unw_main(void *arg)
 	return NULL;
 }
 
+/* The on-disk table cache (by build-id), created if missing; NULL when it cannot be. */
+static const char *sampler_cache_dir(void)
+{
+	const char *env = getenv("EMBER_UNWIND_CACHE");
+	const char *dir = env ? env : SAMPLER_UNW_CACHE_DIR;
+	char path[PATH_MAX];
+
+	if (!*dir)
+		return NULL; /* EMBER_UNWIND_CACHE="" turns the cache off */
+	snprintf(path, sizeof(path), "%s", dir);
+	for (char *p = path + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		mkdir(path, 0700);
+		*p = '/';
+	}
+	if (mkdir(path, 0700) && errno != EEXIST) {
+		log_warn("unwind table cache %s: %s; tables are built at every start", dir,
+			 strerror(errno));
+		return NULL;
+	}
+	return dir;
+}
+
 /* Tables for the processes to profile, then the exec/exit programs and the event thread. */
 static int sampler_start_unwinder(struct sampler *s)
 {
@@ -414,6 +444,7 @@ static int sampler_start_unwinder(struct sampler *s)
 	    .procs_fd = bpf_map__fd(s->skel->maps.unw_procs),
 	    .max_procs = SAMPLER_UNW_PROCS,
 	    .build_nice = SAMPLER_UNW_NICE,
+	    .cache_dir = sampler_cache_dir(),
 	};
 	int ret;
 

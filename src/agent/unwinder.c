@@ -37,9 +37,9 @@
 #include "common/log.h"
 
 #define UNWINDER_PROC_BUCKETS 1024
-#define UNWINDER_VDSO_DEV UINT64_MAX	       /* object key of the vDSO */
-#define UNWINDER_MAPS_MAX_BYTES (16u << 20)    /* /proc/PID/maps read at most */
-#define UNWINDER_INLINE_BUILD_BYTES (4u << 20) /* objects built by the event thread itself */
+#define UNWINDER_VDSO_DEV UINT64_MAX		/* object key of the vDSO */
+#define UNWINDER_MAPS_MAX_BYTES (16u << 20)	/* /proc/PID/maps read at most */
+#define UNWINDER_INLINE_BUILD_BYTES (16u << 20) /* objects built by the event thread itself */
 
 struct unw_obj {
 	int used;
@@ -548,6 +548,8 @@ static int unwinder_scan_locked(struct unwinder *u, uint32_t pid, int flags, cha
 		u->st.scan_unchanged++;
 		return 0;
 	}
+	if ((flags & UNWINDER_SCAN_SMALL_IF_KNOWN) && *pp)
+		flags |= UNWINDER_SCAN_SMALL; /* a known process that mapped more: dlopen */
 	list = calloc(1, sizeof(*list));
 	if (!list) {
 		fclose(f);

@@ -73,6 +73,7 @@ void unwinder_close(struct unwinder *u);
 #define UNWINDER_SCAN_BUILD 1
 #define UNWINDER_SCAN_FORCE 2
 #define UNWINDER_SCAN_SMALL 4
+#define UNWINDER_SCAN_SMALL_IF_KNOWN 8 /* SMALL for a process scanned before (dlopen) */
 int unwinder_scan_process(struct unwinder *u, uint32_t pid, int flags);
 /* Every process under proc_root; after each one, a nonzero stop(arg) ends the scan early
  * (stop may be NULL). Returns how many were scanned. */
