@@ -1,0 +1,177 @@
+/*
+ * test_unwinder — the slot allocator (first fit, merging, full), and scans of this process into
+ * real BPF maps (root only, else skipped): the mapping list BPF reads holds our executable
+ * mappings sorted, with tables whose headers sit at their table_base; a second scan of an
+ * unchanged process is skipped; dropping the process removes the list; a slot array too small
+ * for every table counts the misses instead of failing.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include <bpf/bpf.h>
+
+#include "agent/unwinder.h"
+
+static void test_alloc_first_fit_and_merge(void **state)
+{
+	static struct unwinder_alloc a;
+	uint32_t x, y, z, w;
+
+	unwinder_alloc_init(&a, 100);
+	assert_int_equal(unwinder_alloc_get(&a, 30, &x), 0);
+	assert_int_equal(unwinder_alloc_get(&a, 30, &y), 0);
+	assert_int_equal(unwinder_alloc_get(&a, 30, &z), 0);
+	assert_int_equal(x, 0);
+	assert_int_equal(y, 30);
+	assert_int_equal(z, 60);
+	assert_int_equal(unwinder_alloc_get(&a, 11, &w), -ENOSPC);
+	/* Free the middle, then the first: one extent of 60 at 0 (merged), plus 10 at the end. */
+	assert_int_equal(unwinder_alloc_put(&a, y, 30), 0);
+	assert_int_equal(unwinder_alloc_put(&a, x, 30), 0);
+	assert_int_equal(a.n, 2);
+	assert_int_equal(unwinder_alloc_get(&a, 50, &w), 0);
+	assert_int_equal(w, 0);
+	/* Free the last block: merges with the 10 left at 50 and the tail: 50 at 50. */
+	assert_int_equal(unwinder_alloc_put(&a, z, 30), 0);
+	assert_int_equal(a.n, 1);
+	assert_int_equal(unwinder_alloc_get(&a, 51, &w), -ENOSPC);
+	assert_int_equal(unwinder_alloc_get(&a, 50, &w), 0);
+	assert_int_equal(w, 50);
+	assert_int_equal(a.n, 0);
+	assert_int_equal(unwinder_alloc_put(&a, 50, 50), 0);
+	assert_int_equal(unwinder_alloc_put(&a, 0, 50), 0);
+	assert_int_equal(a.n, 1);
+	assert_int_equal(a.ext[0].len, 100);
+}
+
+struct maps {
+	int slots, procs;
+};
+
+static int open_maps(struct maps *m, uint32_t n_slots)
+{
+	LIBBPF_OPTS(bpf_map_create_opts, hopts, .map_flags = BPF_F_NO_PREALLOC);
+
+	if (geteuid() != 0)
+		return -EPERM;
+	m->slots = bpf_map_create(BPF_MAP_TYPE_ARRAY, "t_unw_slots", 4, 8, n_slots, NULL);
+	m->procs = bpf_map_create(BPF_MAP_TYPE_HASH, "t_unw_procs", 4, sizeof(struct unw_proc),
+				  16, &hopts);
+	if (m->slots < 0 || m->procs < 0)
+		return -errno;
+	return 0;
+}
+
+static void test_scan_self(void **state)
+{
+	struct maps m;
+	struct unwinder *u;
+	struct unwinder_stats st;
+	struct unw_proc p;
+	uint32_t pid = (uint32_t)getpid();
+	uintptr_t here = (uintptr_t)&test_scan_self;
+	int found = 0;
+
+	if (open_maps(&m, 1u << 20))
+		skip();
+	assert_int_equal(unwinder_open(&(struct unwinder_opts){.slots_fd = m.slots,
+							       .max_slots = 1u << 20,
+							       .procs_fd = m.procs,
+							       .max_procs = 16},
+				       &u),
+			 0);
+	assert_int_equal(unwinder_scan_process(u, pid, UNWINDER_SCAN_BUILD), 0);
+	assert_int_equal(bpf_map_lookup_elem(m.procs, &pid, &p), 0);
+	assert_true(p.n >= 3); /* this test, libc, ld.so (and the vDSO) */
+	for (uint32_t i = 0; i < p.n; i++) {
+		const struct unw_mapping *mp = &p.maps[i];
+
+		if (i)
+			assert_true(mp->start >= p.maps[i - 1].end);
+		if (here >= mp->start && here < mp->end) {
+			uint64_t hdr[2];
+			uint32_t k0 = mp->table_base, k1 = k0 + 1;
+
+			found = 1;
+			assert_false(mp->flags & UNW_MAP_NO_TABLE);
+			assert_true(mp->flags >> UNW_MAP_OBJ_SHIFT);
+			assert_int_equal(bpf_map_lookup_elem(m.slots, &k0, &hdr[0]), 0);
+			assert_int_equal(bpf_map_lookup_elem(m.slots, &k1, &hdr[1]), 0);
+			/* first_va ≤ our va < first_va + n_buckets * 4 KiB, and rows exist */
+			assert_true((uint32_t)hdr[0] <= here - mp->bias);
+			assert_true(here - mp->bias <
+				    (uint32_t)hdr[0] + ((hdr[0] >> 32) << UNW_BUCKET_SHIFT));
+			assert_true((uint32_t)hdr[1] > 0);
+		}
+	}
+	assert_true(found);
+	unwinder_get_stats(u, &st);
+	assert_int_equal(st.procs, 1);
+	assert_true(st.objects >= 3 && st.slots_used > 0 && st.tables_built >= 3);
+
+	/* Unchanged: skipped; forced: stored again. */
+	assert_int_equal(unwinder_scan_process(u, pid, 0), 0);
+	unwinder_get_stats(u, &st);
+	assert_int_equal(st.scan_unchanged, 1);
+	assert_int_equal(unwinder_scan_process(u, pid, UNWINDER_SCAN_FORCE), 0);
+	unwinder_get_stats(u, &st);
+	assert_int_equal(st.scan_unchanged, 1);
+
+	unwinder_drop_process(u, pid);
+	assert_int_equal(bpf_map_lookup_elem(m.procs, &pid, &p), -ENOENT);
+	unwinder_get_stats(u, &st);
+	assert_int_equal(st.procs, 0);
+	assert_int_equal(unwinder_scan_process(u, 0x7ffffff0u, 0), -ENOENT);
+	unwinder_close(u);
+	close(m.slots);
+	close(m.procs);
+}
+
+/* A slot array that holds only small tables: big ones are counted as full, lists still stored. */
+static void test_slots_full(void **state)
+{
+	struct maps m;
+	struct unwinder *u;
+	struct unwinder_stats st;
+	struct unw_proc p;
+	uint32_t pid = (uint32_t)getpid(), no_table = 0;
+
+	if (open_maps(&m, 4096))
+		skip();
+	assert_int_equal(unwinder_open(&(struct unwinder_opts){.slots_fd = m.slots,
+							       .max_slots = 4096,
+							       .procs_fd = m.procs,
+							       .max_procs = 16},
+				       &u),
+			 0);
+	assert_int_equal(unwinder_scan_process(u, pid, UNWINDER_SCAN_BUILD), 0);
+	unwinder_get_stats(u, &st);
+	assert_true(st.slots_full >= 1); /* libc alone needs ~28 k slots */
+	assert_true(st.slots_used <= 4096);
+	assert_int_equal(bpf_map_lookup_elem(m.procs, &pid, &p), 0);
+	for (uint32_t i = 0; i < p.n; i++)
+		no_table += !!(p.maps[i].flags & UNW_MAP_NO_TABLE);
+	assert_true(no_table >= 1);
+	unwinder_close(u);
+	close(m.slots);
+	close(m.procs);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_alloc_first_fit_and_merge),
+	    cmocka_unit_test(test_scan_self),
+	    cmocka_unit_test(test_slots_full),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
