@@ -5,7 +5,8 @@
 # BATCH rows per batch, CLIENTS parallel clients) through `ember server --store clickhouse://`:
 # zstd JSON over HTTP, decoding, validation, the exactly-once markers and the RowBinary INSERT.
 # Then the very rows ember stored are exported batch by batch in the format ember sends
-# (RowBinary, the same columns, gzip -1) and posted straight to ClickHouse's HTTP interface into
+# (RowBinary, the same columns, in the order ember sends them: the sort key, then the stack,
+# gzip -1) and posted straight to ClickHouse's HTTP interface into
 # an identical empty table, with the same batch size and the same number of parallel clients.
 # The direct path gets its bodies ready-made (like gen_batches' JSON), so the ratio charges ember
 # with everything it does per row.
@@ -94,7 +95,8 @@ ch_query "CREATE TABLE bench_direct.in_process AS bench_ember.in_process" >/dev/
 mkdir -p "$tmp/direct"
 for id in $(ch_query "SELECT DISTINCT batch_id FROM bench_ember.in_process ORDER BY batch_id"); do
 	curl -sS --fail "http://127.0.0.1:$CH_HTTP_PORT/" --data-binary \
-		"SELECT $cols FROM bench_ember.in_process WHERE batch_id = '$id' FORMAT RowBinary" |
+		"SELECT $cols FROM bench_ember.in_process WHERE batch_id = '$id' ORDER BY app_service,
+		profile_language_type, profile_event_type, time, profile_location_str FORMAT RowBinary" |
 		gzip -1 >"$tmp/direct/$id.gz" || exit 1
 done
 insert_q=$(printf 'INSERT INTO bench_direct.in_process (%s) FORMAT RowBinary' "$cols" | jq -sRr @uri)
