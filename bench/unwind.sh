@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# bench/unwind — the cost of DWARF unwinding in BPF, per workload, beside frame pointers and
+# `perf record --call-graph dwarf` on the same workload in the same run.
+#
+#   bench/unwind.sh BUILD_DIR        (root; needs BUILD_DIR/bench/unwind_run; HZ=99 by default)
+#
+# Per workload: samples, user frames per sample, complete share; BPF time per run, per sample
+# and per frame (bpf_stats, the program's own counters); tables (objects, MiB, build ms, cold:
+# EMBER_UNWIND_CACHE="" so every table is built); the CPU of the sampling process (table
+# builds, events, drains); and perf's CPU and bytes written for the same command.
+set -u
+B=${1:?usage: bench/unwind.sh BUILD_DIR}
+HZ=${HZ:-99}
+RUN=$B/bench/unwind_run
+[ -x "$RUN" ] || { echo "build $RUN first (make BUILD=$B $RUN)"; exit 1; }
+[ "$(id -u)" -eq 0 ] || { echo "needs root"; exit 1; }
+T=$(mktemp -d /tmp/ember-bench-unwind.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+
+cat > "$T/w.pl" <<'PL'
+sub fib { my $n = shift; return $n < 2 ? $n : fib($n - 1) + fib($n - 2); }
+my %h; for my $i (1 .. 400000) { $h{"k$i"} = $i * 7 % 1013; }
+my @s = sort { $h{$a} <=> $h{$b} } keys %h; print fib(27), "\n";
+PL
+cat > "$T/w.py" <<'PY'
+import json
+def fib(n): return n if n < 2 else fib(n - 1) + fib(n - 2)
+d = {str(i): [i, {"x": i}] for i in range(200000)}
+print(fib(27), len(json.loads(json.dumps(d))))
+PY
+cat > "$T/w.js" <<'JS'
+function hot(n) { let x = 0; for (let i = 0; i < n; i++) x = (x * 31 + i) % 1000003; return x; }
+const end = Date.now() + 3000; let s = 0;
+while (Date.now() < end) s += hot(50000) + JSON.stringify({a: s}).length;
+console.log(s > 0);
+JS
+for i in 1 2 3 4; do cat /usr/bin/perl /usr/lib/x86_64-linux-gnu/libc.so.6; done > "$T/in.bin"
+
+declare -A CMD=(
+	[perl]="perl $T/w.pl"
+	[python3.11]="/usr/bin/python3.11 $T/w.py"
+	[sqlite3]="sqlite3 :memory: 'WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 4000000) SELECT sum(x % 7) FROM c;'"
+	[xz-T2]="xz -6 -T2 -c $T/in.bin"
+	[gzip]="gzip -6 -c $T/in.bin"
+	[dd]="dd if=/dev/zero of=/dev/null bs=512 count=3000000"
+	[node]="node $T/w.js"
+)
+ORDER=${ONLY:-"perl python3.11 sqlite3 xz-T2 gzip dd node"}
+val() { sed -n "s/.*[ :]$1=\([^ ]*\).*/\1/p" "$2"; }
+
+echo "# bench/unwind at $HZ Hz, $(nproc) CPUs, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '| workload | unwind | samples | frames/sample | complete | BPF ns/run | BPF µs/sample | BPF ns/frame | tables | table MiB | build ms | sampler CPU ms | perf dwarf CPU ms | perf.data MiB |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+for w in $ORDER; do
+	for u in dwarf fp; do
+		(cd "$T" && EMBER_UNWIND_CACHE= eval "\"$RUN\" -F $HZ -u $u -- ${CMD[$w]}" >/dev/null 2>"$T/$w.$u")
+		grep -q 'unwind_run: samples=' "$T/$w.$u" || { echo "| $w | $u | failed |"; continue; }
+		pc=- pb=-
+		if [ $u = dwarf ] && command -v perf >/dev/null; then
+			(cd "$T" && eval "/usr/bin/time -f '%U %S' -o \"$T/$w.time\" perf record -q -F $HZ --call-graph dwarf -o \"$T/$w.data\" -- ${CMD[$w]}" >/dev/null 2>&1)
+			pc=$(awk '{printf "%.0f", ($1 + $2) * 1000}' "$T/$w.time" 2>/dev/null)
+			pb=$(stat -c %s "$T/$w.data" 2>/dev/null | awk '{printf "%.1f", $1 / 1048576}')
+			rm -f "$T/$w.data"
+		fi
+		f=$T/$w.$u
+		printf '| %s | %s | %s | %s | %s %% | %s | %.1f | %s | %s | %s | %s | %s | %s | %s |\n' \
+			"$w" "$u" "$(val samples "$f")" "$(val frames_per_sample "$f")" \
+			"$(val complete_pct "$f")" "$(val bpf_ns_per_run "$f")" \
+			"$(val bpf_ns_per_sample "$f" | awk '{print $1 / 1000}')" "$(val bpf_ns_per_frame "$f")" \
+			"$(val objects "$f")" "$(val table_mib "$f")" "$(val build_ms "$f")" \
+			"$(val agent_cpu_ms "$f")" "$pc" "$pb"
+	done
+done
