@@ -11,7 +11,7 @@
 set -u
 B=${1:?usage: bench/unwind.sh BUILD_DIR}
 HZ=${HZ:-99}
-RUN=$B/bench/unwind_run
+RUN=$(cd "$B" && pwd)/bench/unwind_run
 [ -x "$RUN" ] || { echo "build $RUN first (make BUILD=$B $RUN)"; exit 1; }
 [ "$(id -u)" -eq 0 ] || { echo "needs root"; exit 1; }
 T=$(mktemp -d /tmp/ember-bench-unwind.XXXXXX)
