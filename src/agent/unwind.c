@@ -10,8 +10,9 @@
  *   4. apply the row: CFA from rsp/rbp (or the PLT formula), RA at CFA-8, rbp from CFA+off when
  *      saved; SIGNAL reloads rbp/rsp/rip from the sigcontext; STOP ends a complete walk; NONE
  *      (code without CFI) takes one frame-pointer step.
- * Frame-pointer step: needs a known bp above sp; reads saved bp at [bp] and RA at [bp+8]; the
- * new bp must grow (or be 0, the end of a chain), so a loop of bad pointers cannot recur.
+ * Frame-pointer step: needs a known bp at or above sp; reads saved bp at [bp] and RA at [bp+8];
+ * a new bp that does not grow (or is not 0, the end of a chain) is marked unknown, so a loop of
+ * bad pointers cannot recur while DWARF frames above it still unwind.
  */
 #include "agent/unwind.h"
 
@@ -189,7 +190,7 @@ static int unw_fp_step(const struct unw_env *env, struct unw_state *st, uint32_t
 {
 	uint64_t nbp, ra;
 
-	if (!st->bp_known || st->bp <= st->sp) {
+	if (!st->bp_known || st->bp < st->sp) { /* bp == sp: a frame without locals */
 		st->reason = why;
 		return 1;
 	}
@@ -197,15 +198,17 @@ static int unw_fp_step(const struct unw_env *env, struct unw_state *st, uint32_t
 		st->reason = UNW_REASON_READ_FAIL;
 		return 1;
 	}
-	if (nbp != 0 && nbp <= st->bp) {
-		st->reason = why;
-		return 1;
-	}
 	if (ra == 0) {
 		st->reason = UNW_REASON_RA_ZERO;
 		return 1;
 	}
 	st->sp = st->bp + 16;
+	/*
+	 * A saved rbp that does not grow is no frame pointer (the caller has none, as in code
+	 * calling assembly): the caller's frame is still found by DWARF from the new sp; only a
+	 * later step that needs rbp fails. sp grows at every step, so the walk cannot loop.
+	 */
+	st->bp_known = nbp == 0 || nbp > st->bp;
 	st->bp = nbp;
 	st->pc = ra;
 	st->exact = 0;

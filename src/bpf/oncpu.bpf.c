@@ -328,7 +328,7 @@ static __always_inline long fp_step(struct unw_walk *w, __u32 why)
 {
 	__u64 nbp, ra;
 
-	if (!w->bp_known || w->bp <= w->sp) {
+	if (!w->bp_known || w->bp < w->sp) { /* bp == sp: a frame without locals */
 		w->reason = why;
 		return 1;
 	}
@@ -336,15 +336,13 @@ static __always_inline long fp_step(struct unw_walk *w, __u32 why)
 		w->reason = UNW_REASON_READ_FAIL;
 		return 1;
 	}
-	if (nbp != 0 && nbp <= w->bp) {
-		w->reason = why;
-		return 1;
-	}
 	if (ra == 0) {
 		w->reason = UNW_REASON_RA_ZERO;
 		return 1;
 	}
 	w->sp = w->bp + 16;
+	/* A saved rbp that does not grow is no frame pointer: DWARF goes on from sp. */
+	w->bp_known = nbp == 0 || nbp > w->bp;
 	w->bp = nbp;
 	w->pc = ra;
 	w->exact = 0;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # DWARF unwinding end to end through `ember record` on Debian programs built without frame
 # pointers (perl, python3.11, sqlite3, xz -T2, gzip, dd, a C program busy in a signal handler,
+# assembly without CFI,
 # node): the share of complete user stacks (outermost frame _start, the stripped executable
 # under __libc_start_main, or clone/clone3), and the agreement of the function-level stack
 # distribution with `perf record --call-graph dwarf` on the same workload, next to the
@@ -63,6 +64,23 @@ int main(void)
 }
 C
 gcc -O2 -fomit-frame-pointer -g -o "$T/sigbusy" "$T/sigbusy.c" || fail "build sigbusy"
+# Adversarial: a hot assembly function without any CFI (a gap between FDEs), called from code
+# without frame pointers: one frame-pointer step through it, then DWARF again.
+cat > "$T/nocfi.c" <<'C'
+#include <stdio.h>
+__asm__(".text\n.globl spin_nocfi\n.type spin_nocfi,@function\nspin_nocfi:\n"
+	"\tpush %rbp\n\tmov %rsp,%rbp\n\tmov $150000000,%rcx\n1:\tdec %rcx\n\tjnz 1b\n"
+	"\tpop %rbp\n\tret\n.size spin_nocfi,.-spin_nocfi\n");
+void spin_nocfi(void);
+__attribute__((noinline)) static void caller(int n)
+{
+	for (int i = 0; i < n; i++)
+		spin_nocfi();
+	__asm__ volatile("" ::: "memory");
+}
+int main(void) { caller(8); puts("done"); return 0; }
+C
+gcc -O2 -fomit-frame-pointer -g -o "$T/nocfi" "$T/nocfi.c" || fail "build nocfi"
 cat > "$T/w.js" <<'JS'
 function hot(n) { let x = 0; for (let i = 0; i < n; i++) x = (x * 31 + i) % 1000003; return x; }
 const end = Date.now() + 1500; let s = 0;
@@ -80,9 +98,10 @@ declare -A CMD=(
 	[gzip]="gzip -6 -c $T/in3.bin"
 	[dd]="dd if=/dev/zero of=/dev/null bs=512 count=1500000"
 	[sigbusy]="$T/sigbusy"
+	[nocfi]="$T/nocfi"
 	[node]="node $T/w.js"
 )
-ORDER=${DWARF_ONLY:-"perl python sqlite3 xz gzip dd sigbusy node"}
+ORDER=${DWARF_ONLY:-"perl python sqlite3 xz gzip dd sigbusy nocfi node"}
 
 # ember folded → "user frames, outermost first" per sample line (value kept); kernel frames,
 # the comm and [p]/[t] levels dropped; versions (@@GLIBC_2.34), [l] marks and glibc's alias

@@ -248,11 +248,18 @@ static void test_stop_reasons(void **state)
 	assert_int_equal(walk(f, JIT_START, S, S - 64, &st), 1);
 	assert_int_equal(st.reason, UNW_REASON_NO_MAPPING);
 
-	/* unknown code and a frame-pointer chain that does not grow */
+	/* unknown code and a frame-pointer chain that does not grow: one step is taken (its RA is
+	 * real), the saved rbp is dropped, and the next frame-pointer step has none to use */
 	put(f, S + 32, S + 16);
 	put(f, S + 40, JIT_START + 8);
-	assert_int_equal(walk(f, JIT_START, S, S + 32, &st), 1);
+	assert_int_equal(walk(f, JIT_START, S, S + 32, &st), 2);
+	assert_int_equal(st.ips[1], JIT_START + 8);
 	assert_int_equal(st.reason, UNW_REASON_NO_MAPPING);
+
+	/* a frame without locals (bp == sp) still takes its frame-pointer step */
+	put(f, S, 0);
+	put(f, S + 8, JIT_START + 8);
+	assert_int_equal(walk(f, JIT_START, S, S, &st), 2);
 
 	/* no CFI and no usable frame pointer */
 	assert_int_equal(walk(f, OBJ_START + VA_NONE, S, 0, &st), 1);
