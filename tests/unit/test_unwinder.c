@@ -2,7 +2,8 @@
  * test_unwinder — the slot allocator (first fit, merging, full), and scans of this process into
  * real BPF maps (root only, else skipped): the mapping list BPF reads holds our executable
  * mappings sorted, with tables whose headers sit at their table_base; a second scan of an
- * unchanged process is skipped; dropping the process removes the list; a slot array too small
+ * unchanged process is skipped; object ids resolve to paths; dropping the process removes the
+ * list; a slot array too small
  * for every table counts the misses instead of failing.
  */
 #include <errno.h>
@@ -78,6 +79,7 @@ static void test_scan_self(void **state)
 	struct unw_proc p;
 	uint32_t pid = (uint32_t)getpid();
 	uintptr_t here = (uintptr_t)&test_scan_self;
+	char obj_path[4096], exe[4096] = {0};
 	int found = 0;
 
 	if (open_maps(&m, 1u << 20))
@@ -103,6 +105,12 @@ static void test_scan_self(void **state)
 			found = 1;
 			assert_false(mp->flags & UNW_MAP_NO_TABLE);
 			assert_true(mp->flags >> UNW_MAP_OBJ_SHIFT);
+			/* the object id names our executable */
+			assert_int_equal(unwinder_object_path(u, mp->flags >> UNW_MAP_OBJ_SHIFT,
+							      obj_path, sizeof(obj_path)),
+					 0);
+			assert_int_equal(readlink("/proc/self/exe", exe, sizeof(exe) - 1) > 0, 1);
+			assert_string_equal(obj_path, exe);
 			assert_int_equal(bpf_map_lookup_elem(m.slots, &k0, &hdr[0]), 0);
 			assert_int_equal(bpf_map_lookup_elem(m.slots, &k1, &hdr[1]), 0);
 			/* first_va ≤ our va < first_va + n_buckets * 4 KiB, and rows exist */
