@@ -31,6 +31,8 @@ void procinfo_close(struct procinfo *pi);
  * process never could be read. The pointer is valid until the next call. */
 const struct proc_facts *procinfo_get(struct procinfo *pi, uint32_t pid);
 void procinfo_forget(struct procinfo *pi, uint32_t pid);
+/* How often a cached pid is re-validated against /proc (default 10 s; tests use less). */
+void procinfo_set_recheck_ms(struct procinfo *pi, int64_t ms);
 
 /* Parsers, exposed for tests. */
 int procinfo_parse_stat(const char *text, char comm[16], uint64_t *start_ticks);

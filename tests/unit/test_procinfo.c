@@ -174,6 +174,7 @@ static void test_renamed_child(void **state)
 	close(pfd[0]);
 
 	assert_int_equal(procinfo_open(2, "/proc", &pi), 0);
+	procinfo_set_recheck_ms(pi, 1000);
 	f = procinfo_get(pi, (uint32_t)child);
 	assert_non_null(f);
 	assert_string_equal(f->comm, "x y)z");
