@@ -253,8 +253,9 @@ void agent_write_metrics(struct agent *a, struct strbuf *out)
 		  "ember_agent_samples_total %" PRIu64 "\n"
 		  "# HELP ember_agent_samples_dropped_total Samples lost, by reason.\n"
 		  "# TYPE ember_agent_samples_dropped_total counter\n"
-		  "ember_agent_samples_dropped_total{reason=\"map_full\"} %" PRIu64 "\n"
-		  "ember_agent_samples_dropped_total{reason=\"lost\"} %" PRIu64 "\n"
+		  "ember_agent_samples_dropped_total %" PRIu64 "\n"
+		  "# HELP ember_agent_samples_overflow_total Samples sent via the overflow ring (not lost).\n"
+		  "ember_agent_samples_overflow_total %" PRIu64 "\n"
 		  "ember_agent_stack_collisions_total %" PRIu64 "\n"
 		  "# HELP ember_agent_bpf_run_seconds_total BPF program run time (bpf_stats).\n"
 		  "# TYPE ember_agent_bpf_run_seconds_total counter\n"
@@ -265,7 +266,7 @@ void agent_write_metrics(struct agent *a, struct strbuf *out)
 		  "ember_agent_upload_retries_total %" PRIu64 "\n"
 		  "ember_agent_spool_bytes %" PRIu64 "\n"
 		  "ember_agent_server_up %d\n",
-		  ss.samples, ss.map_full_drops, ss.lost, ss.stack_collisions,
+		  ss.samples, ss.lost, ss.overflow_samples, ss.stack_collisions,
 		  (double)ss.bpf_run_ns / 1e9, ss.bpf_run_cnt, us.rows_sent, us.rows_dropped,
 		  us.retries, us.queued_bytes + us.spooled_bytes, us.server_ok);
 }

@@ -88,7 +88,11 @@ int api_parse_request(const char *body, size_t len, struct pt_request *req, stru
 	memset(req, 0, sizeof(*req));
 	req->max_kernel_stack_depth = -1;
 	sb_reset(err);
-	if (len == 0 || strspn(body, " \t\r\n") == len) {
+	size_t blank = 0;
+
+	while (blank < len && strchr(" \t\r\n", body[blank]) && body[blank])
+		blank++;
+	if (blank == len) {
 		sb_puts(err, "EOF: the request body is empty; send a JSON object");
 		return -EINVAL;
 	}
