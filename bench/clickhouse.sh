@@ -73,6 +73,9 @@ port=$(sed -n 's/.*(port \([0-9]*\)).*/\1/p' "$tmp/server.log" | head -1)
 start=$(( $(date +%s) / 3600 * 3600 - 3600 ))
 seconds=$(( 3600 < ROWS / 1000 ? 3600 : (ROWS / 1000 > 60 ? ROWS / 1000 : 60) ))
 echo "clickhouse $(ch_query 'SELECT version()'), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+# CPU seconds (user + system) of a process: what it costs whatever else the machine runs
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }
+ember_cpu0=$(cpu_s "$spid")
 if ! "$gen" --url "http://127.0.0.1:$port" --rows "$ROWS" --stacks "$STACKS" \
 	--services "$SERVICES" --hosts 4 --seconds "$seconds" --start "$start" \
 	--batch-rows "$BATCH" --clients "$CLIENTS" >"$tmp/gen.out"; then
@@ -80,6 +83,7 @@ if ! "$gen" --url "http://127.0.0.1:$port" --rows "$ROWS" --stacks "$STACKS" \
 	tail -n 20 "$tmp/server.log" >&2
 	exit 1
 fi
+ember_cpu=$(echo "$(cpu_s "$spid") - $ember_cpu0" | bc -l)
 ember_rps=$(sed -n 's/^rows_per_second=//p' "$tmp/gen.out")
 ember_s=$(sed -n 's/^send_seconds=//p' "$tmp/gen.out")
 batches=$(sed -n 's/^batches=//p' "$tmp/gen.out")
@@ -151,6 +155,7 @@ cat <<EOF
 rows=$ROWS stacks=$STACKS services=$SERVICES batch_rows=$BATCH batches=$batches clients=$CLIENTS
 ember_seconds=$ember_s
 ember_rows_per_second=$ember_rps
+ember_server_cpu_us_per_row=$(printf '%.1f' "$(echo "$ember_cpu * 1000000 / $ROWS" | bc -l)") (decode, validate, encode, gzip, HTTP)
 direct_seconds=$(printf '%.3f' "$direct_s")
 direct_rows_per_second=$(printf '%.0f' "$direct_rps")
 ingest_ratio=$(printf '%.2f' "$(echo "$ember_rps / $direct_rps" | bc -l)") (target >= 0.8)
