@@ -51,7 +51,8 @@
 #define SYM_MAX_MAPS_PER_PROC 16384    /* executable mappings kept per process */
 #define SYM_MAX_FILE_SYMBOLS (1 << 23) /* function symbols kept per ELF file */
 #define SYM_MAX_NAME 4096	       /* bytes of one demangled name */
-#define SYM_PROC_RELOAD_MS 1000	       /* re-read maps on a miss at most this often */
+#define SYM_PROC_RELOAD_MS 1000	       /* first back-off step of maps re-reads on misses */
+#define SYM_PROC_RELOAD_MAX_MS 60000   /* longest back-off while misses stay unresolved */
 #define KSYM_RELOAD_MS 10000	       /* re-read kallsyms on a miss at most this often */
 #define KSYM_MAX_GAP (1 << 20)	       /* farther than this past a kernel symbol: unknown */
 #define PERF_MAP_MAX_BYTES (64 << 20)
@@ -122,7 +123,9 @@ struct sym_proc {
 	struct sym_map *maps;
 	size_t nmaps;
 	int stale;
-	int64_t read_ms; /* last read of /proc/PID/maps, 0 = never */
+	int64_t read_ms;    /* last miss check (or read of /proc/PID/maps), 0 = never */
+	int64_t backoff_ms; /* wait between miss checks: doubles while misses stay unresolved */
+	uint64_t vm_pages;  /* /proc/PID/statm size at the last maps read: the change signature */
 	struct perf_map jit;
 	struct sym_proc *hnext, *prev, *next;
 };
@@ -1061,6 +1064,32 @@ static void sym_proc_keep_files(const struct sym_proc *p, struct sym_map *maps, 
 	}
 }
 
+/*
+ * The process's total mapped size in pages, the first field of /proc/PID/statm: a cheap
+ * signature of its mappings (one line the kernel fills from counters, where maps walks and
+ * formats every VMA). Any mmap, munmap or brk changes it; 0 when it cannot be read.
+ */
+static uint64_t sym_proc_vm_pages(struct symbolizer *sym, uint32_t tgid)
+{
+	char path[128], buf[64];
+	unsigned long long pages = 0;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%u/statm", sym->proc_root, tgid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	if (sscanf(buf, "%llu", &pages) != 1)
+		return 0;
+	return pages;
+}
+
 /* Re-reads /proc/PID/maps; on failure (the process exited) the old mappings stay. */
 static int sym_proc_read_maps(struct symbolizer *sym, struct sym_proc *p)
 {
@@ -1072,6 +1101,8 @@ static int sym_proc_read_maps(struct symbolizer *sym, struct sym_proc *p)
 
 	p->read_ms = sym_now_ms();
 	p->stale = 0;
+	/* Read before the maps: a mapping added in between changes it again and is seen later. */
+	p->vm_pages = sym_proc_vm_pages(sym, p->tgid);
 	snprintf(path, sizeof(path), "%s/%u/maps", sym->proc_root, p->tgid);
 	f = fopen(path, "re");
 	if (!f)
@@ -1224,6 +1255,38 @@ static struct sym_map *sym_proc_find_map(struct sym_proc *p, uint64_t addr)
 	return NULL;
 }
 
+/*
+ * An address outside every known mapping: a dlopen or a JIT region mapped since the last read,
+ * or a garbage return address from a walk through code without frame pointers. Checked at most
+ * once per back-off interval; the maps are re-read only when the statm signature changed. While
+ * misses stay unresolved the interval doubles (1 s, 2 s, ... 60 s); a miss that a re-read
+ * resolves, or an exec (sym_process_invalidate), resets it.
+ */
+static struct sym_map *sym_proc_recheck(struct symbolizer *sym, struct sym_proc *p,
+					uint64_t addr)
+{
+	int64_t now = sym_now_ms();
+	struct sym_map *m = NULL;
+	uint64_t pages;
+
+	if (p->backoff_ms < SYM_PROC_RELOAD_MS)
+		p->backoff_ms = SYM_PROC_RELOAD_MS;
+	if (now - p->read_ms < p->backoff_ms)
+		return NULL;
+	pages = sym_proc_vm_pages(sym, p->tgid);
+	if (pages && pages != p->vm_pages) {
+		sym_proc_read_maps(sym, p);
+		m = sym_proc_find_map(p, addr);
+	}
+	p->read_ms = now;
+	if (m)
+		p->backoff_ms = SYM_PROC_RELOAD_MS;
+	else if (p->backoff_ms < SYM_PROC_RELOAD_MAX_MS)
+		p->backoff_ms = p->backoff_ms * 2 < SYM_PROC_RELOAD_MAX_MS ? p->backoff_ms * 2
+									    : SYM_PROC_RELOAD_MAX_MS;
+	return m;
+}
+
 static void sym_resolve_user(struct symbolizer *sym, struct sym_proc *p, uint64_t addr,
 			     struct sym_res *res)
 {
@@ -1231,10 +1294,8 @@ static void sym_resolve_user(struct symbolizer *sym, struct sym_proc *p, uint64_
 	struct sym_file *f;
 
 	memset(res, 0, sizeof(*res));
-	if (!m && sym_now_ms() - p->read_ms >= SYM_PROC_RELOAD_MS) {
-		sym_proc_read_maps(sym, p); /* dlopen, or a JIT region mapped since */
-		m = sym_proc_find_map(p, addr);
-	}
+	if (!m)
+		m = sym_proc_recheck(sym, p, addr);
 	if (!m || m->kind == MAP_ANON) {
 		sym_jit_lookup(sym, p, addr, m != NULL, res);
 		return;
@@ -1302,6 +1363,7 @@ void sym_process_invalidate(struct symbolizer *sym, uint32_t tgid)
 	if (!p)
 		return;
 	p->stale = 1;
+	p->backoff_ms = SYM_PROC_RELOAD_MS;
 	p->jit.checked_ms = 0;
 	p->jit.size = -1; /* force a re-read of the perf map too */
 }

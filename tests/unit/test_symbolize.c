@@ -522,6 +522,34 @@ static void test_dlopen_after_first_read(void **state)
 	sym_close(sym);
 }
 
+/* A miss at an address no mapping holds, with mappings unchanged, re-reads nothing. */
+static void test_miss_without_change(void **state)
+{
+	struct symbolizer *sym = open_sym(0);
+	uint64_t ips[2] = {0x10, fn_addr(ember_test_caller_fn) + 1};
+	struct sym_stats before, after;
+	char *s;
+
+	s = user_labels(sym, (uint32_t)getpid(), &ips[1], 1, NULL);
+	assert_string_equal(s, "ember_test_caller_fn");
+	free(s);
+	usleep(1100 * 1000);
+	sym_get_stats(sym, &before);
+	for (int i = 0; i < 3; i++) {
+		s = user_labels(sym, (uint32_t)getpid(), ips, 2, NULL);
+		assert_non_null(strstr(s, "ember_test_caller_fn;[unknown"));
+		free(s);
+	}
+	sym_get_stats(sym, &after);
+	assert_int_equal(after.procs_loaded, before.procs_loaded);
+	/* An exec resets the process: its maps are read again on the next stack. */
+	sym_process_invalidate(sym, (uint32_t)getpid());
+	free(user_labels(sym, (uint32_t)getpid(), &ips[1], 1, NULL));
+	sym_get_stats(sym, &after);
+	assert_int_equal(after.procs_loaded, before.procs_loaded + 1);
+	sym_close(sym);
+}
+
 static void test_bounded_processes(void **state)
 {
 	struct sym_opts o = {.max_files = 4, .max_processes = 2, .proc_root = "/proc"};
@@ -566,6 +594,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_deleted_binary),
 	    cmocka_unit_test(test_bounded_files),
 	    cmocka_unit_test(test_dlopen_after_first_read),
+	    cmocka_unit_test(test_miss_without_change),
 	    cmocka_unit_test(test_bounded_processes),
 	};
 
