@@ -24,22 +24,31 @@ e2e_done() {
 	echo "all checks passed"
 }
 
-# server_start NAME [ember server flags...] → sets SRV_URL_<NAME> and SRV_PID_<NAME>; log in $E2E_TMP/NAME.log
-server_start() {
-	local name=$1; shift
+# ember_start NAME READY SUBCOMMAND [flags...]: starts `ember SUBCOMMAND --listen 127.0.0.1:0`,
+# waits until it serves (and its log matches READY, when given) → SRV_URL_<NAME>, SRV_PID_<NAME>;
+# log in $E2E_TMP/NAME.log
+ember_start() {
+	local name=$1 ready=$2 sub=$3; shift 3
 	local log=$E2E_TMP/$name.log port=""
-	"$EMBER_BIN" server --listen 127.0.0.1:0 "$@" >"$log" 2>&1 &
+	"$EMBER_BIN" "$sub" --listen 127.0.0.1:0 "$@" >"$log" 2>&1 &
 	local pid=$!
 	E2E_PIDS+=("$pid")
-	for _ in $(seq 1 200); do
+	for _ in $(seq 1 300); do
 		port=$(sed -n 's/.*serving on .* (port \([0-9]*\)).*/\1/p' "$log" | head -n1)
-		[ -n "$port" ] && break
-		kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; fail "server $name exited at start"; }
+		[ -n "$port" ] && { [ -z "$ready" ] || grep -q "$ready" "$log"; } && break
+		port=""
+		kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; fail "ember $sub ($name) exited at start"; }
 		sleep 0.05
 	done
-	[ -n "$port" ] || { cat "$log" >&2; fail "server $name did not start"; }
+	[ -n "$port" ] || { cat "$log" >&2; fail "ember $sub ($name) did not start"; }
 	printf -v "SRV_URL_$name" 'http://127.0.0.1:%s' "$port"
 	printf -v "SRV_PID_$name" '%s' "$pid"
+}
+
+# server_start NAME [ember server flags...]
+server_start() {
+	local name=$1; shift
+	ember_start "$name" "" server "$@"
 }
 
 # server_stop NAME: SIGTERM and wait (must exit 0)
