@@ -110,6 +110,13 @@ struct sampler {
 	uint32_t ustacks_max;
 	struct profile_key *keys; /* drain buffers, counts_max entries each */
 	uint64_t *vals;
+	/* Stack-map entries the drained counts keys referenced, deleted by key after the drain. */
+	uint32_t *used_kids;   /* distinct kernel stack ids, kstacks_max at most */
+	uint8_t *used_kbits;   /* kstacks_max bits: id already in used_kids */
+	uint64_t *used_uhash;  /* user stack hashes, counts_max at most */
+	uint32_t n_used_kids, n_used_uhash;
+	uint64_t unkeyed_seen; /* samples that may have left unreferenced stacks, at the last drain */
+	int full_clears;       /* drains left that must clear their stack maps by a full scan */
 	uint64_t kframes[PROFILE_MAX_STACK_DEPTH];
 	uint64_t uframes[PROFILE_MAX_STACK_DEPTH];
 	uint64_t drains;
@@ -561,7 +568,10 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 	}
 	s->keys = calloc(s->counts_max, sizeof(*s->keys));
 	s->vals = calloc(s->counts_max, sizeof(*s->vals));
-	if (!s->keys || !s->vals) {
+	s->used_kids = calloc(s->kstacks_max, sizeof(*s->used_kids));
+	s->used_kbits = calloc(s->kstacks_max / 8 + 1, 1);
+	s->used_uhash = calloc(s->counts_max, sizeof(*s->used_uhash));
+	if (!s->keys || !s->vals || !s->used_kids || !s->used_kbits || !s->used_uhash) {
 		ret = -ENOMEM;
 		goto cleanup;
 	}
@@ -663,8 +673,23 @@ static int sampler_on_overflow(void *ctx, void *data, size_t size)
 	return 0;
 }
 
+static uint64_t sampler_sum_counter(struct sampler *s, uint32_t idx, int reset)
+{
+	uint64_t vals[s->n_possible_cpus], sum = 0;
+
+	if (bpf_map_lookup_elem(bpf_map__fd(s->skel->maps.counters), &idx, vals))
+		return 0;
+	for (int i = 0; i < s->n_possible_cpus; i++)
+		sum += vals[i];
+	if (reset) {
+		memset(vals, 0, sizeof(vals));
+		bpf_map_update_elem(bpf_map__fd(s->skel->maps.counters), &idx, vals, BPF_ANY);
+	}
+	return sum;
+}
+
 /* Deletes every entry of a stack map (u32 or u64 keys) that no program writes to any more. */
-static void sampler_clear_stacks(int fd)
+static void sampler_clear_stacks_scan(int fd)
 {
 	uint64_t key = 0, next = 0;
 	int have = 0;
@@ -679,19 +704,81 @@ static void sampler_clear_stacks(int fd)
 		bpf_map_delete_elem(fd, &key);
 }
 
-static uint64_t sampler_sum_counter(struct sampler *s, uint32_t idx, int reset)
+/* Remembers the stack-map entries a drained counts key references. */
+static void sampler_note_used(struct sampler *s, const struct profile_key *key)
 {
-	uint64_t vals[s->n_possible_cpus], sum = 0;
+	uint32_t kind = key->ustack_kind & PROFILE_USTACK_KIND_MASK;
 
-	if (bpf_map_lookup_elem(bpf_map__fd(s->skel->maps.counters), &idx, vals))
-		return 0;
-	for (int i = 0; i < s->n_possible_cpus; i++)
-		sum += vals[i];
-	if (reset) {
-		memset(vals, 0, sizeof(vals));
-		bpf_map_update_elem(bpf_map__fd(s->skel->maps.counters), &idx, vals, BPF_ANY);
+	if (key->kstack_id >= 0 && (uint32_t)key->kstack_id < s->kstacks_max) {
+		uint32_t id = (uint32_t)key->kstack_id;
+
+		if (!(s->used_kbits[id / 8] & (1u << (id % 8)))) {
+			s->used_kbits[id / 8] |= (uint8_t)(1u << (id % 8));
+			s->used_kids[s->n_used_kids++] = id;
+		}
+	} else if (key->kstack_id >= 0) {
+		s->full_clears = 2; /* an id out of range: never expected, clear by scanning */
 	}
-	return sum;
+	if (kind == PROFILE_USTACK_FP_HASH || kind == PROFILE_USTACK_DWARF_HASH) {
+		if (s->n_used_uhash < s->counts_max)
+			s->used_uhash[s->n_used_uhash++] = key->ustack;
+		else
+			s->full_clears = 2;
+	}
+}
+
+static int sampler_u64_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Clears the stack maps of a set no program writes to any more. Normally only the entries the
+ * drained counts keys referenced exist: kernel stacks are deleted by id (a STACK_TRACE map has
+ * no batch delete), user stacks in one BPF_MAP_DELETE_BATCH — no get_next_key walk over the
+ * maps. A sample that reached no counts key of this set (delivered through the overflow ring,
+ * or lost) may have stored stacks nobody references, so after one the next two drains (one per
+ * set) clear by a full scan instead.
+ */
+static void sampler_clear_stacks(struct sampler *s, const struct sampler_set *set)
+{
+	uint64_t unkeyed = sampler_sum_counter(s, PROFILE_CNT_OVERFLOW, 0) +
+			   sampler_sum_counter(s, PROFILE_CNT_MAP_FULL, 0) +
+			   sampler_sum_counter(s, PROFILE_CNT_COUNT_ERR, 0);
+	uint32_t n = 0;
+
+	if (unkeyed != s->unkeyed_seen) {
+		s->unkeyed_seen = unkeyed;
+		s->full_clears = 2;
+	}
+	if (s->full_clears) {
+		s->full_clears--;
+		sampler_clear_stacks_scan(set->kstacks_fd);
+		sampler_clear_stacks_scan(set->ustacks_fd);
+		goto reset;
+	}
+	for (uint32_t i = 0; i < s->n_used_kids; i++)
+		bpf_map_delete_elem(set->kstacks_fd, &s->used_kids[i]);
+	qsort(s->used_uhash, s->n_used_uhash, sizeof(*s->used_uhash), sampler_u64_cmp);
+	for (uint32_t i = 0; i < s->n_used_uhash; i++)
+		if (!n || s->used_uhash[n - 1] != s->used_uhash[i])
+			s->used_uhash[n++] = s->used_uhash[i];
+	if (n) {
+		uint32_t count = n;
+
+		if (bpf_map_delete_batch(set->ustacks_fd, s->used_uhash, &count, NULL) < 0) {
+			log_warn("delete %u user stacks in a batch: %s (deleted %u); scanning", n,
+				 strerror(errno), count);
+			sampler_clear_stacks_scan(set->ustacks_fd);
+		}
+	}
+reset:
+	for (uint32_t i = 0; i < s->n_used_kids; i++)
+		s->used_kbits[s->used_kids[i] / 8] = 0;
+	s->n_used_kids = 0;
+	s->n_used_uhash = 0;
 }
 
 static uint64_t sampler_now_ns(clockid_t clk)
@@ -731,6 +818,7 @@ int sampler_drain(struct sampler *s, sampler_cb cb, void *arg)
 		}
 		for (uint32_t i = 0; i < count; i++) {
 			sampler_emit(s, set, &s->keys[i], s->vals[i], cb, arg);
+			sampler_note_used(s, &s->keys[i]);
 			drained += s->vals[i];
 		}
 		if (ret == -ENOENT) {
@@ -745,8 +833,9 @@ int sampler_drain(struct sampler *s, sampler_cb cb, void *arg)
 	s->drain_arg = arg;
 	ring_buffer__consume(s->overflow);
 	s->drain_cb = NULL;
-	sampler_clear_stacks(set->kstacks_fd);
-	sampler_clear_stacks(set->ustacks_fd);
+	if (ret)
+		s->full_clears = 2; /* keys not read: their stacks are not noted */
+	sampler_clear_stacks(s, set);
 
 	counted = sampler_sum_counter(s, set->counted_idx, 1);
 	if (!ret && counted != drained) {
@@ -844,5 +933,8 @@ void sampler_close(struct sampler *s)
 		close(s->stats_fd);
 	free(s->keys);
 	free(s->vals);
+	free(s->used_kids);
+	free(s->used_kbits);
+	free(s->used_uhash);
 	free(s);
 }
