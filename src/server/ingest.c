@@ -1,14 +1,18 @@
 /*
- * ingest — see ingest.h. Row keys are looked up by binary search in a sorted table, and each
- * table entry says where in struct profile_row the value goes, so a row costs one pass over its
- * keys and no string copies: the rows borrow the strings of the parsed JSON document.
+ * ingest — see ingest.h. The body is read by a streaming decoder written for the protocol's one
+ * shape (no document tree): strings are unescaped into one arena per batch and the rows point
+ * into it; each entry of the 'stacks' dictionary is decoded once, so every row naming it shares
+ * one pointer (the store memoizes stacks by address). Row keys are looked up by binary search in
+ * a sorted table whose entries say where in struct profile_row the value goes. The whole
+ * document is read before it is judged, so errors come in the order the protocol gives them:
+ * syntax (with line and column), then batch fields, then the first bad row.
  */
 #define LOG_MODULE "ingest"
 #include "server/ingest.h"
 
 #include <errno.h>
 #include <inttypes.h>
-#include <jansson.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,169 +74,808 @@ static int row_field_cmp(const void *key, const void *elem)
 	return strcmp(key, ((const struct row_field *)elem)->key);
 }
 
-static const char *json_kind(const json_t *v)
+/* What a JSON value is, as the error messages name it. */
+enum jkind { K_NONE, K_OBJ, K_ARR, K_STR, K_INT, K_REAL, K_BOOL, K_NULL };
+
+static const char *jkind_name(enum jkind k)
 {
-	switch (json_typeof(v)) {
-	case JSON_OBJECT: return "an object";
-	case JSON_ARRAY: return "an array";
-	case JSON_STRING: return "a string";
-	case JSON_INTEGER: return "an integer";
-	case JSON_REAL: return "a fractional number";
-	case JSON_TRUE:
-	case JSON_FALSE: return "a boolean";
+	switch (k) {
+	case K_OBJ: return "an object";
+	case K_ARR: return "an array";
+	case K_STR: return "a string";
+	case K_INT: return "an integer";
+	case K_REAL: return "a fractional number";
+	case K_BOOL: return "a boolean";
 	default: return "null";
 	}
 }
 
-static int batch_string(json_t *root, const char *key, const char **out, struct strbuf *err)
-{
-	json_t *v = json_object_get(root, key);
+/* A scalar value as read; compound values are skipped and only their kind is kept. */
+struct jval {
+	enum jkind kind;
+	const char *s; /* K_STR: NUL-terminated, in the arena */
+	int64_t i;     /* K_INT */
+};
 
-	*out = "";
-	if (!v)
-		return 0;
-	if (!json_is_string(v)) {
-		sb_printf(err, "batch field '%s': expected a string, got %s", key, json_kind(v));
-		return -EINVAL;
+/*
+ * The parser: a cursor over the body and the batch's string arena. Every decoded string is at
+ * most as long as its JSON text including the quotes, so an arena of len + 1 bytes holds all of
+ * them; keys and skipped strings are decoded at the arena's top and rolled back.
+ */
+struct jp {
+	const char *start, *p, *end;
+	char *arena;
+	size_t alen, acap;
+	const char *errpos; /* syntax error: where, and what */
+	char errmsg[128];
+};
+
+/* Byte classes inside a string: 0 copy, 1 quote, 2 backslash, 3 control, 4 non-ASCII. */
+static const unsigned char str_class[256] = {
+	[0x00 ... 0x1f] = 3, ['"'] = 1, ['\\'] = 2, [0x80 ... 0xff] = 4,
+};
+
+__attribute__((format(printf, 3, 4))) static int jp_fail(struct jp *jp, const char *at,
+							   const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!jp->errpos) {
+		jp->errpos = at;
+		va_start(ap, fmt);
+		vsnprintf(jp->errmsg, sizeof(jp->errmsg), fmt, ap);
+		va_end(ap);
 	}
-	*out = json_string_value(v);
+	return -1;
+}
+
+static inline void jp_ws(struct jp *jp)
+{
+	const char *p = jp->p;
+
+	while (p < jp->end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+		p++;
+	jp->p = p;
+}
+
+/* The next non-blank character, or 0 at the end of input. */
+static inline char jp_peek(struct jp *jp)
+{
+	jp_ws(jp);
+	return jp->p < jp->end ? *jp->p : 0;
+}
+
+static int jp_expect(struct jp *jp, char c, const char *what)
+{
+	if (jp_peek(jp) != c || jp->p == jp->end) {
+		if (jp->p == jp->end)
+			return jp_fail(jp, jp->p, "premature end of input, %s expected", what);
+		return jp_fail(jp, jp->p, "%s expected", what);
+	}
+	jp->p++;
 	return 0;
 }
 
-static int decode_row(json_t *obj, size_t i, json_t *stacks, struct profile_row *r,
-		      const char **tagslot, struct strbuf *err)
+static int hex4(const unsigned char *p, uint32_t *out)
 {
-	const char *key;
-	json_t *v;
-	int have_value = 0, have_time = 0, have_stack = 0;
+	uint32_t v = 0;
 
-	if (!json_is_object(obj)) {
-		sb_printf(err, "row %zu: expected an object, got %s", i, json_kind(obj));
-		return -EINVAL;
+	for (int k = 0; k < 4; k++) {
+		unsigned c = p[k];
+
+		v <<= 4;
+		if (c >= '0' && c <= '9')
+			v |= c - '0';
+		else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')
+			v |= (c | 0x20) - 'a' + 10;
+		else
+			return -1;
 	}
-	json_object_foreach(obj, key, v) {
-		const struct row_field *f =
-			bsearch(key, row_fields, N_ROW_FIELDS, sizeof(row_fields[0]), row_field_cmp);
+	*out = v;
+	return 0;
+}
 
-		if (!f) {
-			sb_printf(err, "row %zu: unknown field '%s'", i, key);
-			return -EINVAL;
+/* Length of the valid UTF-8 sequence at p (lead byte >= 0x80), or 0 if it is not valid. */
+static size_t utf8_len(const unsigned char *p, const unsigned char *end)
+{
+	unsigned c = p[0], lo = 0x80, hi = 0xbf;
+	size_t n;
+
+	if (c >= 0xc2 && c <= 0xdf)
+		n = 2;
+	else if (c >= 0xe0 && c <= 0xef)
+		n = 3, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+	else if (c >= 0xf0 && c <= 0xf4)
+		n = 4, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+	else
+		return 0;
+	if ((size_t)(end - p) < n || p[1] < lo || p[1] > hi)
+		return 0;
+	for (size_t k = 2; k < n; k++)
+		if ((p[k] & 0xc0) != 0x80)
+			return 0;
+	return n;
+}
+
+static char *utf8_put(char *d, uint32_t cp)
+{
+	if (cp < 0x80) {
+		*d++ = (char)cp;
+	} else if (cp < 0x800) {
+		*d++ = (char)(0xc0 | cp >> 6);
+		*d++ = (char)(0x80 | (cp & 0x3f));
+	} else if (cp < 0x10000) {
+		*d++ = (char)(0xe0 | cp >> 12);
+		*d++ = (char)(0x80 | (cp >> 6 & 0x3f));
+		*d++ = (char)(0x80 | (cp & 0x3f));
+	} else {
+		*d++ = (char)(0xf0 | cp >> 18);
+		*d++ = (char)(0x80 | (cp >> 12 & 0x3f));
+		*d++ = (char)(0x80 | (cp >> 6 & 0x3f));
+		*d++ = (char)(0x80 | (cp & 0x3f));
+	}
+	return d;
+}
+
+/* Decodes the string at the cursor (on its opening quote) to the arena's top. */
+static int jp_string(struct jp *jp, const char **out)
+{
+	const unsigned char *q = (const unsigned char *)jp->p + 1, *s = q;
+	const unsigned char *end = (const unsigned char *)jp->end;
+	char *dst = jp->arena + jp->alen, *d = dst;
+
+	for (;;) {
+		unsigned c;
+		uint32_t cp, lo;
+		size_t n;
+
+		while (q < end && !str_class[*q])
+			*d++ = (char)*q++;
+		if (q == end)
+			return jp_fail(jp, jp->end, "premature end of input in a string");
+		c = *q;
+		switch (str_class[c]) {
+		case 1:
+			if ((size_t)(d - dst) > INGEST_MAX_STRING)
+				return jp_fail(jp, (const char *)s - 1,
+					       "string longer than %d bytes", INGEST_MAX_STRING);
+			*d++ = 0;
+			jp->alen += (size_t)(d - dst);
+			jp->p = (const char *)q + 1;
+			*out = dst;
+			return 0;
+		case 3:
+			return jp_fail(jp, (const char *)q, "control character 0x%x in a string", c);
+		case 4:
+			n = utf8_len(q, end);
+			if (!n)
+				return jp_fail(jp, (const char *)q, "unable to decode byte 0x%x", c);
+			memcpy(d, q, n);
+			d += n;
+			q += n;
+			continue;
 		}
+		/* a backslash */
+		if (end - q < 2)
+			return jp_fail(jp, jp->end, "premature end of input in a string");
+		c = q[1];
+		q += 2;
+		switch (c) {
+		case '"': case '\\': case '/': *d++ = (char)c; continue;
+		case 'b': *d++ = '\b'; continue;
+		case 'f': *d++ = '\f'; continue;
+		case 'n': *d++ = '\n'; continue;
+		case 'r': *d++ = '\r'; continue;
+		case 't': *d++ = '\t'; continue;
+		case 'u': break;
+		default:
+			return jp_fail(jp, (const char *)q - 2, "invalid escape '\\%c'", c);
+		}
+		if (end - q < 4 || hex4(q, &cp) < 0)
+			return jp_fail(jp, (const char *)q - 2, "invalid \\u escape");
+		q += 4;
+		if (cp == 0)
+			return jp_fail(jp, (const char *)q - 6, "\\u0000 is not allowed");
+		if (cp >= 0xdc00 && cp <= 0xdfff)
+			return jp_fail(jp, (const char *)q - 6, "invalid Unicode '\\u%04X'", cp);
+		if (cp >= 0xd800 && cp <= 0xdbff) {
+			if (end - q < 6 || q[0] != '\\' || q[1] != 'u' || hex4(q + 2, &lo) < 0 ||
+			    lo < 0xdc00 || lo > 0xdfff)
+				return jp_fail(jp, (const char *)q - 6,
+					       "invalid Unicode '\\u%04X': no low surrogate", cp);
+			q += 6;
+			cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+		}
+		d = utf8_put(d, cp);
+	}
+}
+
+/* A number: K_INT with its value, or K_REAL (fraction or exponent). */
+static int jp_number(struct jp *jp, struct jval *v)
+{
+	const char *p = jp->p, *s = p, *end = jp->end;
+	int neg = 0;
+	uint64_t u = 0;
+	int over = 0;
+
+	if (*p == '-')
+		neg = 1, p++;
+	if (p == end || *p < '0' || *p > '9')
+		return jp_fail(jp, s, "invalid token");
+	if (*p == '0' && p + 1 < end && p[1] >= '0' && p[1] <= '9')
+		return jp_fail(jp, s, "invalid token: leading zero");
+	while (p < end && *p >= '0' && *p <= '9') {
+		unsigned dg = (unsigned)(*p++ - '0');
+
+		if (u > (UINT64_MAX - dg) / 10)
+			over = 1;
+		else
+			u = u * 10 + dg;
+	}
+	v->kind = K_INT;
+	if (p < end && *p == '.') {
+		p++;
+		if (p == end || *p < '0' || *p > '9')
+			return jp_fail(jp, s, "invalid token: digits expected after '.'");
+		while (p < end && *p >= '0' && *p <= '9')
+			p++;
+		v->kind = K_REAL;
+	}
+	if (p < end && (*p == 'e' || *p == 'E')) {
+		p++;
+		if (p < end && (*p == '+' || *p == '-'))
+			p++;
+		if (p == end || *p < '0' || *p > '9')
+			return jp_fail(jp, s, "invalid token: digits expected in the exponent");
+		while (p < end && *p >= '0' && *p <= '9')
+			p++;
+		v->kind = K_REAL;
+	}
+	if (v->kind == K_INT) {
+		if (over || u > (uint64_t)INT64_MAX + neg)
+			return jp_fail(jp, s, neg ? "too big negative integer" : "too big integer");
+		v->i = neg ? (int64_t)(0 - u) : (int64_t)u;
+	}
+	jp->p = p;
+	return 0;
+}
+
+static int jp_literal(struct jp *jp, const char *word, size_t n)
+{
+	if ((size_t)(jp->end - jp->p) < n || memcmp(jp->p, word, n) != 0)
+		return jp_fail(jp, jp->p, "invalid token");
+	jp->p += n;
+	return 0;
+}
+
+static int jp_value(struct jp *jp, struct jval *v, int depth);
+
+/* Skips an object or array (the cursor on its bracket), checking its syntax. */
+static int jp_skip_compound(struct jp *jp, int depth)
+{
+	char close = *jp->p == '{' ? '}' : ']';
+	size_t mark = jp->alen;
+	struct jval v;
+	const char *k;
+
+	if (depth > INGEST_MAX_DEPTH)
+		return jp_fail(jp, jp->p, "maximum nesting depth of %d exceeded", INGEST_MAX_DEPTH);
+	jp->p++;
+	if (jp_peek(jp) == close) {
+		jp->p++;
+		return 0;
+	}
+	for (;;) {
+		if (close == '}') {
+			if (jp_peek(jp) != '"')
+				return jp_fail(jp, jp->p, "string or '}' expected");
+			if (jp_string(jp, &k) < 0 || jp_expect(jp, ':', "':'") < 0)
+				return -1;
+		}
+		if (jp_value(jp, &v, depth + 1) < 0)
+			return -1;
+		jp->alen = mark;
+		switch (jp_peek(jp)) {
+		case ',':
+			jp->p++;
+			continue;
+		default:
+			if (*jp->p == close && jp->p < jp->end) {
+				jp->p++;
+				return 0;
+			}
+			return jp_fail(jp, jp->p, close == '}' ? "',' or '}' expected"
+							    : "',' or ']' expected");
+		}
+	}
+}
+
+/* Reads any value; objects and arrays are skipped (kind only). depth = that of the value. */
+static int jp_value(struct jp *jp, struct jval *v, int depth)
+{
+	switch (jp_peek(jp)) {
+	case '"':
+		v->kind = K_STR;
+		return jp_string(jp, &v->s);
+	case '{':
+		v->kind = K_OBJ;
+		return jp_skip_compound(jp, depth);
+	case '[':
+		v->kind = K_ARR;
+		return jp_skip_compound(jp, depth);
+	case 't':
+		v->kind = K_BOOL;
+		return jp_literal(jp, "true", 4);
+	case 'f':
+		v->kind = K_BOOL;
+		return jp_literal(jp, "false", 5);
+	case 'n':
+		v->kind = K_NULL;
+		return jp_literal(jp, "null", 4);
+	case 0:
+		if (jp->p == jp->end)
+			return jp_fail(jp, jp->p, "premature end of input, a value expected");
+		return jp_fail(jp, jp->p, "unexpected character 0x0");
+	default:
+		if (*jp->p == '-' || (*jp->p >= '0' && *jp->p <= '9'))
+			return jp_number(jp, v);
+		return jp_fail(jp, jp->p, "invalid token");
+	}
+}
+
+/*
+ * Iterates an object's members: jp_member_next() is called on '{' or after a member's value;
+ * returns 1 with the key decoded at the arena top (the caller reads the value next), 0 at the
+ * closing brace, -1 on a syntax error.
+ */
+static int jp_member_next(struct jp *jp, int first, const char **key)
+{
+	char c = jp_peek(jp);
+
+	if (first) {
+		jp->p++; /* '{' */
+		c = jp_peek(jp);
+		if (c == '}' && jp->p < jp->end) {
+			jp->p++;
+			return 0;
+		}
+	} else {
+		if (c == '}' && jp->p < jp->end) {
+			jp->p++;
+			return 0;
+		}
+		if (c != ',' || jp->p == jp->end)
+			return jp_fail(jp, jp->p, jp->p == jp->end ? "premature end of input, '}' expected"
+							       : "',' or '}' expected");
+		jp->p++;
+		c = jp_peek(jp);
+	}
+	if (c != '"' || jp->p == jp->end)
+		return jp_fail(jp, jp->p, jp->p == jp->end ? "premature end of input, string expected"
+						       : "string expected as an object key");
+	if (jp_string(jp, key) < 0 || jp_expect(jp, ':', "':'") < 0)
+		return -1;
+	return 1;
+}
+
+/* The same for an array's elements: 1 = an element follows (cursor on it), 0 = ']' read. */
+static int jp_element_next(struct jp *jp, int first)
+{
+	char c;
+
+	if (first) {
+		jp->p++; /* '[' */
+		if (jp_peek(jp) == ']' && jp->p < jp->end) {
+			jp->p++;
+			return 0;
+		}
+		return 1;
+	}
+	c = jp_peek(jp);
+	if (c == ']' && jp->p < jp->end) {
+		jp->p++;
+		return 0;
+	}
+	if (c != ',' || jp->p == jp->end)
+		return jp_fail(jp, jp->p, jp->p == jp->end ? "premature end of input, ']' expected"
+						       : "',' or ']' expected");
+	jp->p++;
+	return 1;
+}
+
+/* The whole batch as read, before validation in the protocol's order. */
+struct batch_read {
+	const char *unknown_key;         /* first unknown or repeated batch field */
+	int unknown_dup;
+	struct jval version, batch_id, host, agent, host_ip;
+	enum jkind stacks_kind, rows_kind;
+	const char **stacks; /* stacks[i], NULL if not a string */
+	size_t n_stacks, stacks_cap;
+	size_t first_bad_stack; /* SIZE_MAX = none */
+	const char *rows_at;    /* rows seen before the stacks: parsed at the end */
+	size_t n_rows;          /* elements of 'rows', including those not kept */
+	size_t rows_cap;
+	const char **tags;
+	size_t n_tags, tags_cap;
+	struct strbuf row_err; /* the first row's error */
+	int row_failed;
+};
+
+static int grow(void *pptr, size_t *cap, size_t need, size_t elem, size_t first)
+{
+	void **pp = pptr;
+	size_t ncap = *cap ? *cap : first;
+	void *n;
+
+	if (need <= *cap)
+		return 0;
+	while (ncap < need)
+		ncap *= 2;
+	n = realloc(*pp, ncap * elem);
+	if (!n)
+		return -ENOMEM;
+	*pp = n;
+	*cap = ncap;
+	return 0;
+}
+
+/* Tags of one row: into names/values (at most ROW_MAX_TAGS kept, all counted). */
+static int decode_tags(struct jp *jp, size_t i, struct batch_read *br, struct profile_row *r,
+		       struct strbuf *err)
+{
+	const char *names[ROW_MAX_TAGS], *values[ROW_MAX_TAGS];
+	const char *tk;
+	size_t n = 0;
+	int rc, first = 1, bad = 0;
+	struct jval tv;
+	struct strbuf tag_err = STRBUF_INIT;
+
+	while ((rc = jp_member_next(jp, first, &tk)) == 1) {
+		first = 0;
+		if (jp_value(jp, &tv, 5) < 0) {
+			rc = -1;
+			break;
+		}
+		if (!bad) {
+			if (tv.kind != K_STR) {
+				sb_printf(&tag_err, "row %zu: field 'tags': tag '%s': expected a string, got %s",
+					  i, tk, jkind_name(tv.kind));
+				bad = 1;
+			} else if (!*tk) {
+				sb_printf(&tag_err, "row %zu: field 'tags': empty tag name", i);
+				bad = 1;
+			}
+			for (size_t t = 0; !bad && t < n && t < ROW_MAX_TAGS; t++) {
+				if (strcmp(names[t], tk) == 0) {
+					sb_printf(&tag_err, "row %zu: field 'tags': duplicate tag '%s'",
+						  i, tk);
+					bad = 1;
+				}
+			}
+		}
+		if (n < ROW_MAX_TAGS) {
+			names[n] = tk;
+			values[n] = tv.s;
+		}
+		n++;
+	}
+	if (rc < 0) {
+		sb_free(&tag_err);
+		return -1;
+	}
+	if (n > ROW_MAX_TAGS) {
+		sb_printf(err, "row %zu: field 'tags': %zu tags, at most %d allowed", i, n,
+			  ROW_MAX_TAGS);
+		bad = 1;
+	} else if (bad) {
+		sb_puts(err, tag_err.buf);
+	} else if (grow(&br->tags, &br->tags_cap, br->n_tags + 2 * n, sizeof(char *), 1024) < 0) {
+		sb_puts(err, "out of memory decoding the batch");
+		bad = 1;
+	} else {
+		memcpy(br->tags + br->n_tags, names, n * sizeof(char *));
+		memcpy(br->tags + br->n_tags + n, values, n * sizeof(char *));
+		br->n_tags += 2 * n;
+		r->n_tags = n; /* tag_names/tag_values are set once the tag array stops moving */
+	}
+	sb_free(&tag_err);
+	return bad;
+}
+
+/*
+ * One row (the cursor on its '{'). Returns -1 on a syntax error, 1 if the row is refused (the
+ * message in err; the rest of the row was still read), 0 if it is valid.
+ */
+static int decode_row(struct jp *jp, size_t i, struct batch_read *br, struct profile_row *r,
+		      struct strbuf *err)
+{
+	uint32_t seen = 0;
+	int have_stack = 0, have_value = 0, have_time = 0, bad = 0, rc, first = 1;
+	const char *key;
+	struct jval v;
+
+	if (jp_peek(jp) != '{') {
+		if (jp_value(jp, &v, 3) < 0)
+			return -1;
+		sb_printf(err, "row %zu: expected an object, got %s", i, jkind_name(v.kind));
+		return 1;
+	}
+	while ((rc = jp_member_next(jp, first, &key)) == 1) {
+		const struct row_field *f = NULL;
+		size_t mark = jp->alen;
+
+		first = 0;
+		if (!bad)
+			f = bsearch(key, row_fields, N_ROW_FIELDS, sizeof(row_fields[0]),
+				    row_field_cmp);
+		if (!bad && !f) {
+			sb_printf(err, "row %zu: unknown field '%s'", i, key);
+			bad = 1;
+		}
+		if (!bad && seen & 1u << (f - row_fields)) {
+			sb_printf(err, "row %zu: duplicate field '%s'", i, key);
+			bad = 1;
+		}
+		if (bad) {
+			if (jp_value(jp, &v, 4) < 0)
+				return -1;
+			jp->alen = mark - (strlen(key) + 1);
+			continue;
+		}
+		seen |= 1u << (f - row_fields);
+		jp->alen = mark - (strlen(key) + 1); /* the key itself is not kept */
+		if (f->kind == F_TAGS && jp_peek(jp) == '{') {
+			rc = decode_tags(jp, i, br, r, err);
+			if (rc < 0)
+				return -1;
+			bad = rc;
+			continue;
+		}
+		if (jp_value(jp, &v, 4) < 0)
+			return -1;
 		switch (f->kind) {
 		case F_STR:
-			if (!json_is_string(v)) {
-				sb_printf(err, "row %zu: field '%s': expected a string, got %s", i, key,
-					  json_kind(v));
-				return -EINVAL;
+			if (v.kind != K_STR) {
+				sb_printf(err, "row %zu: field '%s': expected a string, got %s", i,
+					  f->key, jkind_name(v.kind));
+				bad = 1;
+				break;
 			}
-			*(const char **)((char *)r + f->offset) = json_string_value(v);
-			if (f->offset == offsetof(struct profile_row, profile_location_str)) {
-				if (have_stack++) {
-					sb_printf(err, "row %zu: both 'stack' and 'profile_location_str' given; send one",
-						  i);
-					return -EINVAL;
-				}
+			*(const char **)((char *)r + f->offset) = v.s;
+			if (f->offset == offsetof(struct profile_row, profile_location_str) &&
+			    have_stack++) {
+				sb_printf(err, "row %zu: both 'stack' and 'profile_location_str' given; send one",
+					  i);
+				bad = 1;
 			}
 			break;
 		case F_INT:
-			if (!json_is_integer(v)) {
+			if (v.kind != K_INT) {
 				sb_printf(err, "row %zu: field '%s': expected an integer, got %s", i,
-					  key, json_kind(v));
-				return -EINVAL;
+					  f->key, jkind_name(v.kind));
+				bad = 1;
+				break;
 			}
-			*(int64_t *)((char *)r + f->offset) = json_integer_value(v);
+			*(int64_t *)((char *)r + f->offset) = v.i;
 			if (f->offset == offsetof(struct profile_row, profile_value))
 				have_value = 1;
 			if (f->offset == offsetof(struct profile_row, time))
 				have_time = 1;
 			break;
-		case F_STACK: {
-			json_int_t idx;
-			json_t *s;
-
-			if (!json_is_integer(v)) {
+		case F_STACK:
+			if (v.kind != K_INT) {
 				sb_printf(err, "row %zu: field 'stack': expected an integer index into 'stacks', got %s",
-					  i, json_kind(v));
-				return -EINVAL;
+					  i, jkind_name(v.kind));
+				bad = 1;
+				break;
 			}
-			idx = json_integer_value(v);
-			s = stacks ? json_array_get(stacks, (size_t)idx) : NULL;
-			if (idx < 0 || !s) {
-				sb_printf(err, "row %zu: field 'stack': index %" JSON_INTEGER_FORMAT
+			if (v.i < 0 || (uint64_t)v.i >= br->n_stacks) {
+				sb_printf(err, "row %zu: field 'stack': index %" PRId64
 					       " is outside 'stacks' (%zu entries)",
-					  i, idx, stacks ? json_array_size(stacks) : (size_t)0);
-				return -EINVAL;
+					  i, v.i, br->n_stacks);
+				bad = 1;
+				break;
 			}
 			if (have_stack++) {
 				sb_printf(err, "row %zu: both 'stack' and 'profile_location_str' given; send one",
 					  i);
-				return -EINVAL;
+				bad = 1;
+				break;
 			}
-			r->profile_location_str = json_string_value(s);
+			/* One pointer per dictionary entry: the store memoizes stacks by address. */
+			r->profile_location_str = br->stacks[v.i] ? br->stacks[v.i] : "";
 			break;
-		}
-		case F_TAGS: {
-			const char *tk;
-			json_t *tv;
-			size_t n = json_object_size(v), j = 0;
-
-			if (!json_is_object(v)) {
-				sb_printf(err, "row %zu: field 'tags': expected an object of strings, got %s",
-					  i, json_kind(v));
-				return -EINVAL;
-			}
-			if (n > ROW_MAX_TAGS) {
-				sb_printf(err, "row %zu: field 'tags': %zu tags, at most %d allowed", i, n,
-					  ROW_MAX_TAGS);
-				return -EINVAL;
-			}
-			json_object_foreach(v, tk, tv) {
-				if (!json_is_string(tv)) {
-					sb_printf(err, "row %zu: field 'tags': tag '%s': expected a string, got %s",
-						  i, tk, json_kind(tv));
-					return -EINVAL;
-				}
-				if (!*tk) {
-					sb_printf(err, "row %zu: field 'tags': empty tag name", i);
-					return -EINVAL;
-				}
-				tagslot[j] = tk;
-				tagslot[ROW_MAX_TAGS + j] = json_string_value(tv);
-				j++;
-			}
-			r->n_tags = n;
-			r->tag_names = tagslot;
-			r->tag_values = tagslot + ROW_MAX_TAGS;
+		case F_TAGS:
+			sb_printf(err, "row %zu: field 'tags': expected an object of strings, got %s",
+				  i, jkind_name(v.kind));
+			bad = 1;
 			break;
-		}
 		}
 	}
+	if (rc < 0)
+		return -1;
+	if (bad)
+		return 1;
 	if (!have_time || r->time <= 0 || r->time > INGEST_MAX_TIME) {
 		sb_printf(err, "row %zu: field 'time': %s", i,
 			  !have_time ? "missing (unix seconds)"
 			  : r->time <= 0 ? "must be unix seconds > 0"
 					 : "too large: unix seconds whose microseconds fit in 64 bits");
-		return -EINVAL;
+		return 1;
 	}
 	if (!r->app_service || !*r->app_service) {
 		sb_printf(err, "row %zu: field 'app_service': missing or empty", i);
-		return -EINVAL;
+		return 1;
 	}
 	if (!have_stack || !*r->profile_location_str) {
 		sb_printf(err, "row %zu: field 'profile_location_str': %s", i,
 			  have_stack ? "empty stack" : "missing (or 'stack')");
-		return -EINVAL;
+		return 1;
 	}
 	if (!have_value || r->profile_value < 0) {
 		sb_printf(err, "row %zu: field 'profile_value': %s", i,
 			  have_value ? "must be >= 0" : "missing");
-		return -EINVAL;
+		return 1;
 	}
 	if (r->process_id < 0 || r->process_id > UINT32_MAX || r->process_start_time < 0) {
 		sb_printf(err, "row %zu: field '%s': out of range", i,
 			  r->process_start_time < 0 ? "process_start_time" : "process_id");
+		return 1;
+	}
+	return 0;
+}
+
+/* The 'rows' array (cursor on '['): rows are kept up to max_rows and the first error. */
+static int decode_rows(struct jp *jp, struct batch_read *br, struct ingest_batch *b,
+		       size_t max_rows)
+{
+	int rc, first = 1;
+	struct jval v;
+
+	while ((rc = jp_element_next(jp, first)) == 1) {
+		size_t i = br->n_rows++;
+
+		first = 0;
+		if (!br->row_failed && i < max_rows &&
+		    grow(&b->rows, &br->rows_cap, i + 1, sizeof(*b->rows), 1024) < 0) {
+			sb_puts(&br->row_err, "out of memory decoding the batch");
+			br->row_failed = 1;
+		}
+		if (br->row_failed || i >= max_rows) {
+			size_t mark = jp->alen;
+
+			if (jp_value(jp, &v, 3) < 0)
+				return -1;
+			jp->alen = mark;
+			continue;
+		}
+		memset(&b->rows[i], 0, sizeof(b->rows[i]));
+		rc = decode_row(jp, i, br, &b->rows[i], &br->row_err);
+		if (rc < 0)
+			return -1;
+		br->row_failed = rc;
+	}
+	return rc;
+}
+
+static int batch_scalar(struct jp *jp, struct jval *slot)
+{
+	return jp_value(jp, slot, 2);
+}
+
+/* Reads the top-level object; validation happens afterwards, in the protocol's order. */
+static int decode_top(struct jp *jp, struct batch_read *br, struct ingest_batch *b,
+		      size_t max_rows)
+{
+	static const char *const batch_keys[] = {"version", "batch_id", "host", "agent",
+						 "host_ip", "stacks", "rows"};
+	const char *key;
+	unsigned seen = 0;
+	int rc, first = 1;
+
+	while ((rc = jp_member_next(jp, first, &key)) == 1) {
+		size_t k, mark = jp->alen - strlen(key) - 1;
+		struct jval skip;
+
+		first = 0;
+		for (k = 0; k < sizeof(batch_keys) / sizeof(batch_keys[0]); k++)
+			if (strcmp(key, batch_keys[k]) == 0)
+				break;
+		if (k == sizeof(batch_keys) / sizeof(batch_keys[0]) || seen & 1u << k) {
+			if (!br->unknown_key) {
+				br->unknown_key = key; /* kept in the arena */
+				br->unknown_dup = k < sizeof(batch_keys) / sizeof(batch_keys[0]);
+				mark = jp->alen;
+			}
+			if (jp_value(jp, &skip, 2) < 0)
+				return -1;
+			jp->alen = mark;
+			continue;
+		}
+		seen |= 1u << k;
+		jp->alen = mark;
+		switch (k) {
+		case 0: rc = batch_scalar(jp, &br->version); break;
+		case 1: rc = batch_scalar(jp, &br->batch_id); break;
+		case 2: rc = batch_scalar(jp, &br->host); break;
+		case 3: rc = batch_scalar(jp, &br->agent); break;
+		case 4: rc = batch_scalar(jp, &br->host_ip); break;
+		case 5:
+			if (jp_peek(jp) != '[') {
+				rc = jp_value(jp, &skip, 2);
+				br->stacks_kind = skip.kind;
+				break;
+			}
+			br->stacks_kind = K_ARR;
+			first = 1;
+			while ((rc = jp_element_next(jp, first)) == 1) {
+				struct jval s;
+				size_t smark = jp->alen;
+
+				first = 0;
+				if (jp_value(jp, &s, 3) < 0)
+					return -1;
+				if (grow(&br->stacks, &br->stacks_cap, br->n_stacks + 1,
+					 sizeof(char *), 256) < 0)
+					return jp_fail(jp, jp->p, "out of memory");
+				if (s.kind != K_STR) {
+					jp->alen = smark;
+					s.s = NULL;
+					if (br->first_bad_stack == SIZE_MAX)
+						br->first_bad_stack = br->n_stacks;
+				}
+				br->stacks[br->n_stacks++] = s.s;
+			}
+			first = 0;
+			break;
+		case 6:
+			if (jp_peek(jp) != '[') {
+				rc = jp_value(jp, &skip, 2);
+				br->rows_kind = skip.kind;
+				break;
+			}
+			br->rows_kind = K_ARR;
+			if (seen & 1u << 5) {
+				rc = decode_rows(jp, br, b, max_rows);
+			} else {
+				/* The stacks may follow: read the rows once they are known. */
+				br->rows_at = jp->p;
+				rc = jp_skip_compound(jp, 2);
+				jp->alen = mark;
+			}
+			break;
+		}
+		if (rc < 0)
+			return -1;
+	}
+	return rc;
+}
+
+static void decode_syntax_error(const struct jp *jp, struct strbuf *err)
+{
+	int line = 1, column = 1;
+
+	for (const char *q = jp->start; q < jp->errpos; q++) {
+		if (*q == '\n')
+			line++, column = 1;
+		else if ((*q & 0xc0) != 0x80)
+			column++;
+	}
+	sb_printf(err, "invalid JSON at line %d, column %d: %s", line, column, jp->errmsg);
+}
+
+static int batch_string(const struct jval *v, const char *key, const char **out,
+			struct strbuf *err)
+{
+	*out = "";
+	if (v->kind == K_NONE)
+		return 0;
+	if (v->kind != K_STR) {
+		sb_printf(err, "batch field '%s': expected a string, got %s", key,
+			  jkind_name(v->kind));
 		return -EINVAL;
 	}
+	*out = v->s;
 	return 0;
 }
 
@@ -261,104 +904,121 @@ static void row_defaults(struct profile_row *r, const char *host, const char *ag
 		r->host_ip = host_ip;
 }
 
-int ingest_decode(const char *text, size_t len, size_t max_rows, int64_t in_ts_us,
-		  struct ingest_batch *b, struct strbuf *err)
+/* Reads the whole document, then validates it in the order the protocol's errors are given. */
+static int decode_batch(struct jp *jp, struct batch_read *br, struct ingest_batch *b,
+			size_t max_rows, int64_t in_ts_us, struct strbuf *err)
 {
-	static const char *const batch_keys[] = {"version", "batch_id", "host", "agent",
-						 "host_ip", "stacks", "rows"};
-	json_error_t jerr;
-	json_t *root, *v, *stacks, *rows;
-	const char *key, *host, *agent, *host_ip;
+	const char *host, *agent, *host_ip;
+	struct jval top;
 	size_t n;
 
-	memset(b, 0, sizeof(*b));
-	root = json_loadb(text, len, 0, &jerr);
-	if (!root) {
-		sb_printf(err, "invalid JSON at line %d, column %d: %s", jerr.line, jerr.column,
-			  jerr.text);
+	if (jp_peek(jp) != '{') {
+		if (jp_peek(jp) != '[')
+			jp_fail(jp, jp->p, "'[' or '{' expected");
+		else if (jp_value(jp, &top, 1) == 0 && jp_peek(jp) != 0)
+			jp_fail(jp, jp->p, "end of file expected");
+		if (jp->errpos) {
+			decode_syntax_error(jp, err);
+			return -EINVAL;
+		}
+		sb_puts(err, "the batch must be a JSON object, got an array");
 		return -EINVAL;
 	}
-	b->json = root;
-	if (!json_is_object(root)) {
-		sb_printf(err, "the batch must be a JSON object, got %s", json_kind(root));
-		goto fail;
+	if (decode_top(jp, br, b, max_rows) == 0 && jp_peek(jp) != 0)
+		jp_fail(jp, jp->p, "end of file expected");
+	if (!jp->errpos && jp->p < jp->end)
+		jp_fail(jp, jp->p, "end of file expected");
+	if (!jp->errpos && br->rows_at) {
+		jp->p = br->rows_at;
+		decode_rows(jp, br, b, max_rows);
 	}
-	json_object_foreach(root, key, v) {
-		size_t k;
-
-		for (k = 0; k < sizeof(batch_keys) / sizeof(batch_keys[0]); k++)
-			if (strcmp(key, batch_keys[k]) == 0)
-				break;
-		if (k == sizeof(batch_keys) / sizeof(batch_keys[0])) {
-			sb_printf(err, "unknown batch field '%s'", key);
-			goto fail;
-		}
+	if (jp->errpos) {
+		decode_syntax_error(jp, err);
+		return -EINVAL;
 	}
-	v = json_object_get(root, "version");
-	if (!v || !json_is_integer(v) || json_integer_value(v) != WIRE_VERSION) {
+	if (br->unknown_key) {
+		sb_printf(err, "%s batch field '%s'", br->unknown_dup ? "duplicate" : "unknown",
+			  br->unknown_key);
+		return -EINVAL;
+	}
+	if (br->version.kind != K_INT || br->version.i != WIRE_VERSION) {
 		sb_printf(err, "batch field 'version': must be %d (this server speaks protocol version %d)",
 			  WIRE_VERSION, WIRE_VERSION);
-		goto fail;
+		return -EINVAL;
 	}
-	v = json_object_get(root, "batch_id");
-	if (!v || !json_is_string(v) || !wire_batch_id_valid(json_string_value(v))) {
+	if (br->batch_id.kind != K_STR || !wire_batch_id_valid(br->batch_id.s)) {
 		sb_puts(err, "batch field 'batch_id': required, 1-128 characters of A-Z a-z 0-9 . _ : -");
-		goto fail;
+		return -EINVAL;
 	}
-	b->batch_id = json_string_value(v);
-	if (batch_string(root, "host", &host, err) < 0 ||
-	    batch_string(root, "agent", &agent, err) < 0 ||
-	    batch_string(root, "host_ip", &host_ip, err) < 0)
-		goto fail;
-	stacks = json_object_get(root, "stacks");
-	if (stacks) {
-		if (!json_is_array(stacks)) {
-			sb_printf(err, "batch field 'stacks': expected an array of strings, got %s",
-				  json_kind(stacks));
-			goto fail;
-		}
-		for (size_t i = 0; i < json_array_size(stacks); i++) {
-			if (!json_is_string(json_array_get(stacks, i))) {
-				sb_printf(err, "stacks[%zu]: expected a string", i);
-				goto fail;
-			}
-		}
+	if (batch_string(&br->host, "host", &host, err) < 0 ||
+	    batch_string(&br->agent, "agent", &agent, err) < 0 ||
+	    batch_string(&br->host_ip, "host_ip", &host_ip, err) < 0)
+		return -EINVAL;
+	if (br->stacks_kind != K_NONE && br->stacks_kind != K_ARR) {
+		sb_printf(err, "batch field 'stacks': expected an array of strings, got %s",
+			  jkind_name(br->stacks_kind));
+		return -EINVAL;
 	}
-	rows = json_object_get(root, "rows");
-	if (!rows || !json_is_array(rows)) {
+	if (br->first_bad_stack != SIZE_MAX) {
+		sb_printf(err, "stacks[%zu]: expected a string", br->first_bad_stack);
+		return -EINVAL;
+	}
+	if (br->rows_kind != K_ARR) {
 		sb_puts(err, "batch field 'rows': required, an array of row objects");
-		goto fail;
+		return -EINVAL;
 	}
-	n = json_array_size(rows);
+	n = br->n_rows;
 	if (n == 0 || n > max_rows) {
 		sb_printf(err, "batch field 'rows': %zu rows; a batch holds 1 to %zu rows", n, max_rows);
-		goto fail;
+		return -EINVAL;
 	}
-	b->rows = calloc(n, sizeof(*b->rows));
-	b->tags = calloc(n, 2 * ROW_MAX_TAGS * sizeof(char *));
-	if (!b->rows || !b->tags) {
-		sb_puts(err, "out of memory decoding the batch");
-		goto fail;
+	if (br->row_failed) {
+		sb_puts(err, br->row_err.buf);
+		return -EINVAL;
 	}
-	for (size_t i = 0; i < n; i++) {
+	b->batch_id = br->batch_id.s;
+	b->tags = br->tags;
+	br->tags = NULL;
+	for (size_t i = 0, t = 0; i < n; i++) {
 		struct profile_row *r = &b->rows[i];
 
-		if (decode_row(json_array_get(rows, i), i, stacks, r, b->tags + i * 2 * ROW_MAX_TAGS,
-			       err) < 0)
-			goto fail;
+		if (r->n_tags) {
+			r->tag_names = b->tags + t;
+			r->tag_values = b->tags + t + r->n_tags;
+			t += 2 * r->n_tags;
+		}
 		row_defaults(r, host, agent, host_ip, in_ts_us);
 	}
 	b->n = n;
 	return 0;
-fail:
-	ingest_batch_free(b);
-	return -EINVAL;
+}
+
+int ingest_decode(const char *text, size_t len, size_t max_rows, int64_t in_ts_us,
+		  struct ingest_batch *b, struct strbuf *err)
+{
+	struct jp jp = {.start = text, .p = text, .end = text + len, .acap = len + 1};
+	struct batch_read br = {.first_bad_stack = SIZE_MAX, .row_err = STRBUF_INIT};
+	int rc;
+
+	memset(b, 0, sizeof(*b));
+	jp.arena = malloc(jp.acap);
+	if (!jp.arena) {
+		sb_puts(err, "out of memory decoding the batch");
+		return -EINVAL;
+	}
+	b->json = jp.arena;
+	rc = decode_batch(&jp, &br, b, max_rows, in_ts_us, err);
+	free(br.stacks);
+	free(br.tags);
+	sb_free(&br.row_err);
+	if (rc < 0)
+		ingest_batch_free(b);
+	return rc;
 }
 
 void ingest_batch_free(struct ingest_batch *b)
 {
-	if (b->json)
-		json_decref(b->json);
+	free(b->json);
 	free(b->rows);
 	free(b->tags);
 	memset(b, 0, sizeof(*b));

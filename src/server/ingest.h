@@ -21,6 +21,8 @@ struct store;
 struct server_metrics;
 
 #define INGEST_MAX_ROWS_DEFAULT 200000
+#define INGEST_MAX_DEPTH 32          /* nesting of JSON arrays/objects (the protocol needs 4) */
+#define INGEST_MAX_STRING (4 << 20)  /* bytes of one decoded string */
 
 struct ingest_ctx {
 	struct store *store;
@@ -30,9 +32,9 @@ struct ingest_ctx {
 	struct server_metrics *metrics; /* may be NULL */
 };
 
-/* A decoded batch. Row strings point into the parsed JSON, kept alive by the batch. */
+/* A decoded batch. Row strings point into its arena, kept alive by the batch. */
 struct ingest_batch {
-	void *json; /* json_t * */
+	void *json; /* the string arena (at most body length + 1 bytes); non-NULL once decoded */
 	const char *batch_id;
 	struct profile_row *rows;
 	size_t n;
