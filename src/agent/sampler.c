@@ -88,6 +88,7 @@ struct sampler {
 	struct ring_buffer *events;    /* DWARF only: exec/exit/unknown events */
 	struct ring_buffer *overflow;  /* samples whose counts map was full */
 	struct bpf_link *unw_links[2]; /* exec and exit tracepoints */
+	struct bpf_link *follow_links[2]; /* follow_children: fork and exit tracepoints */
 	pthread_t unw_thread;	       /* events: exec, exit, unknown addresses */
 	pthread_t scan_thread;	       /* the first scan of every process */
 	int unw_thread_started, scan_thread_started;
@@ -527,6 +528,12 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 		goto cleanup;
 	}
 	s->skel->rodata->targ_tgid = s->opts.only_tgid;
+	s->opts.follow_children = s->opts.follow_children && s->opts.only_tgid;
+	s->skel->rodata->follow_children = s->opts.follow_children;
+	if (!s->opts.follow_children) {
+		bpf_program__set_autoload(s->skel->progs.oncpu_fork, false);
+		bpf_program__set_autoload(s->skel->progs.oncpu_follow_exit, false);
+	}
 	s->skel->rodata->unwind_dwarf = s->opts.unwind == SAMPLER_UNWIND_DWARF;
 	if (s->opts.unwind != SAMPLER_UNWIND_DWARF) {
 		bpf_program__set_autoload(s->skel->progs.oncpu_exec, false);
@@ -582,12 +589,26 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 		log_warn("bpf_enable_stats(RUN_TIME): %s; BPF run time will read 0",
 			 strerror(errno));
 
+	if (s->opts.follow_children) {
+		s->follow_links[0] = bpf_program__attach(s->skel->progs.oncpu_fork);
+		s->follow_links[1] = s->follow_links[0]
+					 ? bpf_program__attach(s->skel->progs.oncpu_follow_exit)
+					 : NULL;
+		if (!s->follow_links[1]) {
+			ret = -errno;
+			log_error("attach sched_process_fork/exit tracepoints: %s", strerror(-ret));
+			goto cleanup;
+		}
+	}
 	ret = sampler_attach_cpus(s);
 	if (ret)
 		goto cleanup;
 	log_info("sampling %zu CPUs at %d Hz%s, %s unwinding; kernel/user stacks %u/%u, counts %u "
 		 "entries",
-		 s->n_links, s->opts.frequency, s->opts.only_tgid ? " (one process)" : "",
+		 s->n_links, s->opts.frequency,
+		 !s->opts.only_tgid		? ""
+		 : s->opts.follow_children	? " (one process and its children)"
+						: " (one process)",
 		 s->opts.unwind == SAMPLER_UNWIND_DWARF ? "DWARF" : "frame-pointer", s->kstacks_max,
 		 s->ustacks_max, s->counts_max);
 	*out = s;
@@ -921,6 +942,8 @@ void sampler_close(struct sampler *s)
 	}
 	bpf_link__destroy(s->unw_links[0]);
 	bpf_link__destroy(s->unw_links[1]);
+	bpf_link__destroy(s->follow_links[0]);
+	bpf_link__destroy(s->follow_links[1]);
 	ring_buffer__free(s->events);
 	ring_buffer__free(s->overflow);
 	unwinder_close(s->unw);

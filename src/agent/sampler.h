@@ -35,6 +35,8 @@ struct sampler_opts {
 	int frequency;                /* Hz, 1..1000, default 99 */
 	enum sampler_unwind unwind;
 	uint32_t only_tgid;           /* 0: all processes; else this process (ember record -p) */
+	int follow_children;          /* with only_tgid: also the processes it forks, recursively
+				       * (ember record -- CMD); threads are always included */
 	double flush_seconds;         /* expected drain period, sizes the maps; default 1 */
 	uint32_t counts_entries;      /* distinct keys per drain period; 0: sized from frequency ×
 				       * CPUs × flush_seconds (samples beyond are counted, lost) */

@@ -39,6 +39,10 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* 0: every process; else only this tgid (ember record -p). Set before load. */
 const volatile __u32 targ_tgid = 0;
+/* 1: also every process targ_tgid forks, and theirs (ember record -- CMD): tracked in followed
+ * by oncpu_fork. Set before load. */
+const volatile __u32 follow_children = 0;
+
 
 /* 1: user stacks by the DWARF walk; 0: frame pointers (bpf_get_stack). Set before load. */
 const volatile __u32 unwind_dwarf = 0;
@@ -98,6 +102,23 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, PROFILE_OVERFLOW_RB_DEFAULT);
 } overflow SEC(".maps");
+
+/* Descendants of targ_tgid (with follow_children): tgid → 1, added at fork, removed at exit.
+ * Bounded: a fork beyond PROFILE_FOLLOW_MAX live descendants is not followed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, PROFILE_FOLLOW_MAX);
+	__type(key, __u32);
+	__type(value, __u8);
+} followed SEC(".maps");
+
+/* The tgid filter of every program: all processes, targ_tgid, or targ_tgid's descendants. */
+static __always_inline int tgid_wanted(__u32 tgid)
+{
+	if (!targ_tgid || tgid == targ_tgid)
+		return 1;
+	return follow_children && bpf_map_lookup_elem(&followed, &tgid);
+}
 
 /* DWARF tables: every object's slot image (src/bpf/unwind.h), placed by user space. */
 struct {
@@ -635,7 +656,7 @@ int oncpu_sample(struct bpf_perf_event_data *ctx)
 		counter_inc(PROFILE_CNT_IDLE);
 		return 0;
 	}
-	if (targ_tgid && tgid != targ_tgid)
+	if (!tgid_wanted(tgid))
 		return 0;
 	counter_inc(PROFILE_CNT_SAMPLES);
 
@@ -657,7 +678,7 @@ int oncpu_exec(void *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 
-	if (targ_tgid && tgid != targ_tgid)
+	if (!tgid_wanted(tgid))
 		return 0;
 	send_event(UNW_EVENT_EXEC, tgid, 0);
 	return 0;
@@ -670,9 +691,34 @@ int oncpu_exit(void *ctx)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
 
-	if (tgid != (__u32)id || (targ_tgid && tgid != targ_tgid))
+	if (tgid != (__u32)id || !tgid_wanted(tgid))
 		return 0;
 	bpf_map_delete_elem(&unw_unknown_last, &tgid);
 	send_event(UNW_EVENT_EXIT, tgid, 0);
+	return 0;
+}
+
+/* A followed process forks a new process (not a thread): follow the child too. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(oncpu_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = parent->tgid, ctgid = child->tgid;
+	__u8 one = 1;
+
+	if (!follow_children || ptgid == ctgid || !tgid_wanted(ptgid))
+		return 0;
+	bpf_map_update_elem(&followed, &ctgid, &one, BPF_NOEXIST);
+	return 0;
+}
+
+/* A followed process's leader exits: its tgid may be reused by an unrelated process. */
+SEC("tp_btf/sched_process_exit")
+int oncpu_follow_exit(void *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+
+	if (follow_children && tgid == (__u32)id)
+		bpf_map_delete_elem(&followed, &tgid);
 	return 0;
 }

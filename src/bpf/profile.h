@@ -25,6 +25,7 @@
 /* Compiled-in map sizes; user space always overrides them with bpf_map__set_max_entries(). */
 #define PROFILE_STACK_MAP_DEFAULT 1024 /* kstacks (STACK_TRACE) and ustacks (HASH) alike */
 #define PROFILE_COUNTS_MAP_DEFAULT 1024
+#define PROFILE_FOLLOW_MAX 16384 /* live descendants followed by ember record -- CMD */
 
 enum profile_ustack_kind {
 	PROFILE_USTACK_NONE = 0,       /* no user stack: kernel thread or exiting task (-EFAULT) */

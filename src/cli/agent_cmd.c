@@ -423,6 +423,7 @@ int cli_record(int argc, char **argv)
 		pid = child;
 	}
 	so.only_tgid = (uint32_t)pid;
+	so.follow_children = child != 0; /* a command's children are part of it; -p PID is one */
 	if (sym_open(&(struct sym_opts){0}, &sym) < 0 || procinfo_open(0, NULL, &procs) < 0)
 		goto out;
 	ao.frequency = so.frequency;

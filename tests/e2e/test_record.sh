@@ -55,6 +55,11 @@ kill $pid 2>/dev/null; wait $pid 2>/dev/null
 check "-p PID -d 2: the running process's frames" grep -q ';main;work;hot_a ' "$E2E_TMP/pid.folded"
 check "-p PID: only that process" bash -c "! grep -v '^cpu_split;' '$E2E_TMP/pid.folded' | grep -q ."
 
+# -- CMD follows the processes CMD forks: the shell runs cpu_split as its child ('; true' keeps
+# sh from exec'ing it in place).
+"$EMBER_BIN" record -F 499 -o "$E2E_TMP/child.folded" -- sh -c "$W/cpu_split 2; true" >/dev/null || fail "record sh -c"
+check "-- CMD: its children are profiled too (cpu_split under sh -c)" grep -q '^cpu_split;.*;main;work;hot_a ' "$E2E_TMP/child.folded"
+
 "$EMBER_BIN" record -p 999999999 -d 1 2>"$E2E_TMP/nopid.err"
 check "-p of a missing process: clear error" bash -c "[ $? -ne 0 ] && grep -q 'no process' '$E2E_TMP/nopid.err'"
 
