@@ -295,17 +295,18 @@ void aggregate_process_comm(struct aggregate *agg, const struct sample_rec *rec,
 
 void aggregate_build_stack(struct aggregate *agg, const struct sample_rec *rec, struct strbuf *out)
 {
-	int uerr = rec->ustack_error || (rec->n_uframes && rec->uframes_encoded);
+	int uerr = rec->ustack_error != 0;
 
 	agg_put_comm(out, rec->tid == rec->tgid ? "[p] " : "[t] ", rec->comm);
 	if (uerr && rec->kstack_error) {
 		sb_puts(out, ";[stack trace lost]");
 		return;
 	}
-	/* Encoded (DWARF) frames need sym support that does not exist yet: an error, not garbage.
-	 */
 	if (uerr)
 		sb_puts(out, ";[user stack trace error]");
+	else if (rec->n_uframes && rec->uframes_encoded)
+		sym_append_user_encoded(agg->sym, rec->tgid, rec->uframes, rec->n_uframes,
+					rec->resolve_object, rec->resolve_arg, out);
 	else if (rec->n_uframes)
 		sym_append_user(agg->sym, rec->tgid, rec->uframes, rec->n_uframes, out);
 	if (rec->kstack_error)

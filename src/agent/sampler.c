@@ -629,6 +629,17 @@ static uint32_t sampler_count_frames(const uint64_t *ips)
 	return n;
 }
 
+/* sym_object_fn over the unwinder: what an encoded frame's object id names. */
+static int sampler_resolve_object(void *arg, uint32_t obj_id, struct sym_object *obj)
+{
+	struct sampler *s = arg;
+
+	if (!s->unw)
+		return -ENOENT;
+	return unwinder_object_info(s->unw, obj_id, obj->path, sizeof(obj->path), &obj->dev,
+				    &obj->ino, &obj->pid);
+}
+
 static void sampler_emit(struct sampler *s, const struct sampler_set *set,
 			 const struct profile_key *key, uint64_t count, sampler_cb cb, void *arg)
 {
@@ -657,6 +668,9 @@ static void sampler_emit(struct sampler *s, const struct sampler_set *set,
 	switch (key->ustack_kind & PROFILE_USTACK_KIND_MASK) {
 	case PROFILE_USTACK_DWARF_HASH:
 		rec.ustack_reason = (key->ustack_kind >> PROFILE_USTACK_REASON_SHIFT) + 1;
+		rec.uframes_encoded = 1;
+		rec.resolve_object = sampler_resolve_object;
+		rec.resolve_arg = s;
 		/* the frames are stored the same way */
 		__attribute__((fallthrough));
 	case PROFILE_USTACK_FP_HASH: {

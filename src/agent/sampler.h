@@ -10,8 +10,10 @@
  * The user stack has one seam: sample_rec.uframes are either raw addresses from a
  * frame-pointer walk (unwind = SAMPLER_UNWIND_FP) or from the DWARF walk in BPF
  * (SAMPLER_UNWIND_DWARF, the default of the CLI; ustack_reason then says how the walk ended).
- * uframes_encoded = 1 (object id << 40 | offset) is reserved for frames that outlive their
- * process; no unwinder produces it yet.
+ * DWARF stacks come with uframes_encoded = 1: a frame inside an object with a table is
+ * UNW_FRAME_ENCODED | object id << 40 | ELF virtual address (src/bpf/unwind.h), so it outlives
+ * its process; resolve_object names the object (sym_append_user_encoded()); other frames (JIT,
+ * anonymous code) stay raw addresses.
  *
  * DWARF unwinding keeps tables and mapping lists in BPF maps through src/agent/unwinder.c: all
  * processes (or only_tgid) are scanned at open; a background thread of the sampler (low
@@ -26,6 +28,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "agent/symbolize.h"
 
 #define SAMPLER_MAX_FRAMES 127
 
@@ -52,7 +56,9 @@ struct sample_rec {
 	const uint64_t *kframes; /* innermost first */
 	uint32_t n_uframes;   /* 0 for kernel threads */
 	const uint64_t *uframes; /* leaf first */
-	int uframes_encoded;  /* 0: raw addresses; 1: object id << 40 | offset */
+	int uframes_encoded;  /* 0: raw addresses; 1: UNW_FRAME_ENCODED frames possible */
+	sym_object_fn resolve_object; /* uframes_encoded: object id → file; NULL otherwise */
+	void *resolve_arg;
 	int ustack_error;     /* negative errno from the user stack walk, 0 if fine */
 	int kstack_error;     /* negative errno from the kernel stack walk; 0 if fine or if the
 			       * sample hit user mode (no kernel stack is not an error) */

@@ -41,9 +41,11 @@
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "bpf/unwind.h"
 #include "common/log.h"
 
 #define SYM_DEFAULT_MAX_FILES 256
@@ -59,6 +61,7 @@
 #define PERF_MAP_MAX_ENTRIES (1 << 20)
 #define PERF_MAP_CHECK_MS 1000 /* stat the perf map at most this often */
 #define SYM_BAD_IP 0xccccccccccccccccULL
+#define SYM_MAX_OBJECTS 4096 /* encoded-frame objects remembered, direct-mapped by id */
 
 enum { KEY_NONE, KEY_BUILD_ID, KEY_STAT, KEY_VDSO };
 
@@ -135,6 +138,16 @@ struct ksym {
 	uint32_t name;
 };
 
+/* The file of an encoded frame's object id; valid while (dev, ino, path) stay the same. */
+struct sym_obj {
+	uint32_t id; /* 0: empty */
+	uint64_t dev, ino;
+	char *path;
+	uint8_t is_so, file_state;
+	uint32_t slot;
+	uint64_t serial;
+};
+
 struct symbolizer {
 	struct sym_opts opts;
 	char *proc_root;
@@ -151,6 +164,9 @@ struct symbolizer {
 	struct sym_proc **buckets;
 	size_t nbuckets, nprocs;
 	struct sym_proc *head, *tail;
+
+	struct sym_obj *objs; /* SYM_MAX_OBJECTS, allocated on the first encoded frame */
+	struct sym_object obj_scratch;
 };
 
 struct sym_res {
@@ -741,14 +757,64 @@ static int sym_map_open(struct symbolizer *sym, struct sym_proc *p, const struct
 	return -ENOENT;
 }
 
-/* Finds or loads the symbol table of m's file; sets m->slot/serial or marks it failed. */
-static struct sym_file *sym_map_file(struct symbolizer *sym, struct sym_proc *p, struct sym_map *m)
+/*
+ * The symbol table of the file open at fd (the vDSO when vdso), from the cache or loaded now;
+ * NULL when it is not a usable ELF file. tgid and path find a separate debug file.
+ */
+static struct sym_file *sym_file_get(struct symbolizer *sym, int fd, int vdso, uint32_t tgid,
+				     const char *path)
 {
 	struct file_key stkey = {0}, bid = {0};
 	struct sym_file *f = NULL;
 	struct stat st;
 	Elf *elf = NULL;
-	int fd = -1, err;
+	int err;
+
+	if (vdso) {
+		stkey.kind = KEY_VDSO;
+		stkey.len = 1;
+	} else {
+		if (fstat(fd, &st))
+			return NULL;
+		sym_stat_key(&st, &stkey);
+	}
+	f = sym_file_by_key(sym, &stkey);
+	if (!f) {
+		elf = vdso ? sym_vdso_elf(sym) : elf_begin(fd, ELF_C_READ_MMAP, NULL);
+		if (!elf || elf_kind(elf) != ELF_K_ELF)
+			goto out;
+		sym_elf_build_id(elf, &bid);
+		f = sym_file_by_key(sym, &bid);
+	}
+	if (f) {
+		sym->stats.file_cache_hits++;
+	} else {
+		f = sym_file_slot(sym);
+		f->bid = bid;
+		f->st = stkey;
+		err = sym_file_fill(sym, f, elf, tgid, path);
+		if (err) {
+			log_debug("pid %u: %s is not usable: %s", tgid, path, strerror(-err));
+			sym_file_clear(f);
+			f = NULL;
+			goto out;
+		}
+		f->serial = ++sym->next_serial;
+		sym->stats.files_loaded++;
+		log_debug("pid %u: %zu symbols for %s", tgid, f->nsyms, path);
+	}
+	f->used = ++sym->tick;
+out:
+	if (elf)
+		elf_end(elf);
+	return f;
+}
+
+/* Finds or loads the symbol table of m's file; sets m->slot/serial or marks it failed. */
+static struct sym_file *sym_map_file(struct symbolizer *sym, struct sym_proc *p, struct sym_map *m)
+{
+	struct sym_file *f = NULL;
+	int fd = -1;
 
 	if (m->file_state == FILE_OK) {
 		f = &sym->files[m->slot];
@@ -762,72 +828,29 @@ static struct sym_file *sym_map_file(struct symbolizer *sym, struct sym_proc *p,
 		return NULL;
 	m->file_state = FILE_FAILED;
 
-	if (m->kind == MAP_VDSO) {
-		stkey.kind = KEY_VDSO;
-		stkey.len = 1;
-	} else {
+	if (m->kind != MAP_VDSO) {
 		fd = sym_map_open(sym, p, m);
-		if (fd < 0 || fstat(fd, &st)) {
+		if (fd < 0) {
 			log_debug("pid %u: cannot open %s: %s", p->tgid, m->path, strerror(-fd));
-			goto out;
+			return NULL;
 		}
-		sym_stat_key(&st, &stkey);
 	}
-	f = sym_file_by_key(sym, &stkey);
-	if (!f) {
-		elf =
-		    m->kind == MAP_VDSO ? sym_vdso_elf(sym) : elf_begin(fd, ELF_C_READ_MMAP, NULL);
-		if (!elf || elf_kind(elf) != ELF_K_ELF)
-			goto out;
-		sym_elf_build_id(elf, &bid);
-		f = sym_file_by_key(sym, &bid);
-	}
-	if (f) {
-		sym->stats.file_cache_hits++;
-	} else {
-		f = sym_file_slot(sym);
-		f->bid = bid;
-		f->st = stkey;
-		err = sym_file_fill(sym, f, elf, p->tgid, m->path);
-		if (err) {
-			log_debug("pid %u: %s is not usable: %s", p->tgid, m->path, strerror(-err));
-			sym_file_clear(f);
-			f = NULL;
-			goto out;
-		}
-		f->serial = ++sym->next_serial;
-		sym->stats.files_loaded++;
-		log_debug("pid %u: %zu symbols for %s", p->tgid, f->nsyms, m->path);
-	}
-	f->used = ++sym->tick;
+	f = sym_file_get(sym, fd, m->kind == MAP_VDSO, p->tgid, m->path);
+	if (fd >= 0)
+		close(fd);
+	if (!f)
+		return NULL;
 	m->slot = (uint32_t)(f - sym->files);
 	m->serial = f->serial;
 	m->file_state = FILE_OK;
-out:
-	if (elf)
-		elf_end(elf);
-	if (fd >= 0)
-		close(fd);
-	return m->file_state == FILE_OK ? f : NULL;
+	return f;
 }
 
-static const char *sym_file_lookup(struct sym_file *f, const struct sym_map *m, uint64_t addr)
+/* The function at ELF virtual address vaddr, or NULL. */
+static const char *sym_file_lookup_va(struct sym_file *f, uint64_t vaddr)
 {
-	uint64_t fileoff = addr - m->start + m->off, vaddr = 0;
 	size_t lo = 0, hi = f->nsyms, i;
-	int found = 0;
 
-	for (i = 0; i < f->nsegs; i++) {
-		const struct load_seg *s = &f->segs[i];
-
-		if (fileoff >= s->off && fileoff < s->off + s->filesz) {
-			vaddr = s->vaddr + (fileoff - s->off);
-			found = 1;
-			break;
-		}
-	}
-	if (!found)
-		return NULL;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
 
@@ -844,6 +867,26 @@ static const char *sym_file_lookup(struct sym_file *f, const struct sym_map *m, 
 	if (!f->clean[i])
 		f->clean[i] = sym_clean_name(f->names + f->syms[i].name);
 	return f->clean[i];
+}
+
+static const char *sym_file_lookup(struct sym_file *f, const struct sym_map *m, uint64_t addr)
+{
+	uint64_t fileoff = addr - m->start + m->off, vaddr = 0;
+	size_t i;
+	int found = 0;
+
+	for (i = 0; i < f->nsegs; i++) {
+		const struct load_seg *s = &f->segs[i];
+
+		if (fileoff >= s->off && fileoff < s->off + s->filesz) {
+			vaddr = s->vaddr + (fileoff - s->off);
+			found = 1;
+			break;
+		}
+	}
+	if (!found)
+		return NULL;
+	return sym_file_lookup_va(f, vaddr);
 }
 
 /* ---- perf maps (JIT) --------------------------------------------------------------------- */
@@ -1311,6 +1354,30 @@ static void sym_resolve_user(struct symbolizer *sym, struct sym_proc *p, uint64_
 		res->path = m->path;
 }
 
+/* Appends one frame's label: ';', then the symbol, "[path]" or unknown (see symbolize.h). */
+static void sym_put_label(struct symbolizer *sym, const struct sym_res *res, int outermost,
+			  uint64_t ip, struct strbuf *out)
+{
+	if (out->len)
+		sb_putc(out, ';');
+	sym->stats.frames++;
+	if (res->name) {
+		if (res->is_so)
+			sb_puts(out, "[l] ");
+		sb_puts(out, res->name);
+	} else if (res->path) {
+		sb_putc(out, '[');
+		sb_puts(out, res->path);
+		sb_putc(out, ']');
+	} else {
+		sym->stats.frames_unknown++;
+		if (outermost)
+			sb_puts(out, "[unknown start_thread?]");
+		else
+			sb_printf(out, "[unknown] 0x%016llx", (unsigned long long)ip);
+	}
+}
+
 int sym_append_user(struct symbolizer *sym, uint32_t tgid, const uint64_t *ips, size_t n,
 		    struct strbuf *out)
 {
@@ -1333,24 +1400,162 @@ int sym_append_user(struct symbolizer *sym, uint32_t tgid, const uint64_t *ips, 
 		if (ip == 0 || ip == SYM_BAD_IP)
 			continue;
 		sym_resolve_user(sym, p, i ? ip - 1 : ip, &res);
-		if (out->len)
-			sb_putc(out, ';');
-		sym->stats.frames++;
-		if (res.name) {
-			if (res.is_so)
-				sb_puts(out, "[l] ");
-			sb_puts(out, res.name);
-		} else if (res.path) {
-			sb_putc(out, '[');
-			sb_puts(out, res.path);
-			sb_putc(out, ']');
-		} else {
-			sym->stats.frames_unknown++;
-			if (i == outer)
-				sb_puts(out, "[unknown start_thread?]");
-			else
-				sb_printf(out, "[unknown] 0x%016llx", (unsigned long long)ip);
+		sym_put_label(sym, &res, i == outer, ip, out);
+		count++;
+	}
+	return count;
+}
+
+/*
+ * Opens the object's file by path (through the sampled process's root, the root of a process
+ * that mapped it, then the host) and keeps it only when (device, inode) match; -ENOENT if none.
+ */
+static int sym_obj_open(struct symbolizer *sym, uint32_t tgid, const struct sym_object *o)
+{
+	char path[PATH_MAX + 64];
+	struct stat st;
+	int fd;
+
+	for (int i = 0; i < 3; i++) {
+		if (i == 0)
+			snprintf(path, sizeof(path), "%s/%u/root%s", sym->proc_root, tgid, o->path);
+		else if (i == 1 && o->pid && o->pid != tgid)
+			snprintf(path, sizeof(path), "%s/%u/root%s", sym->proc_root, o->pid,
+				 o->path);
+		else if (i == 2)
+			snprintf(path, sizeof(path), "%s", o->path);
+		else
+			continue;
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		if (fstat(fd, &st) == 0 && (uint64_t)st.st_ino == o->ino &&
+		    (((uint64_t)major(st.st_dev) << 32) | minor(st.st_dev)) == o->dev)
+			return fd;
+		close(fd);
+	}
+	return -ENOENT;
+}
+
+/* The file of an object while its process lives: its mapping of the same inode (map_files). */
+static struct sym_file *sym_obj_by_process(struct symbolizer *sym, uint32_t tgid,
+					   const struct sym_object *o)
+{
+	struct sym_proc *p = sym_proc_get(sym, tgid);
+
+	if (!p)
+		return NULL;
+	for (size_t i = 0; i < p->nmaps; i++) {
+		struct sym_map *m = &p->maps[i];
+
+		if (m->kind == MAP_FILE && m->inode == o->ino && m->path &&
+		    strcmp(m->path, o->path) == 0)
+			return sym_map_file(sym, p, m);
+	}
+	return NULL;
+}
+
+/* The symbol table of object id (cached per id, checked against what resolve says now). */
+static struct sym_file *sym_obj_file(struct symbolizer *sym, uint32_t tgid, uint32_t id,
+				     sym_object_fn resolve, void *arg, struct sym_obj **out)
+{
+	struct sym_object *o = &sym->obj_scratch;
+	struct sym_obj *so;
+	struct sym_file *f;
+	int fd = -1, vdso;
+
+	*out = NULL;
+	if (!sym->objs) {
+		sym->objs = calloc(SYM_MAX_OBJECTS, sizeof(*sym->objs));
+		if (!sym->objs)
+			return NULL;
+	}
+	if (!resolve || resolve(arg, id, o))
+		return NULL;
+	so = &sym->objs[id % SYM_MAX_OBJECTS];
+	if (so->id != id || so->dev != o->dev || so->ino != o->ino || !so->path ||
+	    strcmp(so->path, o->path) != 0) {
+		free(so->path);
+		memset(so, 0, sizeof(*so));
+		so->path = strdup(o->path);
+		if (!so->path)
+			return NULL;
+		so->id = id;
+		so->dev = o->dev;
+		so->ino = o->ino;
+		so->is_so = strstr(o->path, ".so") != NULL;
+	}
+	*out = so;
+	if (so->file_state == FILE_OK) {
+		f = &sym->files[so->slot];
+		if (f->serial == so->serial) {
+			f->used = ++sym->tick;
+			return f;
 		}
+		so->file_state = FILE_UNRESOLVED; /* evicted: resolve again */
+	}
+	if (so->file_state == FILE_FAILED)
+		return NULL;
+	so->file_state = FILE_FAILED;
+	vdso = strcmp(o->path, "[vdso]") == 0;
+	if (!vdso)
+		fd = sym_obj_open(sym, tgid, o);
+	f = vdso || fd >= 0 ? sym_file_get(sym, fd, vdso, tgid, o->path) : NULL;
+	if (fd >= 0)
+		close(fd);
+	if (!f)
+		f = sym_obj_by_process(sym, tgid, o);
+	if (!f) {
+		log_debug("pid %u: object %u (%s) cannot be opened", tgid, id, o->path);
+		return NULL;
+	}
+	so->slot = (uint32_t)(f - sym->files);
+	so->serial = f->serial;
+	so->file_state = FILE_OK;
+	return f;
+}
+
+int sym_append_user_encoded(struct symbolizer *sym, uint32_t tgid, const uint64_t *frames,
+			    size_t n, sym_object_fn resolve, void *arg, struct strbuf *out)
+{
+	struct sym_proc *p = NULL;
+	size_t outer = n;
+	int count = 0;
+
+	for (size_t i = n; i-- > 0;) {
+		if (frames[i] != 0 && frames[i] != SYM_BAD_IP) {
+			outer = i;
+			break;
+		}
+	}
+	for (size_t i = n; i-- > 0;) {
+		uint64_t fr = frames[i], adj = i ? 1 : 0;
+		struct sym_res res;
+
+		if (fr == 0 || fr == SYM_BAD_IP)
+			continue;
+		if (fr & UNW_FRAME_ENCODED) {
+			uint32_t id = (uint32_t)((fr >> UNW_FRAME_OBJ_SHIFT) & UNW_FRAME_OBJ_MASK);
+			uint64_t va = fr & UNW_FRAME_VA_MASK;
+			struct sym_obj *so;
+			struct sym_file *f = sym_obj_file(sym, tgid, id, resolve, arg, &so);
+
+			memset(&res, 0, sizeof(res));
+			if (f)
+				res.name = sym_file_lookup_va(f, va - adj);
+			if (res.name)
+				res.is_so = so->is_so;
+			else if (so)
+				res.path = so->path;
+		} else {
+			/* Raw (JIT, anonymous code): the process's mappings and perf map. */
+			if (!p)
+				p = sym_proc_get(sym, tgid);
+			if (!p)
+				return -ENOMEM;
+			sym_resolve_user(sym, p, fr - adj, &res);
+		}
+		sym_put_label(sym, &res, i == outer, fr, out);
 		count++;
 	}
 	return count;
@@ -1421,6 +1626,11 @@ void sym_close(struct symbolizer *sym)
 		for (size_t i = 0; i < sym->opts.max_files; i++)
 			sym_file_clear(&sym->files[i]);
 	}
+	if (sym->objs) {
+		for (size_t i = 0; i < SYM_MAX_OBJECTS; i++)
+			free(sym->objs[i].path);
+	}
+	free(sym->objs);
 	free(sym->files);
 	free(sym->buckets);
 	free(sym->ksyms);

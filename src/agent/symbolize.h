@@ -48,6 +48,29 @@ void sym_close(struct symbolizer *sym);
  */
 int sym_append_user(struct symbolizer *sym, uint32_t tgid, const uint64_t *ips, size_t n,
 		    struct strbuf *out);
+/*
+ * Where an encoded frame's object lives, as the DWARF unwinder knows it (unwinder_object_info):
+ * the file is opened through /proc/TGID/root, /proc/PID/root or the plain path and used only
+ * when its device and inode match; else through the process's own mappings (map_files) while
+ * it lives. dev is major << 32 | minor as /proc/PID/maps shows it; the vDSO is path "[vdso]".
+ */
+#define SYM_OBJECT_PATH_MAX 4096
+struct sym_object {
+	char path[SYM_OBJECT_PATH_MAX];
+	uint64_t dev, ino;
+	uint32_t pid; /* a process that mapped it, 0 if none known */
+};
+/* Fills obj for obj_id; 0, or -ENOENT when the id names nothing. */
+typedef int (*sym_object_fn)(void *arg, uint32_t obj_id, struct sym_object *obj);
+
+/*
+ * sym_append_user() for frames of a DWARF walk (sample_rec.uframes_encoded): a frame with
+ * UNW_FRAME_ENCODED (src/bpf/unwind.h) is an object id and ELF virtual address, resolved by
+ * the object's file alone, so stacks of processes that already exited keep their names; other
+ * frames are raw addresses of tgid (JIT, anonymous code). Same labels and pc - 1 rule.
+ */
+int sym_append_user_encoded(struct symbolizer *sym, uint32_t tgid, const uint64_t *frames,
+			    size_t n, sym_object_fn resolve, void *arg, struct strbuf *out);
 /* Same for kernel addresses, innermost first in ips, appended outermost first as "[k] name". */
 int sym_append_kernel(struct symbolizer *sym, const uint64_t *ips, size_t n, struct strbuf *out);
 

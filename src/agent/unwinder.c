@@ -193,6 +193,7 @@ static int unwinder_evict_one(struct unwinder *u, const struct unw_obj *keep)
 		struct unw_obj *o = &u->objs[i];
 
 		if (o->used && o != keep && o->refs == 0 && !o->building && o->t &&
+		    unwinder_now_ns() - o->unused_since >= UNWINDER_ID_HOLD_NS &&
 		    (!oldest || o->unused_since < oldest->unused_since))
 			oldest = o;
 	}
@@ -360,6 +361,7 @@ static int unwinder_obj(struct unwinder *u, uint64_t dev, uint64_t ino, const ch
 			return i;
 		}
 		if (o->refs == 0 && !o->building &&
+		    unwinder_now_ns() - o->unused_since >= UNWINDER_ID_HOLD_NS &&
 		    (oldest < 0 || o->unused_since < u->objs[oldest].unused_since))
 			oldest = i;
 	}
@@ -717,6 +719,25 @@ int unwinder_object_path(struct unwinder *u, uint32_t obj_id, char *buf, size_t 
 	pthread_mutex_lock(&u->lock);
 	if (obj_id >= 1 && obj_id <= UNWINDER_MAX_OBJECTS && u->objs[obj_id - 1].used) {
 		snprintf(buf, size, "%s", u->objs[obj_id - 1].path);
+		rc = 0;
+	}
+	pthread_mutex_unlock(&u->lock);
+	return rc;
+}
+
+int unwinder_object_info(struct unwinder *u, uint32_t obj_id, char *path, size_t size,
+			 uint64_t *dev, uint64_t *ino, uint32_t *pid)
+{
+	int rc = -ENOENT;
+
+	pthread_mutex_lock(&u->lock);
+	if (obj_id >= 1 && obj_id <= UNWINDER_MAX_OBJECTS && u->objs[obj_id - 1].used) {
+		const struct unw_obj *o = &u->objs[obj_id - 1];
+
+		snprintf(path, size, "%s", o->path);
+		*dev = o->dev;
+		*ino = o->ino;
+		*pid = o->pid;
 		rc = 0;
 	}
 	pthread_mutex_unlock(&u->lock);

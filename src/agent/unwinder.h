@@ -12,7 +12,10 @@
  * extents.
  *
  * Every object gets a small id (1..UNWINDER_MAX_OBJECTS), stored in the high bits of its
- * mappings' flags (UNW_MAP_OBJ_SHIFT) and resolvable to its path with unwinder_object_path().
+ * mappings' flags (UNW_MAP_OBJ_SHIFT), so the BPF walk can store frames as object id + ELF
+ * address (UNW_FRAME_ENCODED), resolvable with unwinder_object_info(). An id is not given to
+ * another object before UNWINDER_ID_HOLD_NS after its last process went away, so stacks
+ * sampled before an exit still name the right object at the next drain.
  *
  * Threading: calls may come from several threads (the sampler's event and scan threads): state
  * is under an internal mutex, released only while one table builds, so a big object (seconds)
@@ -31,6 +34,9 @@
 #define UNWINDER_MAX_PROCS 4096		 /* processes with a mapping list (BPF procs map) */
 #define UNWINDER_MAX_EXTENTS 8192	 /* free-slot extents the allocator tracks */
 #define UNWINDER_GRACE_NS 30000000000ull /* unused tables live on this long */
+/* An object unused for less than this keeps its id even when its table's room is wanted:
+ * stacks not drained yet name it (UNW_FRAME_ENCODED frames); drains come every second or so. */
+#define UNWINDER_ID_HOLD_NS 10000000000ull
 
 struct unwinder_opts {
 	int slots_fd;	       /* BPF ARRAY, u32 → u64 */
@@ -89,6 +95,13 @@ void unwinder_collect(struct unwinder *u);
 
 /* Path of object id (1-based, from unw_mapping.flags >> UNW_MAP_OBJ_SHIFT); -ENOENT if none. */
 int unwinder_object_path(struct unwinder *u, uint32_t obj_id, char *buf, size_t size);
+/*
+ * What an encoded frame's object id names: its path, its (device, inode) as /proc/PID/maps
+ * shows them (device = major << 32 | minor; the vDSO is UINT64_MAX, UINT64_MAX, "[vdso]") and
+ * a process that mapped it (its root reaches the file from a container). 0 or -ENOENT.
+ */
+int unwinder_object_info(struct unwinder *u, uint32_t obj_id, char *path, size_t size,
+			 uint64_t *dev, uint64_t *ino, uint32_t *pid);
 void unwinder_get_stats(struct unwinder *u, struct unwinder_stats *st);
 
 /* Free-extent allocator, exposed for tests: first fit, merging on free. */

@@ -43,7 +43,6 @@ const volatile __u32 targ_tgid = 0;
  * by oncpu_fork. Set before load. */
 const volatile __u32 follow_children = 0;
 
-
 /* 1: user stacks by the DWARF walk; 0: frame pointers (bpf_get_stack). Set before load. */
 const volatile __u32 unwind_dwarf = 0;
 /* Minimum interval between two UNW_EVENT_UNKNOWN events of one process. */
@@ -378,7 +377,7 @@ static long unw_step_cb(__u32 i, void *arg)
 	struct unw_proc *proc = c->proc;
 	struct unw_mapping *m;
 	struct unw_row row;
-	__u64 va, cfa, ra, pc;
+	__u64 va, cfa, ra, pc, fr;
 	__u32 n;
 
 	if (!w || !st || !proc)
@@ -389,11 +388,17 @@ static long unw_step_cb(__u32 i, void *arg)
 		return 1;
 	}
 	pc = w->pc;
-	st->ips[n] = pc;
-	w->n = n + 1;
-	w->hash = hash_mix(w->hash, pc);
-
 	m = proc_find(proc, pc);
+	/* Object id + va where the object has a table (bias known), else the raw address. */
+	fr = pc;
+	if (m && !(m->flags & UNW_MAP_NO_TABLE) && (m->flags >> UNW_MAP_OBJ_SHIFT))
+		fr = UNW_FRAME_ENCODED |
+		     ((__u64)(m->flags >> UNW_MAP_OBJ_SHIFT) << UNW_FRAME_OBJ_SHIFT) |
+		     ((pc - m->bias) & UNW_FRAME_VA_MASK);
+	st->ips[n] = fr;
+	w->n = n + 1;
+	w->hash = hash_mix(w->hash, fr);
+
 	if (!m) {
 		if (!w->miss_pc)
 			w->miss_pc = pc;

@@ -79,6 +79,17 @@ struct unw_table_hdr {
 #define UNW_MAP_NO_TABLE (1u << 1) /* table not (yet) available */
 #define UNW_MAP_OBJ_SHIFT 16
 
+/*
+ * A frame of a DWARF walk inside a mapping with a table is stored process-independent:
+ * UNW_FRAME_ENCODED | obj_id << UNW_FRAME_OBJ_SHIFT | va, va = pc - bias, the ELF virtual address
+ * the object's symbol tables use (tables keep va in 32 bits). Any other frame (JIT, anonymous
+ * code, an object without a table) keeps its raw address, whose bit 63 is clear (user space).
+ */
+#define UNW_FRAME_ENCODED (1ull << 63)
+#define UNW_FRAME_OBJ_SHIFT 40
+#define UNW_FRAME_OBJ_MASK 0xffffull
+#define UNW_FRAME_VA_MASK ((1ull << UNW_FRAME_OBJ_SHIFT) - 1)
+
 struct unw_mapping {
 	__u64 start, end; /* [start, end) in the process */
 	__u64 bias;	  /* va = pc - bias */

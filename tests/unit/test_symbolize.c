@@ -10,6 +10,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -29,6 +30,9 @@
 #include <sys/auxv.h>
 
 #include "agent/symbolize.h"
+#include "bpf/unwind.h"
+
+#include <sys/sysmacros.h>
 
 static volatile uint64_t recorded_ra;
 static volatile int sink;
@@ -410,6 +414,131 @@ static void test_exited_child(void **state)
 	sym_close(sym);
 }
 
+/* Objects of encoded frames, as the unwinder would name them (ids 1..TEST_OBJS). */
+#define TEST_OBJS 3
+struct test_objs {
+	struct sym_object o[TEST_OBJS + 1];
+	int calls;
+};
+
+static int test_resolve(void *arg, uint32_t id, struct sym_object *obj)
+{
+	struct test_objs *t = arg;
+
+	t->calls++;
+	if (id < 1 || id > TEST_OBJS || !t->o[id].path[0])
+		return -ENOENT;
+	*obj = t->o[id];
+	return 0;
+}
+
+static void test_obj_from_file(struct sym_object *o, const char *path)
+{
+	struct stat st;
+
+	assert_int_equal(stat(path, &st), 0);
+	snprintf(o->path, sizeof(o->path), "%s", path);
+	o->dev = ((uint64_t)major(st.st_dev) << 32) | minor(st.st_dev);
+	o->ino = (uint64_t)st.st_ino;
+}
+
+static uint64_t test_exe_bias(void)
+{
+	Dl_info info;
+
+	assert_true(dladdr((void *)ember_test_leaf_fn, &info) != 0);
+	return (uint64_t)(uintptr_t)info.dli_fbase;
+}
+
+static uint64_t test_encode(uint32_t id, uint64_t va)
+{
+	return UNW_FRAME_ENCODED | (uint64_t)id << UNW_FRAME_OBJ_SHIFT | va;
+}
+
+/*
+ * Encoded frames (object id + ELF address) name functions from the object's file alone: the
+ * process that took them has exited and was never seen by the symbolizer. The pc - 1 rule
+ * holds for non-leaf frames, ".so" objects get "[l] ", an address without a symbol "[path]",
+ * a file whose inode is not the object's is refused, and raw frames still go the process way.
+ */
+static void test_encoded_frames(void **state)
+{
+	struct symbolizer *sym = open_sym(0);
+	void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+	struct test_objs t = {0};
+	struct strbuf sb = STRBUF_INIT;
+	uint64_t bias = test_exe_bias(), fr[4];
+	char exe[PATH_MAX];
+	Dl_info li;
+	ssize_t len;
+	pid_t child;
+
+	assert_non_null(libc);
+	len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	assert_true(len > 0);
+	exe[len] = '\0';
+	test_obj_from_file(&t.o[1], exe);
+	assert_true(dladdr(dlsym(libc, "getpid"), &li) != 0);
+	test_obj_from_file(&t.o[2], li.dli_fname);
+	t.o[3] = t.o[1];
+	t.o[3].ino ^= 1; /* names the executable's path, but another file */
+
+	child = start_child(NULL);
+	kill(child, SIGKILL);
+	assert_int_equal(waitpid(child, NULL, 0), child);
+
+	ember_test_caller_fn();
+	fr[0] = test_encode(2, (uint64_t)(uintptr_t)dlsym(libc, "getpid") -
+				   (uint64_t)(uintptr_t)li.dli_fbase);
+	fr[1] = test_encode(1, fn_addr(ember_test_leaf_fn) - bias);	/* call ends the fn */
+	fr[2] = test_encode(1, recorded_ra - bias);
+	fr[3] = test_encode(1, 0); /* the ELF header: no symbol */
+	assert_int_equal(
+	    sym_append_user_encoded(sym, (uint32_t)child, fr, 4, test_resolve, &t, &sb), 4);
+	{
+		char want[PATH_MAX + 64];
+
+		/* fr[1] - 1 is the byte before ember_test_leaf_fn: not the leaf function. */
+		snprintf(want, sizeof(want), "[%s];ember_test_caller_fn;", exe);
+		assert_true(strncmp(sb.buf, want, strlen(want)) == 0);
+		assert_null(strstr(sb.buf, "ember_test_leaf_fn"));
+		assert_non_null(strstr(sb.buf + strlen(want), ";[l] "));
+		assert_non_null(strstr(sb.buf, "getpid"));
+	}
+	sb_reset(&sb);
+
+	/* The leaf rule: a leaf frame at a function's first byte is that function. */
+	fr[0] = test_encode(1, fn_addr(ember_test_leaf_fn) - bias);
+	assert_int_equal(
+	    sym_append_user_encoded(sym, (uint32_t)child, fr, 1, test_resolve, &t, &sb), 1);
+	assert_string_equal(sb.buf, "ember_test_leaf_fn");
+	sb_reset(&sb);
+
+	/* Wrong inode: the file is not opened, the label is the path only. Unknown id: unknown. */
+	fr[0] = test_encode(3, fn_addr(ember_test_leaf_fn) - bias);
+	fr[1] = test_encode(7, 0x1234);
+	assert_int_equal(
+	    sym_append_user_encoded(sym, (uint32_t)child, fr, 2, test_resolve, &t, &sb), 2);
+	{
+		char want[PATH_MAX + 64];
+
+		snprintf(want, sizeof(want), "[unknown start_thread?];[%s]", exe);
+		assert_string_equal(sb.buf, want);
+	}
+	sb_reset(&sb);
+
+	/* Raw frames of a live process (JIT or anonymous code) resolve through its mappings. */
+	fr[0] = fn_addr(ember_test_leaf_fn);
+	fr[1] = test_encode(1, recorded_ra - bias);
+	assert_int_equal(
+	    sym_append_user_encoded(sym, (uint32_t)getpid(), fr, 2, test_resolve, &t, &sb), 2);
+	assert_string_equal(sb.buf, "ember_test_caller_fn;ember_test_leaf_fn");
+	assert_true(t.calls > 0);
+	sb_free(&sb);
+	dlclose(libc);
+	sym_close(sym);
+}
+
 static void test_deleted_binary(void **state)
 {
 	char tmpl[] = "/tmp/ember-symtest-XXXXXX", buf[64];
@@ -591,6 +720,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_vdso),
 	    cmocka_unit_test(test_clean_name),
 	    cmocka_unit_test(test_exited_child),
+	    cmocka_unit_test(test_encoded_frames),
 	    cmocka_unit_test(test_deleted_binary),
 	    cmocka_unit_test(test_bounded_files),
 	    cmocka_unit_test(test_dlopen_after_first_read),
