@@ -380,7 +380,7 @@ static int jp_skip_compound(struct jp *jp, int depth)
 			jp->p++;
 			continue;
 		default:
-			if (*jp->p == close && jp->p < jp->end) {
+			if (jp->p < jp->end && *jp->p == close) {
 				jp->p++;
 				return 0;
 			}
@@ -915,7 +915,7 @@ static int decode_batch(struct jp *jp, struct batch_read *br, struct ingest_batc
 	if (jp_peek(jp) != '{') {
 		if (jp_peek(jp) != '[')
 			jp_fail(jp, jp->p, "'[' or '{' expected");
-		else if (jp_value(jp, &top, 1) == 0 && jp_peek(jp) != 0)
+		else if (jp_value(jp, &top, 1) == 0 && (jp_ws(jp), jp->p < jp->end))
 			jp_fail(jp, jp->p, "end of file expected");
 		if (jp->errpos) {
 			decode_syntax_error(jp, err);
