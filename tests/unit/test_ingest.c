@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -226,6 +227,28 @@ static void test_depth_bounded(void **state)
 	test_decode_refused(text, 10, "maximum nesting depth");
 }
 
+/* Every proper prefix of a valid batch is refused and read only inside its bytes (found by
+ * fuzz_ingest: a truncated compound value read one byte past the body; ASan run catches it). */
+static void test_truncated_input_stays_inside(void **state)
+{
+	static const char full[] = HDR "\"x\":[1,{\"a\":[true,null]}],\"stacks\":[\"s\\u00e9\"],"
+				       "\"rows\":[" ROW(",\"stack\":0,\"tags\":{\"k\":\"v\"}") "]}";
+	struct strbuf err = STRBUF_INIT;
+	struct ingest_batch b;
+
+	for (size_t len = 0; len < sizeof(full) - 1; len++) {
+		char *copy = malloc(len ? len : 1);
+
+		assert_non_null(copy);
+		memcpy(copy, full, len);
+		assert_int_equal(ingest_decode(copy, len, 10, 42, &b, &err), -EINVAL);
+		assert_non_null(strstr(err.buf, "invalid JSON at line 1"));
+		sb_reset(&err);
+		free(copy);
+	}
+	sb_free(&err);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -238,6 +261,7 @@ int main(void)
 		cmocka_unit_test(test_error_order),
 		cmocka_unit_test(test_stack_dictionary_shared),
 		cmocka_unit_test(test_depth_bounded),
+		cmocka_unit_test(test_truncated_input_stays_inside),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
