@@ -18,6 +18,10 @@
 
 #define AGG_ARENA_CHUNK (256u << 10)
 #define AGG_MIN_BUCKETS 1024u
+#define AGG_UNW_BUCKETS 1024u /* chains of per-process unwind tallies (one per process row) */
+
+/* The custom tag on every stack row of a process whose user stacks were walked with DWARF. */
+static const char *agg_unw_tag_names[] = {AGGREGATE_TAG_UNWIND_COMPLETE};
 
 struct agg_chunk {
 	struct agg_chunk *next;
@@ -41,6 +45,14 @@ struct agg_entry {
 	size_t stack_len;
 };
 
+/* DWARF walks of one process in the window (window arena). */
+struct agg_unw {
+	struct agg_unw *next;
+	uint32_t tgid;
+	uint64_t walked, complete; /* samples */
+	const char **value;	   /* the tag value, made at flush */
+};
+
 struct aggregate {
 	int frequency;
 	int64_t us_per_sample;
@@ -60,6 +72,7 @@ struct aggregate {
 	struct aggregate_stats stats;
 	uint32_t *exited; /* tgids found gone at the last flush, forgotten at the next one */
 	size_t n_exited, cap_exited;
+	struct agg_unw *unw[AGG_UNW_BUCKETS];
 };
 
 static void *agg_arena_alloc(struct agg_arena *a, size_t size)
@@ -315,6 +328,57 @@ void aggregate_build_stack(struct aggregate *agg, const struct sample_rec *rec, 
 		sym_append_kernel(agg->sym, rec->kframes, rec->n_kframes, out);
 }
 
+static struct agg_unw *agg_unw_find(struct aggregate *agg, uint32_t tgid)
+{
+	struct agg_unw *u = agg->unw[tgid % AGG_UNW_BUCKETS];
+
+	while (u && u->tgid != tgid)
+		u = u->next;
+	return u;
+}
+
+/* Counts one record's DWARF walk (ustack_reason 1 = complete) for its process. */
+static void agg_unw_count(struct aggregate *agg, const struct sample_rec *rec)
+{
+	struct agg_unw *u;
+
+	if (!rec->ustack_reason)
+		return;
+	u = agg_unw_find(agg, rec->tgid);
+	if (!u) {
+		u = agg_arena_alloc(&agg->arenas[agg->cur], sizeof(*u));
+		memset(u, 0, sizeof(*u));
+		u->tgid = rec->tgid;
+		u->next = agg->unw[rec->tgid % AGG_UNW_BUCKETS];
+		agg->unw[rec->tgid % AGG_UNW_BUCKETS] = u;
+	}
+	u->walked += rec->count;
+	if (rec->ustack_reason == 1)
+		u->complete += rec->count;
+}
+
+/*
+ * The row's unwind tag: ⌊100 × complete / walked⌋ of its process in this window, three digits
+ * ("007", "100") so that the server's string comparisons order it (>= '090').
+ */
+static void agg_unw_tag(struct aggregate *agg, struct profile_row *r)
+{
+	struct agg_unw *u = r->process_id ? agg_unw_find(agg, (uint32_t)r->process_id) : NULL;
+
+	if (!u || !u->walked)
+		return;
+	if (!u->value) {
+		char v[8];
+		int len = snprintf(v, sizeof(v), "%03u", (unsigned)(u->complete * 100 / u->walked));
+
+		u->value = agg_arena_alloc(&agg->arenas[agg->cur], sizeof(*u->value));
+		u->value[0] = agg_arena_strdup(&agg->arenas[agg->cur], v, (size_t)len);
+	}
+	r->n_tags = 1;
+	r->tag_names = agg_unw_tag_names;
+	r->tag_values = u->value;
+}
+
 void aggregate_add(void *arg, const struct sample_rec *rec)
 {
 	struct aggregate *agg = arg;
@@ -345,6 +409,7 @@ void aggregate_add(void *arg, const struct sample_rec *rec)
 
 	if (agg->has_regex && regexec(&agg->regex, pcomm, 0, NULL, 0) != 0)
 		return;
+	agg_unw_count(agg, rec);
 	sb_reset(sb);
 	aggregate_build_stack(agg, rec, sb);
 	agg_insert(agg, rec->tgid, sb->buf, sb->len, pcomm, start_ms, container, rec->count);
@@ -438,6 +503,7 @@ int aggregate_flush(struct aggregate *agg, int64_t window_start, aggregate_sink_
 			r->pod_cluster = r->pod_ns = r->pod_node = r->pod = r->pod_group = "";
 			r->trace_id = r->span_name = r->profile_id = "";
 			r->compression_algo = "";
+			agg_unw_tag(agg, r);
 		}
 	}
 	ret = sink(arg, rows, n);
@@ -448,6 +514,7 @@ int aggregate_flush(struct aggregate *agg, int64_t window_start, aggregate_sink_
 	agg->cur ^= 1;
 	agg_arena_free(&agg->arenas[agg->cur]);
 	memset(agg->buckets, 0, agg->n_buckets * sizeof(*agg->buckets));
+	memset(agg->unw, 0, sizeof(agg->unw));
 	agg->n_entries = 0;
 	return ret;
 }

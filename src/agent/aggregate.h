@@ -10,7 +10,11 @@
  *  - every sample of every process also feeds a "Total" row: "[p] <process comm>" (main
  *    thread) or "[p] <process comm>;[t] <thread comm>", process_id 0; equal Total strings of
  *    different processes merge (process_id is 0 anyway);
- *  - value = samples × ⌊10⁶ / frequency⌋ µs (10101 at 99 Hz).
+ *  - value = samples × ⌊10⁶ / frequency⌋ µs (10101 at 99 Hz);
+ *  - with DWARF unwinding, every stack row of a process carries the custom tag
+ *    AGGREGATE_TAG_UNWIND_COMPLETE = "000".."100": ⌊100 × complete walks / walks⌋ of that
+ *    process in the window, three digits so string comparisons order it ("100" only when
+ *    every walk reached the entry point). Total rows and frame-pointer rows have none.
  *
  * Rows are bounded: at most max_rows distinct rows per window; samples that would need another
  * row are dropped and counted. aggregate_flush() hands the window's rows to a sink as one array;
@@ -39,6 +43,7 @@
 #include "common/strbuf.h"
 
 #define AGGREGATE_DEFAULT_MAX_ROWS 100000
+#define AGGREGATE_TAG_UNWIND_COMPLETE "ember.unwind.complete_pct"
 
 struct aggregate_opts {
 	int frequency;		   /* Hz the sampler runs at; sets the µs per sample */

@@ -495,6 +495,69 @@ static void test_aggregate_forgets_exited_processes(void **state)
 	assert_false(child_stack_resolves(fx, (uint32_t)pid, 5));
 }
 
+/* The row's value of tag name, or NULL. */
+static const char *row_tag(const struct profile_row *r, const char *name)
+{
+	for (size_t i = 0; i < r->n_tags; i++)
+		if (strcmp(r->tag_names[i], name) == 0)
+			return r->tag_values[i];
+	return NULL;
+}
+
+/*
+ * DWARF walks: every stack row of a process gets the share of its complete walks in the
+ * window (floor), Total rows none; frame-pointer samples (reason 0) do not count; the next
+ * window starts from zero.
+ */
+static void test_aggregate_unwind_tag(void **state)
+{
+	struct fixture *fx = *state;
+	struct sample_rec r = own_rec(fx, (uint32_t)getpid(), fx->comm, 2);
+	struct sink_rows sr = {0};
+	char total[64];
+	int stack_rows = 0;
+
+	r.ustack_reason = 1; /* complete */
+	aggregate_add(fx->agg, &r);
+	r.count = 1;
+	r.ustack_reason = 3; /* stopped: no row */
+	r.n_uframes = 1;     /* another stack, another row */
+	aggregate_add(fx->agg, &r);
+	r.ustack_reason = 0; /* a frame-pointer sample of the same process */
+	r.count = 5;
+	aggregate_add(fx->agg, &r);
+	assert_int_equal(aggregate_flush(fx->agg, 1700000000, sink_keep, &sr), 0);
+	snprintf(total, sizeof(total), "[p] %s", fx->comm);
+	for (size_t i = 0; i < sr.n; i++) {
+		const char *v = row_tag(&sr.rows[i], AGGREGATE_TAG_UNWIND_COMPLETE);
+
+		if (sr.rows[i].process_id == 0) {
+			assert_null(v);
+			continue;
+		}
+		assert_non_null(v);
+		assert_string_equal(v, "066"); /* 2 of 3 walks, three digits */
+		assert_int_equal(sr.rows[i].n_tags, 1);
+		stack_rows++;
+	}
+	assert_int_equal(stack_rows, 2);
+
+	/* A window of complete walks only: "100". Of frame pointers only: no tag. */
+	r.ustack_reason = 1;
+	aggregate_add(fx->agg, &r);
+	assert_int_equal(aggregate_flush(fx->agg, 1700000001, sink_keep, &sr), 0);
+	for (size_t i = 0; i < sr.n; i++)
+		if (sr.rows[i].process_id)
+			assert_string_equal(row_tag(&sr.rows[i], AGGREGATE_TAG_UNWIND_COMPLETE),
+					    "100");
+	r.ustack_reason = 0;
+	aggregate_add(fx->agg, &r);
+	assert_int_equal(aggregate_flush(fx->agg, 1700000002, sink_keep, &sr), 0);
+	assert_true(sr.n >= 2);
+	for (size_t i = 0; i < sr.n; i++)
+		assert_int_equal(sr.rows[i].n_tags, 0);
+}
+
 static void test_aggregate_bad_options(void **state)
 {
 	struct fixture *fx = *state;
@@ -541,6 +604,7 @@ int main(void)
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_aggregate_forgets_exited_processes, setup,
 					    teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_unwind_tag, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_aggregate_bad_options, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
