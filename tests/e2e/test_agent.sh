@@ -58,6 +58,18 @@ q "$SRV_URL_r" syscalls >/dev/null
 check "a process outside --process-regex has no full-stack rows" [ "$(jqr .result)" = null ]
 q "$SRV_URL_r" storm-child >/dev/null
 check "short-lived processes are named (storm-child, a few ms each)" bash -c "jq -e '.result[0].profile_location_str == \"storm-child\" and .result[0].total_value > 0' '$E2E_TMP/resp.json' >/dev/null"
+# Children exit within 5 ms, long before the drain: DWARF frames are object id + ELF address,
+# so their function names come from the executable, not from the gone process's maps.
+check "exited storm-child stacks still name child_burn" bash -c "jq -e '[.result[] | .profile_location_str] | index(\"child_burn\")' '$E2E_TMP/resp.json' >/dev/null"
+# Unwind completeness per process and window, as a tag on every full-stack row.
+q "$SRV_URL_r" cpu_split ",\"tag_filter\":\"process_id = $CS AND tag.ember.unwind.complete_pct LIKE '%'\"" >/dev/null
+check "every cpu_split row carries ember.unwind.complete_pct" [ "$(jqr '.result[0].total_value')" = "$t" ]
+q "$SRV_URL_r" cpu_split ",\"tag_filter\":\"process_id = $CS AND tag.ember.unwind.complete_pct >= '080'\"" >/dev/null
+c80=$(jqr '.result[0].total_value // 0')
+echo "cpu_split: $c80 of $t µs in windows with >= 80 % complete stacks"
+# The first window of a new process holds its one-frame stacks from before its tables were in
+# place (see above), so not every window gets there.
+check "most cpu_split time is in windows that unwind >= 80 % complete" [ $((c80 * 2)) -ge "$t" ]
 q "$SRV_URL_r" cpu_split ",\"tag_filter\":\"process_id = $CS AND process_start_time > 0\"" >/dev/null
 check "rows carry process_id and process_start_time" [ "$(jqr '.result[0].total_value')" = "$t" ]
 curl -s "$SRV_URL_r/metrics" > "$E2E_TMP/metrics.txt"
