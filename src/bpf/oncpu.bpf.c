@@ -532,6 +532,25 @@ static __always_inline int user_regs(struct bpf_perf_event_data *ctx, struct unw
 	return ip != 0;
 }
 
+/*
+ * A process forked without exec has its parent's mappings until user space scans it (often
+ * never: a child of a few ms is gone first). Its parent's list serves meanwhile, but only while
+ * neither side exec'ed since the fork: the child's self_exec_id still equals the parent's at
+ * fork time (parent_exec_id), and so does the parent's. Frames then carry the parent's object
+ * ids, which name the same files.
+ */
+static __always_inline struct unw_proc *parent_proc(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 self = BPF_CORE_READ(task, self_exec_id), forked = BPF_CORE_READ(task, parent_exec_id);
+	__u64 pself = BPF_CORE_READ(task, real_parent, self_exec_id);
+	__u32 ptgid = BPF_CORE_READ(task, real_parent, tgid);
+
+	if (self != forked || pself != forked || !ptgid)
+		return NULL;
+	return bpf_map_lookup_elem(&unw_procs, &ptgid);
+}
+
 /* Fills key->ustack_kind and key->ustack from a DWARF walk of this sample's user stack. */
 static __always_inline void record_ustack_dwarf(struct bpf_perf_event_data *ctx,
 						struct profile_key *key, void *ustacks)
@@ -561,6 +580,8 @@ static __always_inline void record_ustack_dwarf(struct bpf_perf_event_data *ctx,
 	w->miss_pc = 0;
 	w->reason = UNW_REASON_MAX_FRAMES;
 	proc = bpf_map_lookup_elem(&unw_procs, &key->tgid);
+	if (!proc)
+		proc = parent_proc();
 	if (proc) {
 		c.w = w;
 		c.st = st;

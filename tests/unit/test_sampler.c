@@ -649,9 +649,11 @@ static void test_workload_forkstorm(void **state)
 /*
  * The same storm with DWARF stacks: children live 5 ms and are gone by the drain (every
  * 0.5 s), yet their frames (object id + ELF address) still name child_burn, read from the
- * executable alone; raw addresses of a gone process would be "[unknown]". Only children whose
- * mapping list BPF had get such frames (the unknown-address event often comes too late for a
- * 5 ms child), hence the low bar.
+ * executable alone; raw addresses of a gone process would be "[unknown]". A child has no
+ * mapping list of its own (gone before user space could scan it): BPF walks it with its
+ * parent's. Not all samples get there: the first children run before forkstorm's own tables are
+ * in place, and a child's last samples are in exit (kernel only). 5 % without the parent's list,
+ * about 55 % with it.
  */
 static void test_workload_forkstorm_dwarf(void **state)
 {
@@ -662,7 +664,7 @@ static void test_workload_forkstorm_dwarf(void **state)
 	fprintf(stderr, "forkstorm (DWARF): %llu child samples, %llu symbolized to child_burn\n",
 		(unsigned long long)kids, (unsigned long long)named);
 	assert_true(kids >= 10);
-	assert_true(named >= 1);
+	assert_true(named * 5 >= kids);
 	free(t);
 }
 
