@@ -249,6 +249,31 @@ static void test_truncated_input_stays_inside(void **state)
 	sb_free(&err);
 }
 
+/* Many rows whose size changes mid-batch (the row count is estimated from the first ones):
+ * every row is kept, in order, up to exactly max_rows. */
+static void test_many_rows_sizes_vary(void **state)
+{
+	struct strbuf text = STRBUF_INIT;
+	struct ingest_batch b;
+
+	sb_puts(&text, HDR "\"stacks\":[\"a\"],\"rows\":[");
+	for (int i = 0; i < 5000; i++)
+		sb_printf(&text, "%s{\"time\":%d,\"app_service\":\"s\",\"stack\":0,\"profile_value\":%d%s}",
+			  i ? "," : "", i + 1, i,
+			  i < 1500 ? ",\"trace_id\":\"0123456789abcdef0123456789abcdef\"" : "");
+	sb_puts(&text, "]}");
+	test_decode_ok(text.buf, 5000, &b);
+	assert_int_equal(b.n, 5000);
+	for (int i = 0; i < 5000; i++) {
+		assert_int_equal(b.rows[i].time, i + 1);
+		assert_int_equal(b.rows[i].profile_value, i);
+		assert_ptr_equal(b.rows[i].profile_location_str, b.rows[0].profile_location_str);
+	}
+	ingest_batch_free(&b);
+	test_decode_refused(text.buf, 4999, "5000 rows; a batch holds 1 to 4999 rows");
+	sb_free(&text);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -262,6 +287,7 @@ int main(void)
 		cmocka_unit_test(test_stack_dictionary_shared),
 		cmocka_unit_test(test_depth_bounded),
 		cmocka_unit_test(test_truncated_input_stays_inside),
+		cmocka_unit_test(test_many_rows_sizes_vary),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
