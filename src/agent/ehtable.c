@@ -32,6 +32,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <inttypes.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -1060,4 +1063,36 @@ int ehtable_cache_put(const char *dir, const struct ehtable *t, uint64_t max_byt
 	}
 	ehtable_cache_trim(dir, max_bytes);
 	return 0;
+}
+
+/* The vDSO is the same image in every process of a boot: build its table from our own copy. */
+int ehtable_build_vdso(struct ehtable **out)
+{
+	unsigned long base = getauxval(AT_SYSINFO_EHDR);
+	FILE *maps = fopen("/proc/self/maps", "re");
+	char line[512];
+	uint64_t lo = 0, hi = 0;
+	int fd, rc;
+
+	if (!base || !maps) {
+		if (maps)
+			fclose(maps);
+		return -ENOENT;
+	}
+	while (fgets(line, sizeof(line), maps))
+		if (strstr(line, "[vdso]") && sscanf(line, "%" SCNx64 "-%" SCNx64, &lo, &hi) == 2)
+			break;
+	fclose(maps);
+	if (lo != base || hi <= lo)
+		return -ENOENT;
+	fd = memfd_create("ember-vdso", MFD_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (write(fd, (const void *)lo, hi - lo) != (ssize_t)(hi - lo)) {
+		close(fd);
+		return -EIO;
+	}
+	rc = ehtable_build_fd(fd, NULL, out);
+	close(fd);
+	return rc;
 }

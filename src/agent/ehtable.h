@@ -55,6 +55,9 @@ struct ehtable {
 /* Builds the table of the ELF object at path (or open fd, when path is NULL; fd is not closed). */
 int ehtable_build(const char *path, struct ehtable **out);
 int ehtable_build_fd(int fd, const char *path_for_debuglink, struct ehtable **out);
+/* The table of the vDSO, from this process's own mapping (AT_SYSINFO_EHDR); the vDSO is one
+ * image per boot, so it serves every process. 0, -ENOENT (no vDSO found) or another -errno. */
+int ehtable_build_vdso(struct ehtable **out);
 void ehtable_free(struct ehtable *t);
 
 static inline const struct unw_table_hdr *ehtable_hdr(const struct ehtable *t)

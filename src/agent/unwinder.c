@@ -151,38 +151,6 @@ static void unwinder_nice(struct unwinder *u, int nice)
 		setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice);
 }
 
-/* The vDSO is the same image in every process: build its table from our own copy. */
-static int unwinder_build_vdso(struct ehtable **out)
-{
-	unsigned long base = getauxval(AT_SYSINFO_EHDR);
-	FILE *maps = fopen("/proc/self/maps", "re");
-	char line[512];
-	uint64_t lo = 0, hi = 0;
-	int fd, rc;
-
-	if (!base || !maps) {
-		if (maps)
-			fclose(maps);
-		return -ENOENT;
-	}
-	while (fgets(line, sizeof(line), maps))
-		if (strstr(line, "[vdso]") && sscanf(line, "%" SCNx64 "-%" SCNx64, &lo, &hi) == 2)
-			break;
-	fclose(maps);
-	if (lo != base || hi <= lo)
-		return -ENOENT;
-	fd = memfd_create("ember-vdso", MFD_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	if (write(fd, (const void *)lo, hi - lo) != (ssize_t)(hi - lo)) {
-		close(fd);
-		return -EIO;
-	}
-	rc = ehtable_build_fd(fd, NULL, out);
-	close(fd);
-	return rc;
-}
-
 static void unwinder_free_obj(struct unwinder *u, struct unw_obj *o);
 
 /* Frees the table unused for longest (not keep); -ENOENT when every table is in use. */
@@ -274,7 +242,7 @@ static void unwinder_build(struct unwinder *u, struct unw_obj *o, int background
 	if (background)
 		unwinder_nice(u, u->opts.build_nice);
 	if (o->dev == UNWINDER_VDSO_DEV) {
-		rc = unwinder_build_vdso(&t);
+		rc = ehtable_build_vdso(&t);
 	} else {
 		if (u->cache_dir[0]) {
 			uint8_t id[EHTABLE_ID_MAX];

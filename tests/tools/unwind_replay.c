@@ -111,35 +111,6 @@ static int replay_read_stack(void *arg, uint64_t addr, uint64_t *val)
 	return 0;
 }
 
-/* The vDSO is one image per boot: build its table from our own copy (AT_SYSINFO_EHDR). */
-static int replay_build_vdso(struct ehtable **out)
-{
-	unsigned long base = getauxval(AT_SYSINFO_EHDR);
-	FILE *maps = fopen("/proc/self/maps", "re");
-	char line[512];
-	uint64_t lo = 0, hi = 0;
-	int fd, rc;
-
-	if (!base || !maps)
-		return -ENOENT;
-	while (fgets(line, sizeof(line), maps))
-		if (strstr(line, "[vdso]") && sscanf(line, "%" SCNx64 "-%" SCNx64, &lo, &hi) == 2)
-			break;
-	fclose(maps);
-	if (lo != base || hi <= lo)
-		return -ENOENT;
-	fd = memfd_create("vdso", MFD_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	if (write(fd, (const void *)lo, hi - lo) != (ssize_t)(hi - lo)) {
-		close(fd);
-		return -EIO;
-	}
-	rc = ehtable_build_fd(fd, NULL, out);
-	close(fd);
-	return rc;
-}
-
 static int replay_obj(struct replay *r, const char *path)
 {
 	struct obj *o;
@@ -152,7 +123,7 @@ static int replay_obj(struct replay *r, const char *path)
 	o = &r->objs[r->n_objs];
 	snprintf(o->path, sizeof(o->path), "%s", path);
 	if (strcmp(path, "[vdso]") == 0)
-		o->rc = replay_build_vdso(&o->t);
+		o->rc = ehtable_build_vdso(&o->t);
 	else if (path[0] == '/')
 		o->rc = ehtable_build(path, &o->t);
 	else
