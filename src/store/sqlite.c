@@ -1241,6 +1241,30 @@ static void sq_info_begin(struct sq_db *d, struct store_query_info *info)
 	snprintf(info->host, sizeof(info->host), "%.63s", d ? d->path : "");
 }
 
+/*
+ * The start of every read: the organisation's file, the debug info, a reader connection and the
+ * bound statement. 1 (and *stmt NULL) when the organisation has no file yet; on an error the
+ * outputs set so far stay set, for the caller's clean-up.
+ */
+static int sq_read_prepare(struct sq_store *st, int org, struct store_query_info *info,
+			   const struct sq_sql *sql, struct sq_db **d, struct sq_conn **c,
+			   sqlite3_stmt **stmt)
+{
+	int rc;
+
+	*stmt = NULL;
+	rc = sq_db_get(st, org, 1, d);
+	if (rc == -ENOENT)
+		return 1;
+	if (rc)
+		return rc;
+	sq_info_begin(*d, info);
+	rc = sq_reader_get(st, *d, c);
+	if (rc)
+		return rc;
+	return sq_prepare(st, *d, *c, sql, stmt);
+}
+
 static int sq_check_query(struct sq_store *st, const struct store_query *q)
 {
 	if (!q->language_type || !q->event_type) {
@@ -1318,20 +1342,12 @@ static int sq_query_stacks(struct store *s, int org, const struct store_query *q
 		sb_printf(&sql.sql, " LIMIT %" PRIu64, q->max_stacks + 1);
 	sb_puts(&sql.sql, ") a JOIN stacks st ON st.id = a.stack_id ORDER BY a.v DESC, a.stack_id");
 
-	rc = sq_db_get(st, org, 1, &d);
-	if (rc == -ENOENT) { /* no file for this organisation: nothing stored */
-		rc = 0;
+	rc = sq_read_prepare(st, org, info, &sql, &d, &c, &stmt);
+	if (rc) {
+		if (rc == 1) /* no file for this organisation: nothing stored */
+			rc = 0;
 		goto out;
 	}
-	if (rc)
-		goto out;
-	sq_info_begin(d, info);
-	rc = sq_reader_get(st, d, &c);
-	if (rc)
-		goto out;
-	rc = sq_prepare(st, d, c, &sql, &stmt);
-	if (rc)
-		goto out;
 	t0 = sq_now_ns(CLOCK_MONOTONIC);
 	if (q->max_seconds > 0)
 		c->deadline_ns = t0 + (int64_t)(q->max_seconds * 1e9);
@@ -1429,20 +1445,12 @@ static int sq_list_services(struct store *s, int org, const struct store_query *
 		sb_puts(&sql.sql, ")");
 	}
 	sb_printf(&sql.sql, " ORDER BY app_service LIMIT %zu", max < SIZE_MAX ? max + 1 : max);
-	rc = sq_db_get(st, org, 1, &d);
-	if (rc == -ENOENT) {
-		rc = 0;
+	rc = sq_read_prepare(st, org, info, &sql, &d, &c, &stmt);
+	if (rc) {
+		if (rc == 1) /* no file for this organisation: nothing stored */
+			rc = 0;
 		goto out;
 	}
-	if (rc)
-		goto out;
-	sq_info_begin(d, info);
-	rc = sq_reader_get(st, d, &c);
-	if (rc)
-		goto out;
-	rc = sq_prepare(st, d, c, &sql, &stmt);
-	if (rc)
-		goto out;
 	out = calloc(max ? max : 1, sizeof(*out));
 	if (!out) {
 		rc = -ENOMEM;
