@@ -309,9 +309,32 @@ static int wire_window_log(size_t max)
 	return log;
 }
 
+/*
+ * A frame that declares its size (wire_compress always does) is decoded in one call straight
+ * into a buffer of exactly that size: no copies out of zstd's window, no buffer growth. The
+ * declared size is checked against max before anything is allocated, and zstd itself refuses a
+ * frame whose content does not match its declaration.
+ */
+static int wire_decompress_sized(ZSTD_DCtx *dc, const char *in, size_t len, size_t size,
+				 struct strbuf *out)
+{
+	size_t n;
+
+	if (ZSTD_findFrameCompressedSize(in, len) != len)
+		return -EINVAL; /* truncated, or bytes after the frame: not "one zstd frame" */
+	sb_grow(out, size);
+	n = ZSTD_decompressDCtx(dc, out->buf, size, in, len);
+	if (ZSTD_isError(n) || n != size)
+		return -EINVAL;
+	out->len = n;
+	out->buf[n] = '\0';
+	return 0;
+}
+
 int wire_decompress(const char *in, size_t len, size_t max, struct strbuf *out)
 {
 	ZSTD_inBuffer ib = {in, len, 0};
+	unsigned long long size;
 	ZSTD_DCtx *dc;
 	size_t r = 1;
 	int ret = 0;
@@ -319,9 +342,21 @@ int wire_decompress(const char *in, size_t len, size_t max, struct strbuf *out)
 	sb_reset(out);
 	if (len == 0)
 		return -EINVAL;
+	size = ZSTD_getFrameContentSize(in, len);
+	if (size == ZSTD_CONTENTSIZE_ERROR)
+		return -EINVAL;
+	if (size != ZSTD_CONTENTSIZE_UNKNOWN && size > max)
+		return -EFBIG;
 	dc = ZSTD_createDCtx();
 	if (!dc)
 		return -ENOMEM;
+	if (size != ZSTD_CONTENTSIZE_UNKNOWN) {
+		ret = wire_decompress_sized(dc, in, len, (size_t)size, out);
+		ZSTD_freeDCtx(dc);
+		if (ret)
+			sb_reset(out);
+		return ret;
+	}
 	ZSTD_DCtx_setParameter(dc, ZSTD_d_windowLogMax, wire_window_log(max));
 	while (r != 0) {
 		/* One byte of room past max tells "exactly max" from "more than max". */

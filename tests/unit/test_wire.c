@@ -415,6 +415,36 @@ static void test_decompress_corrupt(void **state)
 	sb_free(&tmp);
 }
 
+/* A frame without a declared size (another client's encoder) takes the streaming path, with the
+ * same cap, the same truncation and trailing-bytes checks, and the same result. */
+static void test_decompress_unsized(void **state)
+{
+	struct strbuf text = STRBUF_INIT, z = STRBUF_INIT, back = STRBUF_INIT;
+	ZSTD_CCtx *cc = ZSTD_createCCtx();
+	size_t n;
+
+	for (int i = 0; i < 100000; i++)
+		sb_printf(&text, "{\"row\":%d}", i);
+	ZSTD_CCtx_setParameter(cc, ZSTD_c_contentSizeFlag, 0);
+	sb_grow(&z, ZSTD_compressBound(text.len));
+	n = ZSTD_compress2(cc, z.buf, ZSTD_compressBound(text.len), text.buf, text.len);
+	assert_false(ZSTD_isError(n));
+	z.len = n;
+	assert_int_equal(ZSTD_getFrameContentSize(z.buf, z.len), ZSTD_CONTENTSIZE_UNKNOWN);
+	assert_int_equal(wire_decompress(z.buf, z.len, text.len, &back), 0);
+	assert_int_equal(back.len, text.len);
+	assert_memory_equal(back.buf, text.buf, text.len);
+	assert_int_equal(wire_decompress(z.buf, z.len, text.len - 1, &back), -EFBIG);
+	assert_int_equal(wire_decompress(z.buf, z.len - 5, text.len, &back), -EINVAL);
+	sb_append(&z, "xyz", 3);
+	assert_int_equal(wire_decompress(z.buf, z.len, text.len, &back), -EINVAL);
+	assert_int_equal(back.len, 0);
+	ZSTD_freeCCtx(cc);
+	sb_free(&text);
+	sb_free(&z);
+	sb_free(&back);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -427,6 +457,7 @@ int main(void)
 		cmocka_unit_test(test_compress_round_trip),
 		cmocka_unit_test(test_decompress_cap),
 		cmocka_unit_test(test_decompress_corrupt),
+		cmocka_unit_test(test_decompress_unsized),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
