@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/types.h>
 #include <time.h>
 
 #include "common/log.h"
@@ -28,16 +29,25 @@
 
 /* The largest time whose microseconds (the default profile_create_timestamp) fit an int64. */
 #define INGEST_MAX_TIME (INT64_MAX / 1000000)
+/*
+ * Row string values up to INTERN_MAX_LEN bytes (service, host, unit ...) are stored once per
+ * batch: every row naming the same text gets the same pointer, which keeps them out of the
+ * arena and lets the store recognise a repeated context by its pointers. At most
+ * INTERN_ENTRIES * 3/4 distinct texts are shared; the rest are copied as before.
+ */
+#define INTERN_ENTRIES 4096 /* slots of the per-batch table, 16 bytes each */
+#define INTERN_MAX_LEN 128
 
 enum field_kind { F_STR, F_INT, F_STACK, F_TAGS };
 
 struct row_field {
 	const char *key;
+	size_t len; /* strlen(key) */
 	enum field_kind kind;
 	size_t offset; /* into struct profile_row */
 };
 
-#define RF(name, kind) {#name, kind, offsetof(struct profile_row, name)}
+#define RF(name, kind) {#name, sizeof(#name) - 1, kind, offsetof(struct profile_row, name)}
 /* Sorted by key for bsearch. */
 static const struct row_field row_fields[] = {
 	RF(agent, F_STR),
@@ -61,17 +71,27 @@ static const struct row_field row_fields[] = {
 	RF(profile_value, F_INT),
 	RF(profile_value_unit, F_STR),
 	RF(span_name, F_STR),
-	{"stack", F_STACK, 0},
-	{"tags", F_TAGS, 0},
+	{"stack", 5, F_STACK, 0},
+	{"tags", 4, F_TAGS, 0},
 	RF(time, F_INT),
 	RF(trace_id, F_STR),
 };
 #undef RF
 #define N_ROW_FIELDS (sizeof(row_fields) / sizeof(row_fields[0]))
 
+struct row_key {
+	const char *s;
+	size_t len;
+};
+
+/* strcmp's order, for keys that are not NUL-terminated (no key holds a NUL: it is refused). */
 static int row_field_cmp(const void *key, const void *elem)
 {
-	return strcmp(key, ((const struct row_field *)elem)->key);
+	const struct row_key *k = key;
+	const struct row_field *f = elem;
+	int c = memcmp(k->s, f->key, k->len < f->len ? k->len : f->len);
+
+	return c ? c : (k->len > f->len) - (k->len < f->len);
 }
 
 /* What a JSON value is, as the error messages name it. */
@@ -424,11 +444,11 @@ static int jp_value(struct jp *jp, struct jval *v, int depth)
 }
 
 /*
- * Iterates an object's members: jp_member_next() is called on '{' or after a member's value;
- * returns 1 with the key decoded at the arena top (the caller reads the value next), 0 at the
- * closing brace, -1 on a syntax error.
+ * Iterates an object's members: jp_member_start() is called on '{' or after a member's value;
+ * returns 1 with the cursor on the next key's opening quote, 0 at the closing brace, -1 on a
+ * syntax error.
  */
-static int jp_member_next(struct jp *jp, int first, const char **key)
+static int jp_member_start(struct jp *jp, int first)
 {
 	char c = jp_peek(jp);
 
@@ -453,9 +473,36 @@ static int jp_member_next(struct jp *jp, int first, const char **key)
 	if (c != '"' || jp->p == jp->end)
 		return jp_fail(jp, jp->p, jp->p == jp->end ? "premature end of input, string expected"
 						       : "string expected as an object key");
+	return 1;
+}
+
+/* The same, with the key decoded at the arena top (the caller reads the value next). */
+static int jp_member_next(struct jp *jp, int first, const char **key)
+{
+	int rc = jp_member_start(jp, first);
+
+	if (rc != 1)
+		return rc;
 	if (jp_string(jp, key) < 0 || jp_expect(jp, ':', "':'") < 0)
 		return -1;
 	return 1;
+}
+
+/*
+ * The bytes of a plain string at the cursor (on its quote): one without escapes, control or
+ * non-ASCII bytes, which decodes to itself. Returns its length and moves past it, or -1 (the
+ * cursor unmoved) when the string needs jp_string.
+ */
+static inline ssize_t jp_plain(struct jp *jp)
+{
+	const char *s = jp->p + 1, *q = s;
+
+	while (q < jp->end && !str_class[(unsigned char)*q])
+		q++;
+	if (q == jp->end || *q != '"')
+		return -1;
+	jp->p = q + 1;
+	return q - s;
 }
 
 /* The same for an array's elements: 1 = an element follows (cursor on it), 0 = ']' read. */
@@ -499,7 +546,61 @@ struct batch_read {
 	size_t n_tags, tags_cap;
 	struct strbuf row_err; /* the first row's error */
 	int row_failed;
+	struct intern_slot *intern; /* INTERN_ENTRIES, or NULL: nothing is shared */
+	size_t n_intern;
 };
+
+struct intern_slot {
+	const char *s; /* NUL-terminated, in the arena; NULL = free */
+	size_t len;
+};
+
+/* Copies a plain string's n bytes at s to the arena's top, NUL-terminated. */
+static const char *jp_keep(struct jp *jp, const char *s, size_t n)
+{
+	char *d = jp->arena + jp->alen;
+
+	memcpy(d, s, n);
+	d[n] = 0;
+	jp->alen += n + 1;
+	return d;
+}
+
+/* A row's string value (the cursor on its quote), shared with equal short values of the batch. */
+static int jp_string_interned(struct jp *jp, struct batch_read *br, const char **out)
+{
+	const char *s = jp->p + 1;
+	ssize_t n = jp_plain(jp);
+	struct intern_slot *slot;
+	uint32_t h = 2166136261u;
+
+	if (n < 0)
+		return jp_string(jp, out);
+	if (n > INGEST_MAX_STRING)
+		return jp_fail(jp, s - 1, "string longer than %d bytes", INGEST_MAX_STRING);
+	if (n > INTERN_MAX_LEN || !br->intern) {
+		*out = jp_keep(jp, s, (size_t)n);
+		return 0;
+	}
+	for (ssize_t k = 0; k < n; k++)
+		h = (h ^ (unsigned char)s[k]) * 16777619u; /* FNV-1a */
+	for (;; h++) {
+		slot = &br->intern[h & (INTERN_ENTRIES - 1)];
+		if (!slot->s)
+			break;
+		if (slot->len == (size_t)n && memcmp(slot->s, s, (size_t)n) == 0) {
+			*out = slot->s;
+			return 0;
+		}
+	}
+	*out = jp_keep(jp, s, (size_t)n);
+	if (br->n_intern < INTERN_ENTRIES / 4 * 3) {
+		slot->s = *out;
+		slot->len = (size_t)n;
+		br->n_intern++;
+	}
+	return 0;
+}
 
 static int grow(void *pptr, size_t *cap, size_t need, size_t elem, size_t first)
 {
@@ -591,7 +692,6 @@ static int decode_row(struct jp *jp, size_t i, struct batch_read *br, struct pro
 {
 	uint32_t seen = 0;
 	int have_stack = 0, have_value = 0, have_time = 0, bad = 0, rc, first = 1;
-	const char *key;
 	struct jval v;
 
 	if (jp_peek(jp) != '{') {
@@ -600,30 +700,43 @@ static int decode_row(struct jp *jp, size_t i, struct batch_read *br, struct pro
 		sb_printf(err, "row %zu: expected an object, got %s", i, jkind_name(v.kind));
 		return 1;
 	}
-	while ((rc = jp_member_next(jp, first, &key)) == 1) {
+	while ((rc = jp_member_start(jp, first)) == 1) {
 		const struct row_field *f = NULL;
-		size_t mark = jp->alen;
+		size_t mark = jp->alen; /* the key itself is not kept */
+		struct row_key key = {jp->p + 1, 0};
+		ssize_t n = jp_plain(jp);
 
 		first = 0;
+		if (n < 0) {
+			if (jp_string(jp, &key.s) < 0)
+				return -1;
+			n = (ssize_t)strlen(key.s);
+		} else if (n > INGEST_MAX_STRING) {
+			return jp_fail(jp, key.s - 1, "string longer than %d bytes",
+				       INGEST_MAX_STRING);
+		}
+		key.len = (size_t)n;
+		if (jp_expect(jp, ':', "':'") < 0)
+			return -1;
 		if (!bad)
-			f = bsearch(key, row_fields, N_ROW_FIELDS, sizeof(row_fields[0]),
+			f = bsearch(&key, row_fields, N_ROW_FIELDS, sizeof(row_fields[0]),
 				    row_field_cmp);
 		if (!bad && !f) {
-			sb_printf(err, "row %zu: unknown field '%s'", i, key);
+			sb_printf(err, "row %zu: unknown field '%.*s'", i, (int)key.len, key.s);
 			bad = 1;
 		}
 		if (!bad && seen & 1u << (f - row_fields)) {
-			sb_printf(err, "row %zu: duplicate field '%s'", i, key);
+			sb_printf(err, "row %zu: duplicate field '%.*s'", i, (int)key.len, key.s);
 			bad = 1;
 		}
+		jp->alen = mark;
 		if (bad) {
 			if (jp_value(jp, &v, 4) < 0)
 				return -1;
-			jp->alen = mark - (strlen(key) + 1);
+			jp->alen = mark;
 			continue;
 		}
 		seen |= 1u << (f - row_fields);
-		jp->alen = mark - (strlen(key) + 1); /* the key itself is not kept */
 		if (f->kind == F_TAGS && jp_peek(jp) == '{') {
 			rc = decode_tags(jp, i, br, r, err);
 			if (rc < 0)
@@ -631,8 +744,13 @@ static int decode_row(struct jp *jp, size_t i, struct batch_read *br, struct pro
 			bad = rc;
 			continue;
 		}
-		if (jp_value(jp, &v, 4) < 0)
+		if (f->kind == F_STR && jp_peek(jp) == '"') {
+			v.kind = K_STR;
+			if (jp_string_interned(jp, br, &v.s) < 0)
+				return -1;
+		} else if (jp_value(jp, &v, 4) < 0) {
 			return -1;
+		}
 		switch (f->kind) {
 		case F_STR:
 			if (v.kind != K_STR) {
@@ -1007,7 +1125,9 @@ int ingest_decode(const char *text, size_t len, size_t max_rows, int64_t in_ts_u
 		return -EINVAL;
 	}
 	b->json = jp.arena;
+	br.intern = calloc(INTERN_ENTRIES, sizeof(*br.intern)); /* NULL: nothing is shared */
 	rc = decode_batch(&jp, &br, b, max_rows, in_ts_us, err);
+	free(br.intern);
 	free(br.stacks);
 	free(br.tags);
 	sb_free(&br.row_err);

@@ -274,6 +274,47 @@ static void test_many_rows_sizes_vary(void **state)
 	sb_free(&text);
 }
 
+/* Equal short row strings share one pointer per batch (the store recognises a repeated context
+ * by its pointers); escaped keys and values still decode; more distinct strings than the shared
+ * table holds are all kept, each with its own text. */
+static void test_short_strings_shared(void **state)
+{
+	struct strbuf text = STRBUF_INIT;
+	struct ingest_batch b;
+
+	test_decode_ok(HDR "\"stacks\":[\"a\"],\"rows\":["
+			   ROW(",\"stack\":0,\"pod\":\"p1\"") ","
+			   "{\"ti\\u006de\":7,\"app_service\":\"sv\\u0063\",\"profile_value\":2,"
+			   "\"stack\":0,\"pod\":\"p1\"}," ROW(",\"stack\":0,\"pod\":\"p2\"") "]}",
+		       10, &b);
+	assert_int_equal(b.n, 3);
+	assert_int_equal(b.rows[1].time, 7);
+	assert_string_equal(b.rows[1].app_service, "svc");
+	assert_ptr_equal(b.rows[0].app_service, b.rows[2].app_service);
+	assert_ptr_equal(b.rows[0].pod, b.rows[1].pod);
+	assert_string_equal(b.rows[2].pod, "p2");
+	ingest_batch_free(&b);
+	test_decode_refused(HDR "\"rows\":[{\"b\\u006fgus\":1}]}", 10,
+			    "row 0: unknown field 'bogus'");
+
+	sb_puts(&text, HDR "\"stacks\":[\"a\"],\"rows\":[");
+	for (int i = 0; i < 10000; i++)
+		sb_printf(&text, "%s{\"time\":1,\"app_service\":\"s%d\",\"stack\":0,"
+			  "\"profile_value\":0,\"pod\":\"p%d\"}", i ? "," : "", i, i % 7);
+	sb_puts(&text, "]}");
+	test_decode_ok(text.buf, 10000, &b);
+	assert_int_equal(b.n, 10000);
+	for (int i = 0; i < 10000; i++) {
+		char want[16];
+
+		snprintf(want, sizeof(want), "s%d", i);
+		assert_string_equal(b.rows[i].app_service, want);
+		assert_ptr_equal(b.rows[i].pod, b.rows[i % 7].pod);
+	}
+	ingest_batch_free(&b);
+	sb_free(&text);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -288,6 +329,7 @@ int main(void)
 		cmocka_unit_test(test_depth_bounded),
 		cmocka_unit_test(test_truncated_input_stays_inside),
 		cmocka_unit_test(test_many_rows_sizes_vary),
+		cmocka_unit_test(test_short_strings_shared),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
