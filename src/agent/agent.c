@@ -206,6 +206,7 @@ int agent_start(const struct agent_opts *opts, struct agent **out)
 		rc = -rc;
 		goto fail;
 	}
+	pthread_setname_np(a->thread, "ember-drain");
 	log_info("profiling this host at %d Hz (%s unwinding), sending to %s", a->opts.frequency,
 		 opts->unwind == SAMPLER_UNWIND_DWARF ? "dwarf" : "frame-pointer", opts->server_url);
 	*out = a;

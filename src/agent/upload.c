@@ -658,6 +658,7 @@ int upload_open(const struct upload_opts *opts, struct uploader **out)
 		goto fail;
 	}
 	u->thread_started = 1;
+	pthread_setname_np(u->thread, "ember-upload");
 	*out = u;
 	return 0;
 fail:
