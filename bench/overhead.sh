@@ -9,7 +9,9 @@
 #           (recursion, sort, regex: many distinct stacks) and shlib (hot code in a dlopen'ed .so);
 #           a new process every 3 s, so symbolization of new binaries is part of the cost.
 #
-# Per tool, over a DURATION-second window that starts WARMUP seconds after the tool is up:
+# Per tool, over a DURATION-second window that starts WARMUP seconds after the tool is up (for
+# ember with DWARF: after its start-up scan of the host's processes, whose table building is
+# start-up cost, reported in "life CPU"):
 #   CPU       the tool's process CPU clock (= utime+stime of all its threads, to the ns)
 #   BPF       run_time_ns / run_cnt of the tool's BPF programs (kernel.bpf_stats_enabled=1 for
 #             the run; read from the tool's own /proc/PID/fdinfo). BPF time is charged to the
@@ -24,9 +26,17 @@
 # CPU is reported as perf's post-processing. The ember server (SQLite, started once) is measured
 # apart over each agent window: it is not agent CPU.
 #
+# BASELINE=/path/to/another/ember runs that agent too, right after each ember run with the same
+# settings, and reports the CPU ratio: on a shared machine whose load drifts, the ratio of two
+# agents measured minutes apart over the same load is steadier than either number.
+# DWARF tables are read from and written to the on-disk cache UNWIND_CACHE (default
+# /var/cache/ember/unwind-bench, kept between runs as an agent's cache is between restarts, and
+# apart from the default cache that agents of other versions on this host may rewrite).
+#
 # Usage: bench/overhead.sh [BUILD_DIR]      (root; default build dir: build)
 # Environment: DURATION (30) WARMUP (3) FREQS ("99 999") UNWINDS ("fp dwarf")
 #              TOOLS ("ember perf bpftrace") OUT (results dir, default a new /tmp dir)
+#              BASELINE (another ember binary) UNWIND_CACHE (see above; "" for none)
 # Output: a markdown table on stdout (also $OUT/table.md), raw logs in $OUT.
 set -u
 TOP=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,11 +48,14 @@ FREQS=${FREQS:-99 999}
 UNWINDS=${UNWINDS:-fp dwarf}
 TOOLS=${TOOLS:-ember perf bpftrace}
 EMBER=$BUILD/ember
+BASELINE=${BASELINE:-}
+export EMBER_UNWIND_CACHE=${UNWIND_CACHE-/var/cache/ember/unwind-bench}
 W=$BUILD/workloads
 
 die() { echo "overhead: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "needs root (BPF, perf -a)"
 [ -x "$EMBER" ] || die "no $EMBER (make BUILD=... first)"
+[ -z "$BASELINE" ] || [ -x "$BASELINE" ] || die "BASELINE $BASELINE is not an executable"
 for w in cpu_split threads shlib; do [ -x "$W/$w" ] || die "no $W/$w (make BUILD=... all)"; done
 for t in xz perl /usr/bin/time cc; do command -v "$t" >/dev/null || die "$t is missing"; done
 
@@ -93,6 +106,12 @@ load_stop() {
 # --- measuring ----------------------------------------------------------------------------------
 # snap PID... → "PID MONO_NS CPU_NS BPF_RUN_NS BPF_RUN_CNT" lines (bench/overhead_cpu.c)
 snap() { "$OUT/overhead_cpu" "$@"; }
+# threads PID → "COMM NS" per thread name (schedstat run time, summed over same-named threads)
+threads() {
+	for t in /proc/"$1"/task/*; do
+		echo "$(tr ' ' _ <"$t/comm" 2>/dev/null) $(cut -d' ' -f1 "$t/schedstat" 2>/dev/null)"
+	done | awk 'NF == 2 {a[$1] += $2} END {for (k in a) print k, a[k]}' | sort
+}
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' /proc/"$1"/status 2>/dev/null; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 forks() { awk '$1 == "processes" {print $2}' /proc/stat; }
@@ -110,13 +129,15 @@ child_of() {
 
 # window NAME TOOL_PID [SERVER_PID]: waits WARMUP, measures DURATION seconds, writes $OUT/NAME.win
 window() {
-	local name=$1 pid=$2 spid=${3:-} l0 f0 f1 a b
+	local name=$1 pid=$2 spid=${3:-} l0 f0 f1 a b t0 t1
 	sleep "$WARMUP"
 	l0=$(loadavg)
 	f0=$(forks)
+	t0=$(threads "$pid")
 	a=$(snap "$pid" $spid)
 	sleep "$DURATION"
 	b=$(snap "$pid" $spid)
+	t1=$(threads "$pid")
 	f1=$(forks)
 	{
 		echo "$a" | head -n1 | { read -r _ m0 c0 n0 k0
@@ -135,6 +156,7 @@ window() {
 		echo "load_start $l0"
 		echo "load_end $(loadavg)"
 		echo "forks $((f1 - f0))"
+		join <(echo "$t0") <(echo "$t1") | awk '{printf "thread %s %d\n", $1, $3 - $2}'
 	} >"$OUT/$name.win"
 }
 # stop_tool TIME_PID TOOL_PID SIGNAL: stops the tool, waits for /usr/bin/time to report
@@ -157,11 +179,12 @@ server_start() {
 	die "ember server did not start: $(cat "$OUT/server.log")"
 }
 
-# run_ember UNWIND HZ → $OUT/ember-UNWIND-HZ.{win,time,log}; returns 1 if the agent cannot start
+# run_ember UNWIND HZ [BIN NAME] → $OUT/NAME.{win,time,log} (NAME: ember-UNWIND-HZ); returns 1
+# if the agent cannot start
 run_ember() {
-	local name=ember-$1-$2 tp pid
+	local name=${4:-ember-$1-$2} tp pid
 	/usr/bin/time -f '%e %U %S %M' -o "$OUT/$name.time" \
-		"$EMBER" agent --server "http://127.0.0.1:$PORT" --frequency "$2" --unwind "$1" \
+		"${3:-$EMBER}" agent --server "http://127.0.0.1:$PORT" --frequency "$2" --unwind "$1" \
 		>"$OUT/$name.log" 2>&1 &
 	tp=$!
 	pid=$(child_of "$tp") || { wait "$tp"; return 1; } # exited at once
@@ -175,6 +198,13 @@ run_ember() {
 		wait "$tp" 2>/dev/null
 		return 1
 	fi
+	# DWARF: the start-up scan of every process first (bounded: 120 s)
+	for _ in $(seq 1 1200); do
+		[ "$1" = dwarf ] || break
+		grep -q "unwind tables:" "$OUT/$name.log" && break
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
 	window "$name" "$pid" "$SERVER_PID"
 	stop_tool "$tp" "$pid" TERM
 	return 0
@@ -243,6 +273,10 @@ for tool in $TOOLS; do
 					echo "overhead: ember --unwind $u unavailable: $why" >&2
 					echo "$why" >"$OUT/ember-$u-$hz.unavailable"
 				}
+				[ -n "$BASELINE" ] || continue
+				echo "overhead: baseline $BASELINE --unwind $u --frequency $hz, ${DURATION}s" >&2
+				run_ember "$u" "$hz" "$BASELINE" "base-$u-$hz" ||
+					echo "overhead: baseline --unwind $u did not start" >&2
 			done
 		done
 		;;
@@ -258,18 +292,21 @@ load_stop
 	echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 	for u in $UNWINDS; do
 		for hz in $FREQS; do
-			n=ember-$u-$hz
-			if [ -e "$OUT/$n.unavailable" ]; then
-				echo "| ember agent $hz Hz, $u | unavailable: $(cut -c1-80 "$OUT/$n.unavailable") |"
-				continue
-			fi
-			[ -e "$OUT/$n.win" ] || continue
-			sum=$(grep 'agent: samples' "$OUT/$n.log" | tail -n1)
-			lost=$(echo "$sum" | sed -n 's/.*drops: samples \([0-9]*\) map-full \([0-9]*\) collisions \([0-9]*\) rows \([0-9]*\).*/\1+\2+\4 (kstack coll. \3)/p')
-			sps=$(calc "$(val bpf_cnt "$OUT/$n.win") / $(val secs "$OUT/$n.win")")
-			row "$n" "ember agent $hz Hz, $u" "$(fmt "$sps" 0f)" "${lost:-?}" \
-				"$(du -b "$OUT/ember.db" | cut -f1) B SQLite (all runs)"
-			CPU[$n]=$ROW_CPU
+			for n in ember-$u-$hz base-$u-$hz; do
+				label="ember agent $hz Hz, $u"
+				[ "$n" = "${n#base}" ] || label="baseline agent $hz Hz, $u"
+				if [ -e "$OUT/$n.unavailable" ]; then
+					echo "| $label | unavailable: $(cut -c1-80 "$OUT/$n.unavailable") |"
+					continue
+				fi
+				[ -e "$OUT/$n.win" ] || continue
+				sum=$(grep 'agent: samples' "$OUT/$n.log" | tail -n1)
+				lost=$(echo "$sum" | sed -n 's/.*drops: samples \([0-9]*\) map-full \([0-9]*\) collisions \([0-9]*\) rows \([0-9]*\).*/\1+\2+\4 (kstack coll. \3)/p')
+				sps=$(calc "$(val bpf_cnt "$OUT/$n.win") / $(val secs "$OUT/$n.win")")
+				row "$n" "$label" "$(fmt "$sps" 0f)" "${lost:-?}" \
+					"$(du -b "$OUT/ember.db" | cut -f1) B SQLite (all runs)"
+				CPU[$n]=$ROW_CPU
+			done
 		done
 	done
 	if [ -e "$OUT/perf.win" ]; then
@@ -297,6 +334,18 @@ load_stop
 			[ -n "${CPU[$n]:-}" ] && [ -n "${CPU[$ref]:-}" ] || continue
 			echo "- ember $u 99 Hz CPU / $ref CPU: $(fmt "$(calc "${CPU[$n]} / ${CPU[$ref]}")" 2f)"
 		done
+		for hz in $FREQS; do
+			n=ember-$u-$hz
+			[ -n "${CPU[$n]:-}" ] && [ -n "${CPU[base-$u-$hz]:-}" ] || continue
+			echo "- ember $u $hz Hz CPU / baseline CPU: $(fmt "$(calc "${CPU[$n]} / ${CPU[base-$u-$hz]}")" 2f)"
+		done
+	done
+	echo
+	echo "CPU ms/s per thread (schedstat; ember names its threads, a baseline may not):"
+	for f in "$OUT"/ember-*.win "$OUT"/base-*.win; do
+		[ -e "$f" ] || continue
+		echo "- $(basename "$f" .win): $(awk -v s="$(val secs "$f")" \
+			'$1 == "thread" {printf "%s %.2f, ", $2, $3 / 1e6 / s}' "$f" | sed 's/, $//')"
 	done
 	echo
 	echo "Host activity per window: load average (1/5/15 min) at start → end; new processes/s"
