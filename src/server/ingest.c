@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -566,38 +567,59 @@ static const char *jp_keep(struct jp *jp, const char *s, size_t n)
 	return d;
 }
 
+/*
+ * The shared copy of the n bytes at s, or NULL with *free_slot where to add one (NULL when the
+ * text is too long to share or the table is full).
+ */
+static const char *intern_find(struct batch_read *br, const char *s, size_t n,
+			       struct intern_slot **free_slot)
+{
+	struct intern_slot *slot;
+	uint32_t h = 2166136261u;
+
+	*free_slot = NULL;
+	if (n > INTERN_MAX_LEN || !br->intern)
+		return NULL;
+	for (size_t k = 0; k < n; k++)
+		h = (h ^ (unsigned char)s[k]) * 16777619u; /* FNV-1a */
+	for (;; h++) {
+		slot = &br->intern[h & (INTERN_ENTRIES - 1)];
+		if (!slot->s)
+			break;
+		if (slot->len == n && memcmp(slot->s, s, n) == 0)
+			return slot->s;
+	}
+	if (br->n_intern < INTERN_ENTRIES / 4 * 3)
+		*free_slot = slot;
+	return NULL;
+}
+
+/* Shares kept, a text that stays in the arena for the rest of the batch. */
+static void intern_add(struct batch_read *br, struct intern_slot *slot, const char *kept,
+		       size_t n)
+{
+	if (slot) {
+		slot->s = kept;
+		slot->len = n;
+		br->n_intern++;
+	}
+}
+
 /* A row's string value (the cursor on its quote), shared with equal short values of the batch. */
 static int jp_string_interned(struct jp *jp, struct batch_read *br, const char **out)
 {
 	const char *s = jp->p + 1;
 	ssize_t n = jp_plain(jp);
 	struct intern_slot *slot;
-	uint32_t h = 2166136261u;
 
 	if (n < 0)
 		return jp_string(jp, out);
 	if (n > INGEST_MAX_STRING)
 		return jp_fail(jp, s - 1, "string longer than %d bytes", INGEST_MAX_STRING);
-	if (n > INTERN_MAX_LEN || !br->intern) {
+	*out = intern_find(br, s, (size_t)n, &slot);
+	if (!*out) {
 		*out = jp_keep(jp, s, (size_t)n);
-		return 0;
-	}
-	for (ssize_t k = 0; k < n; k++)
-		h = (h ^ (unsigned char)s[k]) * 16777619u; /* FNV-1a */
-	for (;; h++) {
-		slot = &br->intern[h & (INTERN_ENTRIES - 1)];
-		if (!slot->s)
-			break;
-		if (slot->len == (size_t)n && memcmp(slot->s, s, (size_t)n) == 0) {
-			*out = slot->s;
-			return 0;
-		}
-	}
-	*out = jp_keep(jp, s, (size_t)n);
-	if (br->n_intern < INTERN_ENTRIES / 4 * 3) {
-		slot->s = *out;
-		slot->len = (size_t)n;
-		br->n_intern++;
+		intern_add(br, slot, *out, (size_t)n);
 	}
 	return 0;
 }
@@ -632,8 +654,24 @@ static int decode_tags(struct jp *jp, size_t i, struct batch_read *br, struct pr
 	struct strbuf tag_err = STRBUF_INIT;
 
 	while ((rc = jp_member_next(jp, first, &tk)) == 1) {
+		size_t tlen = strlen(tk);
+		struct intern_slot *slot;
+		const char *shared = intern_find(br, tk, tlen, &slot);
+
 		first = 0;
-		if (jp_value(jp, &tv, 5) < 0) {
+		if (shared) {
+			jp->alen -= tlen + 1; /* the decoded name was the arena's top */
+			tk = shared;
+		} else {
+			intern_add(br, slot, tk, tlen);
+		}
+		if (jp_peek(jp) == '"') {
+			tv.kind = K_STR;
+			rc = jp_string_interned(jp, br, &tv.s);
+		} else {
+			rc = jp_value(jp, &tv, 5);
+		}
+		if (rc < 0) {
 			rc = -1;
 			break;
 		}
@@ -1111,22 +1149,110 @@ static int decode_batch(struct jp *jp, struct batch_read *br, struct ingest_batc
 	return 0;
 }
 
-int ingest_decode(const char *text, size_t len, size_t max_rows, int64_t in_ts_us,
-		  struct ingest_batch *b, struct strbuf *err)
+/*
+ * Buffers an HTTP thread reuses from batch to batch — the decompressed body, the string arena,
+ * the rows — so a batch is written into memory that is already mapped: fresh memory costs a
+ * page fault per 4 KiB, which was a fifth of the server's CPU during ingest (measured,
+ * docs/benchmarks.md). Each buffer is kept only up to SCRATCH_KEEP_BYTES between batches; a
+ * larger one is freed after its batch. Freed when the thread exits.
+ */
+#define SCRATCH_KEEP_BYTES (32u << 20)
+
+struct ingest_scratch {
+	struct strbuf plain;
+	char *arena;
+	size_t arena_cap;
+	struct profile_row *rows;
+	size_t rows_cap; /* rows */
+};
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static int scratch_key_ok;
+
+static void scratch_free(void *p)
+{
+	struct ingest_scratch *sc = p;
+
+	sb_free(&sc->plain);
+	free(sc->arena);
+	free(sc->rows);
+	free(sc);
+}
+
+static void scratch_key_create(void)
+{
+	scratch_key_ok = pthread_key_create(&scratch_key, scratch_free) == 0;
+}
+
+/* The calling thread's scratch, or NULL (out of memory: the batch uses fresh buffers). */
+static struct ingest_scratch *scratch_get(void)
+{
+	struct ingest_scratch *sc;
+
+	pthread_once(&scratch_once, scratch_key_create);
+	if (!scratch_key_ok)
+		return NULL;
+	sc = pthread_getspecific(scratch_key);
+	if (!sc) {
+		sc = calloc(1, sizeof(*sc));
+		if (sc && pthread_setspecific(scratch_key, sc) != 0) {
+			free(sc);
+			sc = NULL;
+		}
+	}
+	return sc;
+}
+
+/* After a batch: gives back what is larger than the bound. */
+static void scratch_trim(struct ingest_scratch *sc)
+{
+	if (sc->plain.cap > SCRATCH_KEEP_BYTES)
+		sb_free(&sc->plain);
+	if (sc->arena_cap > SCRATCH_KEEP_BYTES) {
+		free(sc->arena);
+		sc->arena = NULL;
+		sc->arena_cap = 0;
+	}
+	if (sc->rows_cap > SCRATCH_KEEP_BYTES / sizeof(*sc->rows)) {
+		free(sc->rows);
+		sc->rows = NULL;
+		sc->rows_cap = 0;
+	}
+}
+
+/* ingest_decode(), into the buffers of sc when it is not NULL (the batch borrows them). */
+static int ingest_decode_scratch(const char *text, size_t len, size_t max_rows, int64_t in_ts_us,
+				 struct ingest_batch *b, struct strbuf *err,
+				 struct ingest_scratch *sc)
 {
 	struct jp jp = {.start = text, .p = text, .end = text + len, .acap = len + 1};
 	struct batch_read br = {.first_bad_stack = SIZE_MAX, .row_err = STRBUF_INIT};
 	int rc;
 
 	memset(b, 0, sizeof(*b));
-	jp.arena = malloc(jp.acap);
+	if (sc && sc->arena_cap < jp.acap) {
+		free(sc->arena);
+		sc->arena = malloc(jp.acap);
+		sc->arena_cap = sc->arena ? jp.acap : 0;
+	}
+	jp.arena = sc ? sc->arena : malloc(jp.acap);
 	if (!jp.arena) {
 		sb_puts(err, "out of memory decoding the batch");
 		return -EINVAL;
 	}
 	b->json = jp.arena;
+	if (sc) {
+		b->borrowed = 1;
+		b->rows = sc->rows;
+		br.rows_cap = sc->rows_cap;
+	}
 	br.intern = calloc(INTERN_ENTRIES, sizeof(*br.intern)); /* NULL: nothing is shared */
 	rc = decode_batch(&jp, &br, b, max_rows, in_ts_us, err);
+	if (sc) {
+		sc->rows = b->rows; /* moved if it grew */
+		sc->rows_cap = br.rows_cap;
+	}
 	free(br.intern);
 	free(br.stacks);
 	free(br.tags);
@@ -1136,10 +1262,18 @@ int ingest_decode(const char *text, size_t len, size_t max_rows, int64_t in_ts_u
 	return rc;
 }
 
+int ingest_decode(const char *text, size_t len, size_t max_rows, int64_t in_ts_us,
+		  struct ingest_batch *b, struct strbuf *err)
+{
+	return ingest_decode_scratch(text, len, max_rows, in_ts_us, b, err, NULL);
+}
+
 void ingest_batch_free(struct ingest_batch *b)
 {
-	free(b->json);
-	free(b->rows);
+	if (!b->borrowed) {
+		free(b->json);
+		free(b->rows);
+	}
 	free(b->tags);
 	memset(b, 0, sizeof(*b));
 }
@@ -1147,7 +1281,9 @@ void ingest_batch_free(struct ingest_batch *b)
 void ingest_handle(void *ctx, struct http_exchange *x)
 {
 	struct ingest_ctx *ing = ctx;
-	struct strbuf err = STRBUF_INIT, plain = STRBUF_INIT, result = STRBUF_INIT;
+	struct strbuf err = STRBUF_INIT, own_plain = STRBUF_INIT, result = STRBUF_INIT;
+	struct ingest_scratch *sc = scratch_get();
+	struct strbuf *plain = sc ? &sc->plain : &own_plain;
 	struct ingest_batch b;
 	const char *enc = http_header(x, "Content-Encoding");
 	const char *body = x->body;
@@ -1167,7 +1303,7 @@ void ingest_handle(void *ctx, struct http_exchange *x)
 			http_reply_envelope(x, 400, "INVALID_POST_DATA", err.buf, NULL);
 			goto out;
 		}
-		rc = wire_decompress(body, len, max_body, &plain);
+		rc = wire_decompress(body, len, max_body, plain);
 		if (rc == -EFBIG) {
 			sb_printf(&err, "decompressed body larger than the limit of %zu bytes", max_body);
 			http_reply_envelope(x, 413, "INVALID_POST_DATA", err.buf, NULL);
@@ -1179,12 +1315,13 @@ void ingest_handle(void *ctx, struct http_exchange *x)
 					    NULL);
 			goto out;
 		}
-		body = plain.buf;
-		len = plain.len;
+		body = plain->buf;
+		len = plain->len;
 	}
 	clock_gettime(CLOCK_REALTIME, &now);
-	rc = ingest_decode(body, len, ing->max_rows ? ing->max_rows : INGEST_MAX_ROWS_DEFAULT,
-			   (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000, &b, &err);
+	rc = ingest_decode_scratch(body, len,
+				   ing->max_rows ? ing->max_rows : INGEST_MAX_ROWS_DEFAULT,
+				   (int64_t)now.tv_sec * 1000000 + now.tv_nsec / 1000, &b, &err, sc);
 	if (rc < 0) {
 		if (ing->metrics)
 			metrics_add(&ing->metrics->batches_invalid, 1);
@@ -1222,7 +1359,9 @@ void ingest_handle(void *ctx, struct http_exchange *x)
 	}
 	ingest_batch_free(&b);
 out:
+	if (sc)
+		scratch_trim(sc);
 	sb_free(&err);
-	sb_free(&plain);
+	sb_free(&own_plain);
 	sb_free(&result);
 }

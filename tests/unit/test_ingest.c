@@ -294,6 +294,17 @@ static void test_short_strings_shared(void **state)
 	assert_ptr_equal(b.rows[0].pod, b.rows[1].pod);
 	assert_string_equal(b.rows[2].pod, "p2");
 	ingest_batch_free(&b);
+	test_decode_ok(HDR "\"stacks\":[\"a\"],\"rows\":["
+			   ROW(",\"stack\":0,\"tags\":{\"k\":\"v\",\"j\":\"w\"}") ","
+			   ROW(",\"stack\":0,\"tags\":{\"k\":\"v\",\"j\":\"x\"}") "]}",
+		       10, &b);
+	assert_ptr_equal(b.rows[0].tag_names[0], b.rows[1].tag_names[0]);
+	assert_ptr_equal(b.rows[0].tag_values[0], b.rows[1].tag_values[0]);
+	assert_ptr_equal(b.rows[0].tag_names[1], b.rows[1].tag_names[1]);
+	assert_string_equal(b.rows[0].tag_names[1], "j");
+	assert_string_equal(b.rows[0].tag_values[1], "w");
+	assert_string_equal(b.rows[1].tag_values[1], "x");
+	ingest_batch_free(&b);
 	test_decode_refused(HDR "\"rows\":[{\"b\\u006fgus\":1}]}", 10,
 			    "row 0: unknown field 'bogus'");
 
