@@ -387,6 +387,87 @@ static void test_same_address_other_batch(void **state)
 	got_free(&g);
 }
 
+/* Contexts are remembered by their text addresses within a batch: the same addresses with
+ * another pid are another process, and addresses reused by the next batch with other text must
+ * not keep the old context. */
+static void test_same_context_addresses(void **state)
+{
+	struct fixture *f = *state;
+	char svc[32] = "alpha";
+	struct profile_row rows[] = {row_make(100, svc, "s;a", 1), row_make(100, svc, "s;a", 2),
+				     row_make(101, svc, "s;a", 4)};
+	struct store_query q = query_make(0, 1000);
+	struct got g = {0};
+	sqlite3 *db;
+
+	rows[1].process_id = 43;
+	insert_ok(f->s, 1, "b1", rows, 3);
+	snprintf(svc, sizeof(svc), "beta");
+	rows[0].profile_value = 8;
+	insert_ok(f->s, 1, "b2", rows, 1);
+	db = raw_open(f->path);
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM contexts"), 3);
+	assert_int_equal(raw_int(db, "SELECT sum(profile_value) FROM in_process"
+				     " WHERE app_service = 'alpha' AND process_id = 42"), 5);
+	assert_int_equal(raw_int(db, "SELECT sum(profile_value) FROM in_process"
+				     " WHERE app_service = 'alpha' AND process_id = 43"), 2);
+	sqlite3_close(db);
+	q.app_service = "beta";
+	assert_int_equal(query(f->s, 1, &q, &g), 0);
+	assert_int_equal(g.n, 1);
+	assert_int_equal(got_value(&g, "s;a"), 8);
+	got_free(&g);
+
+	/* Tags: the same arrays' addresses are one context; another value is another one. */
+	const char *names[] = {"k"}, *v1[] = {"1"}, *v2[] = {"2"};
+
+	for (int i = 0; i < 3; i++) {
+		rows[i].n_tags = 1;
+		rows[i].tag_names = names;
+		rows[i].tag_values = i == 1 ? v2 : v1;
+		rows[i].process_id = 42;
+	}
+	insert_ok(f->s, 1, "b3", rows, 3);
+	db = raw_open(f->path);
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM contexts"), 5);
+	assert_int_equal(raw_int(db, "SELECT sum(profile_value) FROM in_process"
+				     " WHERE tag_values = '[\"1\"]'"), 12);
+	assert_int_equal(raw_int(db, "SELECT sum(profile_value) FROM in_process"
+				     " WHERE tag_values = '[\"2\"]'"), 2);
+	sqlite3_close(db);
+}
+
+/* Rows go in by groups of 32 and one by one for the rest: every row lands, with its own
+ * values, whatever the batch size. */
+static void test_grouped_insert_sizes(void **state)
+{
+	struct fixture *f = *state;
+	static const size_t sizes[] = {1, 31, 32, 33, 100};
+	struct profile_row rows[100];
+	char batch[16];
+	int64_t want_sum = 0, want_n = 0;
+	sqlite3 *db;
+
+	for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+		for (size_t i = 0; i < sizes[k]; i++) {
+			rows[i] = row_make(100 + (int64_t)i, "svc", i % 2 ? "s;odd" : "s;even",
+					   (int64_t)(k * 1000 + i));
+			rows[i].process_id = (int64_t)i % 3;
+			want_sum += rows[i].profile_value;
+		}
+		want_n += (int64_t)sizes[k];
+		snprintf(batch, sizeof(batch), "b%zu", k);
+		insert_ok(f->s, 1, batch, rows, sizes[k]);
+	}
+	db = raw_open(f->path);
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM in_process"), want_n);
+	assert_int_equal(raw_int(db, "SELECT sum(profile_value) FROM in_process"), want_sum);
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM in_process WHERE profile_value = 4099"
+				     " AND time = 199 AND process_id = 0 AND profile_location_str = 's;odd'"),
+			 1);
+	sqlite3_close(db);
+}
+
 static void test_gauge_latest_per_process(void **state)
 {
 	struct fixture *f = *state;
@@ -987,6 +1068,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_failed_transaction_rolls_back, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_same_address_other_batch, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_same_context_addresses, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_grouped_insert_sizes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_gauge_latest_per_process, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_truncation_keeps_biggest, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_callback_stops, setup, teardown),
