@@ -478,11 +478,16 @@ static long unw_step_cb(__u32 i, void *arg)
 	return 0;
 }
 
+/*
+ * Exits do not wake user space (every fork ends in one, and a wake-up costs the agent more than
+ * the event): they wait for the next exec or unknown-address event, or the reader's idle timeout.
+ */
 static __always_inline void send_event(__u32 type, __u32 pid, __u64 pc)
 {
 	struct unw_event ev = {.type = type, .pid = pid, .pc = pc};
+	__u64 flags = type == UNW_EVENT_EXIT ? BPF_RB_NO_WAKEUP : 0;
 
-	if (bpf_ringbuf_output(&unw_events, &ev, sizeof(ev), 0))
+	if (bpf_ringbuf_output(&unw_events, &ev, sizeof(ev), flags))
 		counter_inc(PROFILE_CNT_UNW_EVENT_LOST);
 	else
 		counter_inc(PROFILE_CNT_UNW_EVENTS);
