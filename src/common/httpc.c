@@ -1,6 +1,8 @@
 /*
  * httpc — see httpc.h. A fresh easy handle per request keeps calls independent across threads;
  * connection reuse is not worth the shared state at one request per second per agent.
+ * Failures are named from libcurl's error buffer plus the connect's errno (CURLINFO_OS_ERRNO):
+ * "Couldn't connect to server" alone does not tell a stopped server from a firewall.
  */
 #include "common/httpc.h"
 
@@ -62,6 +64,8 @@ int httpc_do(const struct httpc_req *req, struct httpc_resp *resp, char *err, si
 {
 	struct httpc_ctx ctx = {req, resp, req->max_response ? req->max_response : 64u << 20, 0};
 	struct curl_slist *hdrs = NULL;
+	char cerr[CURL_ERROR_SIZE] = "";
+	long oserr = 0;
 	CURL *h;
 	CURLcode rc;
 	int ret = 0;
@@ -69,6 +73,7 @@ int httpc_do(const struct httpc_req *req, struct httpc_resp *resp, char *err, si
 	pthread_once(&httpc_once, httpc_global_init);
 	resp->status = 0;
 	resp->retry_after = -1;
+	resp->os_errno = 0;
 	sb_reset(&resp->body);
 	h = curl_easy_init();
 	if (!h) {
@@ -81,6 +86,7 @@ int httpc_do(const struct httpc_req *req, struct httpc_resp *resp, char *err, si
 	curl_easy_setopt(h, CURLOPT_URL, req->url);
 	curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, cerr);
 	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, req->timeout_ms > 0 ? req->timeout_ms : 30000L);
 	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, httpc_write);
@@ -104,7 +110,13 @@ int httpc_do(const struct httpc_req *req, struct httpc_resp *resp, char *err, si
 			snprintf(err, errlen, "%s: response larger than %zu bytes", req->url, ctx.max);
 			ret = -EFBIG;
 		} else {
-			snprintf(err, errlen, "%s: %s", req->url, curl_easy_strerror(rc));
+			/* libcurl's own text says "Couldn't connect to server" for every cause */
+			if (rc == CURLE_COULDNT_CONNECT &&
+			    curl_easy_getinfo(h, CURLINFO_OS_ERRNO, &oserr) == CURLE_OK && oserr > 0)
+				resp->os_errno = (int)oserr;
+			snprintf(err, errlen, "%s: %s%s%s%s", req->url,
+				 cerr[0] ? cerr : curl_easy_strerror(rc), oserr > 0 ? " (" : "",
+				 oserr > 0 ? strerror((int)oserr) : "", oserr > 0 ? ")" : "");
 			ret = rc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT
 			      : rc == CURLE_ABORTED_BY_CALLBACK || rc == CURLE_WRITE_ERROR ? -ECANCELED
 											 : -ECONNREFUSED;

@@ -29,10 +29,11 @@ struct httpc_resp {
 	long status;             /* HTTP status, 0 if no response */
 	struct strbuf body;      /* caller frees with sb_free */
 	long retry_after;        /* seconds from Retry-After, or -1 */
+	int os_errno;            /* why the connection failed (ECONNREFUSED, EHOSTUNREACH…), or 0 */
 };
 
 /* Returns 0 when an HTTP response arrived (any status), or a negative errno with a message in
- * err (connection refused, timeout, aborted). */
+ * err naming the cause (connection refused, no route to host, unknown host, timeout, aborted). */
 int httpc_do(const struct httpc_req *req, struct httpc_resp *resp, char *err, size_t errlen);
 
 #endif
