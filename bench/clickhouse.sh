@@ -6,7 +6,7 @@
 # zstd JSON over HTTP, decoding, validation, the exactly-once markers and the RowBinary INSERT.
 # Then the very rows ember stored are exported batch by batch in the format ember sends
 # (RowBinary, the same columns, in the order ember sends them: the sort key, then the stack,
-# gzip -1) and posted straight to ClickHouse's HTTP interface into
+# gzip at ember's level GZIP) and posted straight to ClickHouse's HTTP interface into
 # an identical empty table, with the same batch size and the same number of parallel clients.
 # The direct path gets its bodies ready-made (like gen_batches' JSON), so the ratio charges ember
 # with everything it does per row.
@@ -17,7 +17,10 @@
 #
 # Per-statement times come from system.query_log (CH_QUERY_LOG=1, see tests/lib/clickhouse.sh).
 # Output: key=value lines and a summary; exit 1 if a step fails (not if a target is missed).
-# Usage: bench/clickhouse.sh [BUILD_DIR]   (env: ROWS STACKS SERVICES BATCH CLIENTS REPS, EMBER=binary)
+# GZIP (default 0, ember's default towards a loopback server: stored blocks, CRC only) is the
+# deflate level of the INSERT bodies on both sides (ember's `?gzip=` URL option).
+# Usage: bench/clickhouse.sh [BUILD_DIR]
+#        (env: ROWS STACKS SERVICES BATCH CLIENTS REPS GZIP, EMBER=binary)
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-${EMBER_BUILD:-$top/build}}
@@ -28,6 +31,7 @@ SERVICES=${SERVICES:-20}
 BATCH=${BATCH:-20000}
 CLIENTS=${CLIENTS:-2}
 REPS=${REPS:-7}
+GZIP=${GZIP:-0}
 ember=${EMBER:-$build/ember}
 gen=$build/bench/gen_batches
 for b in "$ember" "$gen"; do
@@ -61,7 +65,7 @@ settle() {
 }
 
 # --- ingest through ember ----------------------------------------------------------------------
-"$ember" server --listen 127.0.0.1:0 --store "$CH_URL/bench_ember" >"$tmp/server.log" 2>&1 &
+"$ember" server --listen 127.0.0.1:0 --store "$CH_URL/bench_ember?gzip=$GZIP" >"$tmp/server.log" 2>&1 &
 spid=$!
 for _ in $(seq 100); do
 	grep -q '(port [0-9]*)' "$tmp/server.log" && break
@@ -101,7 +105,10 @@ for id in $(ch_query "SELECT DISTINCT batch_id FROM bench_ember.in_process ORDER
 	curl -sS --fail "http://127.0.0.1:$CH_HTTP_PORT/" --data-binary \
 		"SELECT $cols FROM bench_ember.in_process WHERE batch_id = '$id' ORDER BY app_service,
 		profile_language_type, profile_event_type, time, profile_location_str FORMAT RowBinary" |
-		gzip -1 >"$tmp/direct/$id.gz" || exit 1
+		/usr/bin/python3 -c 'import sys, zlib
+z = zlib.compressobj(int(sys.argv[1]), zlib.DEFLATED, 31)
+sys.stdout.buffer.write(z.compress(sys.stdin.buffer.read()) + z.flush())' "$GZIP" \
+		>"$tmp/direct/$id.gz" || exit 1
 done
 insert_q=$(printf 'INSERT INTO bench_direct.in_process (%s) FORMAT RowBinary' "$cols" | jq -sRr @uri)
 cat >"$tmp/post.sh" <<EOF
@@ -152,7 +159,7 @@ ch_query "SELECT multiIf(query LIKE 'INSERT INTO \`bench_ember\`.in_process%', '
 	FORMAT PrettyCompactNoEscapes" >"$tmp/qlog.txt"
 
 cat <<EOF
-rows=$ROWS stacks=$STACKS services=$SERVICES batch_rows=$BATCH batches=$batches clients=$CLIENTS
+rows=$ROWS stacks=$STACKS services=$SERVICES batch_rows=$BATCH batches=$batches clients=$CLIENTS gzip=$GZIP
 ember_seconds=$ember_s
 ember_rows_per_second=$ember_rps
 ember_server_cpu_us_per_row=$(printf '%.1f' "$(echo "$ember_cpu * 1000000 / $ROWS" | bc -l)") (decode, validate, encode, gzip, HTTP)

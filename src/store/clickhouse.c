@@ -6,8 +6,12 @@
  *
  * Writes go as RowBinary (length-prefixed strings, little-endian numbers): no escaping, so no byte
  * of any field can be misread, and Int64 microseconds are bit-identical to DateTime64(6) ticks, so
- * one encoder serves the 18.16 schema and the modern one. Bodies are gzip-compressed (the only
- * Content-Encoding every version accepts; 18.16 rejects zstd).
+ * one encoder serves the 18.16 schema and the modern one. Bodies are always gzip-framed (the only
+ * Content-Encoding every version accepts; 18.16 rejects zstd), even at level 0 (stored blocks,
+ * the default towards a loopback server, where compressing only costs CPU): the gzip trailer's
+ * CRC and length are what make ClickHouse reject a body cut short. A plain RowBinary body that
+ * ends at a row boundary (ember killed mid-send) is a valid shorter INSERT on 18.16, and those
+ * rows would then pass the exactly-once probe below as the whole hour.
  *
  * Exactly-once batches. A MergeTree INSERT is atomic per part, and an INSERT makes one part per
  * partition it touches, so a batch is written as one INSERT per hour partition (normally one).
@@ -35,11 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <netdb.h>
 #include <sys/random.h>
-#include <sys/socket.h>
-#include <sys/time.h>
-#include <unistd.h>
 #include <time.h>
 #include <zlib.h>
 #include <zstd.h>
@@ -55,7 +55,8 @@
 #define CH_MAX_STACK_BYTES (4u << 20)
 #define CH_MAX_BATCH_ID 256
 #define CH_ENCODE_CHUNK (1u << 20) /* RowBinary bytes encoded before each deflate call */
-#define CH_CONNECT_PROBE_MS 1000   /* the connect that explains a failed connection */
+#define CH_GZIP_LEVEL_REMOTE 1     /* default gzip level of INSERT bodies over a network */
+#define CH_GZIP_LEVEL_LOOPBACK 0   /* ... to a server on this host: stored blocks, CRC only */
 #define CH_DB_NAME_MAX 58 /* ClickHouse allows more; "NNNN_" + this stays short in paths */
 
 /* Server features by version; an unknown version is treated as 18.16 (the oldest supported). */
@@ -79,6 +80,7 @@ struct ch_store {
 	int has_user;
 	char db[CH_DB_NAME_MAX + 1];
 	long retention_s;
+	int gzip_level; /* of INSERT bodies, 0 (stored) .. 9 */
 
 	pthread_mutex_t lock; /* version, orgs */
 	char version[32];     /* "" until the server answered once */
@@ -446,39 +448,6 @@ static long ch_exception_code(const char *body)
 }
 
 /*
- * Why a connection to the server fails ("connection refused", "no route to host"): libcurl
- * only says "Couldn't connect to server", which does not tell a stopped ClickHouse from a wrong
- * address or a firewall. One blocking connect, bounded by CH_CONNECT_PROBE_MS; 0 if it works.
- */
-static int ch_connect_errno(const struct ch_store *s)
-{
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
-	struct timeval tv = {.tv_sec = CH_CONNECT_PROBE_MS / 1000,
-			     .tv_usec = CH_CONNECT_PROBE_MS % 1000 * 1000};
-	char host[128];
-	const char *colon = strrchr(s->hostport, ':');
-	int fd, e;
-
-	if (s->hostport[0] == '[') /* [::1]:8123 */
-		snprintf(host, sizeof(host), "%.*s", (int)(colon - s->hostport - 2), s->hostport + 1);
-	else
-		snprintf(host, sizeof(host), "%.*s", (int)(colon - s->hostport), s->hostport);
-	e = getaddrinfo(host, colon + 1, &hints, &ai);
-	if (e)
-		return e == EAI_SYSTEM ? errno : EHOSTUNREACH;
-	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		e = errno;
-	} else {
-		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-		e = connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 ? 0 : errno;
-		close(fd);
-	}
-	freeaddrinfo(ai);
-	return e == EINPROGRESS ? ETIMEDOUT : e;
-}
-
-/*
  * Maps a finished request to 0 or a negative errno, with a message in err.
  * -EAGAIN: unreachable, timeout, overload or any other 5xx (retry later); -EACCES: credentials;
  * -ENOENT: the database or table does not exist; -EIO: the statement itself is wrong.
@@ -493,7 +462,7 @@ static int ch_result(struct ch_store *s, int rc, const char *herr, const struct 
 	if (rc == -ECANCELED)
 		return rc;
 	if (rc < 0) {
-		int e = rc == -ECONNREFUSED && strstr(herr, "connect") ? ch_connect_errno(s) : 0;
+		int e = r->os_errno; /* why the connect failed, from httpc */
 
 		if (e) {
 			char what[64];
@@ -640,9 +609,10 @@ static int ch_detect_version(struct ch_store *s, char *err, size_t errlen)
 	snprintf(s->version, sizeof(s->version), "%s", out.buf);
 	ch_features_of(major, minor, &s->feat);
 	pthread_mutex_unlock(&s->lock);
-	log_info("%s: ClickHouse %s (lowcardinality %d, ttl %d, codecs %d, datetime64 %d)",
+	log_info("%s: ClickHouse %s (lowcardinality %d, ttl %d, codecs %d, datetime64 %d;"
+		 " insert gzip level %d)",
 		 s->hostport, out.buf, s->feat.lowcard, s->feat.ttl, s->feat.codecs,
-		 s->feat.datetime64);
+		 s->feat.datetime64, s->gzip_level);
 	sb_free(&out);
 	return 0;
 }
@@ -790,14 +760,14 @@ static int ch_validate_row(struct ch_store *s, const struct profile_row *r, size
  * CH_ENCODE_CHUNK bytes at a time, so the plain text of a large batch never exists whole.
  */
 static int ch_encode_gzip(const struct profile_row *rows, const size_t *idx, size_t n,
-			  const char *batch_id, struct strbuf *out)
+			  const char *batch_id, int level, struct strbuf *out)
 {
 	struct strbuf raw = STRBUF_INIT;
 	z_stream z = {0};
 	size_t i = 0;
 	int flush, zr = Z_OK, rc = 0;
 
-	if (deflateInit2(&z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+	if (deflateInit2(&z, level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
 		return -ENOMEM;
 	sb_reset(out);
 	do {
@@ -832,7 +802,7 @@ static int ch_insert_part(struct ch_store *s, const char *db, const char *batch_
 	struct ch_call c = {0};
 	int rc;
 
-	rc = ch_encode_gzip(rows, idx, n, batch_id, &gz);
+	rc = ch_encode_gzip(rows, idx, n, batch_id, s->gzip_level, &gz);
 	if (rc < 0) {
 		snprintf(s->base.errmsg, sizeof(s->base.errmsg), "gzip of %zu rows failed", n);
 		goto out;
@@ -1537,6 +1507,15 @@ static int ch_parse_duration(const char *text, size_t len, long *out)
 	return 0;
 }
 
+/* Whether HOST of "HOST:PORT" names this machine: localhost, 127.0.0.0/8 or [::1]. */
+static int ch_host_is_loopback(const char *hostport)
+{
+	size_t n = strcspn(hostport, ":");
+
+	return strncmp(hostport, "[::1]:", 6) == 0 || strncmp(hostport, "127.", 4) == 0 ||
+	       (n == 9 && strncmp(hostport, "localhost", 9) == 0);
+}
+
 static int ch_parse_url(struct ch_store *s, const char *url, char *err, size_t errlen)
 {
 	const char *p = url + strlen("clickhouse://"), *at, *slash, *qm, *colon, *hp_end;
@@ -1544,6 +1523,7 @@ static int ch_parse_url(struct ch_store *s, const char *url, char *err, size_t e
 
 	snprintf(s->db, sizeof(s->db), "%s", CH_DEFAULT_DATABASE);
 	s->retention_s = CH_DEFAULT_RETENTION_S;
+	s->gzip_level = -1;
 	qm = strchr(p, '?');
 	slash = strchr(p, '/');
 	if (slash && qm && slash > qm)
@@ -1567,7 +1547,7 @@ static int ch_parse_url(struct ch_store *s, const char *url, char *err, size_t e
 	if (hp_len == 0 || hp_len >= sizeof(s->hostport) || !colon || colon + 1 == hp_end ||
 	    strspn(colon + 1, "0123456789") != (size_t)(hp_end - colon - 1)) {
 		snprintf(err, errlen, "clickhouse URL '%s': expected clickhouse://"
-				      "[USER[:PASSWORD]@]HOST:PORT[/DATABASE][?retention=72h]",
+				      "[USER[:PASSWORD]@]HOST:PORT[/DATABASE][?retention=72h&gzip=1]",
 			 url);
 		return -EINVAL;
 	}
@@ -1602,6 +1582,13 @@ static int ch_parse_url(struct ch_store *s, const char *url, char *err, size_t e
 					 (int)(olen - 10), eq + 1);
 				return -EINVAL;
 			}
+		} else if (eq && (size_t)(eq - opt) == 4 && strncmp(opt, "gzip", 4) == 0) {
+			if (olen != 6 || eq[1] < '0' || eq[1] > '9') {
+				snprintf(err, errlen, "clickhouse URL: bad gzip level '%.*s' (0..9)",
+					 (int)(olen - 5), eq + 1);
+				return -EINVAL;
+			}
+			s->gzip_level = eq[1] - '0';
 		} else {
 			snprintf(err, errlen, "clickhouse URL: unknown option '%.*s'", (int)olen,
 				 opt);
@@ -1609,6 +1596,9 @@ static int ch_parse_url(struct ch_store *s, const char *url, char *err, size_t e
 		}
 		opt = amp ? amp + 1 : NULL;
 	}
+	if (s->gzip_level < 0)
+		s->gzip_level = ch_host_is_loopback(s->hostport) ? CH_GZIP_LEVEL_LOOPBACK
+								 : CH_GZIP_LEVEL_REMOTE;
 	return 0;
 }
 

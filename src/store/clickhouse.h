@@ -1,11 +1,13 @@
 /*
  * clickhouse — the ClickHouse engine of store.h, over ClickHouse's HTTP interface.
  *
- * URL: clickhouse://[USER[:PASSWORD]@]HOST:PORT[/DATABASE][?retention=DURATION]
+ * URL: clickhouse://[USER[:PASSWORD]@]HOST:PORT[/DATABASE][?retention=DURATION&gzip=LEVEL]
  *   USER and PASSWORD are percent-decoded and sent as X-ClickHouse-User / X-ClickHouse-Key.
  *   DATABASE (default "profile") holds organisation 1; organisation N uses "NNNN_DATABASE".
  *   retention (default 72h; units s, m, h, d; 0 = keep forever) is how long rows live: a TTL
  *   on servers that have TTL (>= 19.6), else a background thread that drops old hour partitions.
+ *   gzip (0..9) is the deflate level of INSERT bodies: default 0 (stored, CRC only) when HOST is
+ *   localhost, 127.x or [::1], else 1.
  *
  * The schema depends on the server version (see docs/clickhouse.md and store_clickhouse_ddl).
  * Everything here is thread-safe; the helpers below have no state.
