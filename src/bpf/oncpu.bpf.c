@@ -116,7 +116,7 @@ static __always_inline int tgid_wanted(__u32 tgid)
 {
 	if (!targ_tgid || tgid == targ_tgid)
 		return 1;
-	return follow_children && bpf_map_lookup_elem(&followed, &tgid);
+	return follow_children && tgid && bpf_map_lookup_elem(&followed, &tgid);
 }
 
 /* DWARF tables: every object's slot image (src/bpf/unwind.h), placed by user space. */
@@ -661,7 +661,16 @@ static __always_inline void record_sample(struct bpf_perf_event_data *ctx, struc
 					  void *kstacks, void *ustacks, void *counts,
 					  __u32 counted_idx)
 {
-	long kid = bpf_get_stackid(ctx, kstacks, 0);
+	__u64 cs = ctx->regs.csx;
+	long kid = -EFAULT;
+
+	/*
+	 * A sample that hit user mode has no kernel stack: bpf_get_stackid() would answer -EFAULT
+	 * after fetching the per-CPU callchain buffer (~1 µs on the development VM, and most
+	 * samples of a busy process hit user mode). The same answer, without the call.
+	 */
+	if ((cs & 3) != 3)
+		kid = bpf_get_stackid(ctx, kstacks, 0);
 
 	if (kid == -EEXIST)
 		counter_inc(PROFILE_CNT_COLLISION);
@@ -683,12 +692,17 @@ int oncpu_sample(struct bpf_perf_event_data *ctx)
 	__u32 tgid = id >> 32, tid = (__u32)id;
 	struct profile_key key;
 
+	/*
+	 * The filter first: under ember record this program still runs for every sample of every
+	 * process (the events are per CPU), and all but the profiled one's end here, idle included
+	 * (tgid 0), before any map is touched.
+	 */
+	if (!tgid_wanted(tgid))
+		return 0;
 	if (tid == 0) {
 		counter_inc(PROFILE_CNT_IDLE);
 		return 0;
 	}
-	if (!tgid_wanted(tgid))
-		return 0;
 	counter_inc(PROFILE_CNT_SAMPLES);
 
 	__builtin_memset(&key, 0, sizeof(key));

@@ -60,7 +60,7 @@ struct profile_key {
 /* Indices of the per-CPU counters array. */
 enum profile_counter {
 	PROFILE_CNT_SAMPLES = 0, /* samples of non-idle tasks that passed the tgid filter */
-	PROFILE_CNT_IDLE,	 /* samples of the idle task, skipped */
+	PROFILE_CNT_IDLE,	 /* samples of the idle task, skipped (without a tgid filter) */
 	PROFILE_CNT_KSTACK_ERR,	 /* kernel stack id errors other than -EFAULT and -EEXIST */
 	PROFILE_CNT_USTACK_ERR,	 /* user stack walk errors other than -EFAULT, ustacks map full */
 	PROFILE_CNT_COLLISION,	 /* kernel stack -EEXIST: its bucket held another stack */
