@@ -76,6 +76,16 @@ $(BUILD)/workloads/libhot.so: tests/workloads/lib/hotlib.c tests/workloads/burn.
 	@mkdir -p $(dir $@)
 	$(CLANG) -O2 -g -fPIC -shared -fno-omit-frame-pointer -mno-omit-leaf-frame-pointer -o $@ $<
 
+# dlopen_late and its library keep no frame pointers: only their CFI walks them (the DWARF
+# adversarial test), and the library is dlopen'ed seconds after start.
+$(BUILD)/workloads/dlopen_late: tests/workloads/dlopen_late.c tests/workloads/burn.h \
+			      $(BUILD)/workloads/libcfi.so
+	@mkdir -p $(dir $@)
+	$(CLANG) -O2 -g -fomit-frame-pointer -o $@ $< -ldl
+$(BUILD)/workloads/libcfi.so: tests/workloads/lib/cfilib.c tests/workloads/burn.h
+	@mkdir -p $(dir $@)
+	$(CLANG) -O2 -g -fPIC -shared -fomit-frame-pointer -o $@ $<
+
 # The page is compiled into the binary: web/index.html becomes a byte array.
 $(BUILD)/web_index.h: web/index.html
 	@mkdir -p $(dir $@)

@@ -368,10 +368,7 @@ static int sampler_on_event(void *ctx, void *data, size_t size)
 	case UNW_EVENT_UNKNOWN:
 		log_debug("pid %u: pc 0x%llx outside its mappings; rescanning", ev->pid,
 			  (unsigned long long)ev->pc);
-		/* dlopen in a known process: small tables inline. A process the first scan has
-		 * not reached yet: its builds are queued (they would hold up exec events). */
-		unwinder_scan_process(s->unw, ev->pid,
-				      UNWINDER_SCAN_FORCE | UNWINDER_SCAN_SMALL_IF_KNOWN);
+		unwinder_scan_unknown(s->unw, ev->pid);
 		sampler_kick_builder(s);
 		break;
 	case UNW_EVENT_EXIT:

@@ -60,6 +60,8 @@ struct unw_uproc {
 	uint32_t n_objs;
 	uint64_t sig; /* hash of the executable mapping lines, to skip unchanged rescans; 0 when
 		       * a table was still being built (the next rescan completes the list) */
+	uint64_t unknown_next_ns;    /* unwinder_scan_unknown() skips the process until then */
+	uint64_t unknown_backoff_ns; /* doubled by every such scan that found nothing new */
 	uint16_t objs[UNW_MAX_MAPPINGS];
 };
 
@@ -296,7 +298,6 @@ static void unwinder_free_obj(struct unwinder *u, struct unw_obj *o)
 	u->st.objects_freed++;
 }
 
-/* The object of a mapping, built if new; -1 when there is no room for another. */
 /* Small objects (most executables and libraries) take a few ms: build them at once. */
 static int unwinder_is_small(struct unwinder *u, uint32_t pid, const char *path)
 {
@@ -495,7 +496,7 @@ static int unwinder_read_maps(struct unwinder *u, uint32_t pid, char **buf, size
 }
 
 static int unwinder_scan_locked(struct unwinder *u, uint32_t pid, int flags, char *maps,
-				size_t maps_len)
+				size_t maps_len, int *unchanged)
 {
 	char line[PATH_MAX + 128];
 	uint16_t objs[UNW_MAX_MAPPINGS];
@@ -518,7 +519,8 @@ static int unwinder_scan_locked(struct unwinder *u, uint32_t pid, int flags, cha
 		if (sp && sp[3] == 'x')
 			sig = unwinder_sig(sig, line);
 	}
-	if (*pp && (*pp)->sig == sig && !(flags & UNWINDER_SCAN_FORCE)) {
+	*unchanged = *pp && (*pp)->sig == sig;
+	if (*unchanged && !(flags & UNWINDER_SCAN_FORCE)) {
 		fclose(f);
 		u->st.scan_unchanged++;
 		return 0;
@@ -578,17 +580,19 @@ static int unwinder_scan_locked(struct unwinder *u, uint32_t pid, int flags, cha
 	return rc;
 }
 
-int unwinder_scan_process(struct unwinder *u, uint32_t pid, int flags)
+/* unwinder_scan_process(); *unchanged is set when the executable mappings had not changed. */
+static int unwinder_scan(struct unwinder *u, uint32_t pid, int flags, int *unchanged)
 {
 	uint64_t t0 = unwinder_now_ns();
 	char *maps = NULL;
 	size_t len = 0;
 	int rc;
 
+	*unchanged = 0;
 	rc = unwinder_read_maps(u, pid, &maps, &len);
 	if (rc == 0 && len) {
 		pthread_mutex_lock(&u->lock);
-		rc = unwinder_scan_locked(u, pid, flags, maps, len);
+		rc = unwinder_scan_locked(u, pid, flags, maps, len, unchanged);
 		pthread_mutex_unlock(&u->lock);
 	} else if (rc == 0) {
 		rc = -ENOENT; /* a kernel thread, or gone */
@@ -596,6 +600,48 @@ int unwinder_scan_process(struct unwinder *u, uint32_t pid, int flags)
 	free(maps);
 	log_debug("pid %u: scanned in %.1f ms: %s", pid, (double)(unwinder_now_ns() - t0) / 1e6,
 		  rc ? strerror(-rc) : "ok");
+	return rc;
+}
+
+int unwinder_scan_process(struct unwinder *u, uint32_t pid, int flags)
+{
+	int unchanged;
+
+	return unwinder_scan(u, pid, flags, &unchanged);
+}
+
+int unwinder_scan_unknown(struct unwinder *u, uint32_t pid)
+{
+	uint64_t now = unwinder_now_ns();
+	struct unw_uproc *p;
+	int rc, unchanged;
+
+	pthread_mutex_lock(&u->lock);
+	p = *unwinder_proc_slot(u, pid);
+	if (p && now < p->unknown_next_ns) {
+		u->st.unknown_skipped++;
+		pthread_mutex_unlock(&u->lock);
+		return 0;
+	}
+	pthread_mutex_unlock(&u->lock);
+	/* dlopen in a known process: small tables inline. A process the first scan has not
+	 * reached yet: its builds are queued (they would hold up exec events). The list is
+	 * stored again even when unchanged: BPF found a pc outside the list it holds. */
+	rc = unwinder_scan(u, pid, UNWINDER_SCAN_FORCE | UNWINDER_SCAN_SMALL_IF_KNOWN, &unchanged);
+	pthread_mutex_lock(&u->lock);
+	p = *unwinder_proc_slot(u, pid);
+	if (p && unchanged) {
+		/* Nothing new was mapped: the pc is JIT or anonymous code. */
+		p->unknown_backoff_ns = p->unknown_backoff_ns ? p->unknown_backoff_ns * 2
+							      : UNWINDER_UNKNOWN_BACKOFF_MIN_NS;
+		if (p->unknown_backoff_ns > UNWINDER_UNKNOWN_BACKOFF_MAX_NS)
+			p->unknown_backoff_ns = UNWINDER_UNKNOWN_BACKOFF_MAX_NS;
+		p->unknown_next_ns = unwinder_now_ns() + p->unknown_backoff_ns;
+	} else if (p) {
+		p->unknown_backoff_ns = 0;
+		p->unknown_next_ns = 0;
+	}
+	pthread_mutex_unlock(&u->lock);
 	return rc;
 }
 

@@ -37,6 +37,10 @@
 /* An object unused for less than this keeps its id even when its table's room is wanted:
  * stacks not drained yet name it (UNW_FRAME_ENCODED frames); drains come every second or so. */
 #define UNWINDER_ID_HOLD_NS 10000000000ull
+/* A process whose unknown-address rescans find nothing new (JIT code) is rescanned at most once
+ * per backoff, doubled from MIN up to MAX by each such scan; a new mapping resets it. */
+#define UNWINDER_UNKNOWN_BACKOFF_MIN_NS 200000000ull
+#define UNWINDER_UNKNOWN_BACKOFF_MAX_NS 2000000000ull
 
 struct unwinder_opts {
 	int slots_fd;	       /* BPF ARRAY, u32 → u64 */
@@ -62,6 +66,7 @@ struct unwinder_stats {
 	uint64_t objects_freed;
 	uint64_t objects_evicted;  /* unused tables freed early to make room for a new one */
 	uint64_t incomplete_scans; /* lists stored while a table was still being built */
+	uint64_t unknown_skipped;  /* unknown-address events within a process's backoff */
 };
 
 struct unwinder;
@@ -81,6 +86,11 @@ void unwinder_close(struct unwinder *u);
 #define UNWINDER_SCAN_SMALL 4
 #define UNWINDER_SCAN_SMALL_IF_KNOWN 8 /* SMALL for a process scanned before (dlopen) */
 int unwinder_scan_process(struct unwinder *u, uint32_t pid, int flags);
+/*
+ * A sample of pid walked through a pc outside its mapping list (UNW_EVENT_UNKNOWN): rescans it
+ * (dlopen) unless it is within its backoff (UNWINDER_UNKNOWN_BACKOFF_*_NS, JIT code).
+ */
+int unwinder_scan_unknown(struct unwinder *u, uint32_t pid);
 /* Every process under proc_root; after each one, a nonzero stop(arg) ends the scan early
  * (stop may be NULL). Returns how many were scanned. */
 int unwinder_scan_all(struct unwinder *u, int (*stop)(void *arg), void *arg);

@@ -158,6 +158,8 @@ struct unw_walk {
 	__u32 bp_known;
 	__u32 exact;
 	__u64 miss_pc; /* first pc found outside every mapping, 0 if none */
+	__u32 from_fp; /* pc came from a frame-pointer step (may be garbage: no miss_pc) */
+	__u32 reserved;
 };
 
 struct {
@@ -361,6 +363,7 @@ static __always_inline long fp_step(struct unw_walk *w, __u32 why)
 		return 1;
 	}
 	w->sp = w->bp + 16;
+	w->from_fp = 1;
 	/* A saved rbp that does not grow is no frame pointer: DWARF goes on from sp. */
 	w->bp_known = nbp == 0 || nbp > w->bp;
 	w->bp = nbp;
@@ -400,7 +403,7 @@ static long unw_step_cb(__u32 i, void *arg)
 	w->hash = hash_mix(w->hash, fr);
 
 	if (!m) {
-		if (!w->miss_pc)
+		if (!w->miss_pc && !w->from_fp)
 			w->miss_pc = pc;
 		return fp_step(w, UNW_REASON_NO_MAPPING);
 	}
@@ -434,6 +437,7 @@ static long unw_step_cb(__u32 i, void *arg)
 		w->bp = rbp;
 		w->bp_known = 1;
 		w->exact = 1;
+		w->from_fp = 0;
 		return 0;
 	}
 	case UNW_KIND_RSP:
@@ -475,6 +479,7 @@ static long unw_step_cb(__u32 i, void *arg)
 	w->pc = ra;
 	w->sp = cfa;
 	w->exact = 0;
+	w->from_fp = 0;
 	return 0;
 }
 
@@ -583,6 +588,7 @@ static __always_inline void record_ustack_dwarf(struct bpf_perf_event_data *ctx,
 	w->bp_known = 1;
 	w->exact = 1;
 	w->miss_pc = 0;
+	w->from_fp = 0;
 	w->reason = UNW_REASON_MAX_FRAMES;
 	proc = bpf_map_lookup_elem(&unw_procs, &key->tgid);
 	if (!proc)
@@ -600,7 +606,9 @@ static __always_inline void record_ustack_dwarf(struct bpf_perf_event_data *ctx,
 		w->reason = UNW_REASON_NO_MAPPING;
 		w->miss_pc = w->pc;
 	}
-	if (w->reason == UNW_REASON_NO_MAPPING && w->miss_pc)
+	/* A pc outside the list that was the leaf or a DWARF step's return address, even when a
+	 * frame-pointer step got past it (dlopen'ed code without frame pointers). */
+	if (w->miss_pc)
 		send_unknown(key->tgid, w->miss_pc);
 	reason = w->reason;
 	counter_inc(PROFILE_CNT_UNW_REASON + (reason & 7));

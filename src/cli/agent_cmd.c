@@ -24,6 +24,7 @@
 #include "agent/procinfo.h"
 #include "agent/sampler.h"
 #include "agent/symbolize.h"
+#include "agent/unwind.h"
 #include "cli/cli.h"
 #include "cli/server_flags.h"
 #include "common/export.h"
@@ -245,10 +246,37 @@ static void record_usage(FILE *f)
 		"usage: ember record [-F HZ] [-d SECONDS] [-p PID | -- CMD ARGS...] [-o FILE]\n"
 		"                    [--format folded|svg|speedscope|pprof]\n"
 		"                    [--value samples|us] [--unwind dwarf|fp (default dwarf)]\n"
+		"                    [--max-keys N]\n"
 		"Profiles one process (or runs CMD and profiles it) and writes folded stacks\n"
 		"('comm;frame;...;frame VALUE' lines, flamegraph.pl's input). Without -d it stops\n"
 		"when the process exits or on Ctrl-C. --format (default: from the -o name: .svg,\n"
-		".json = speedscope, .pb.gz/.pprof = pprof; else folded) picks another output.\n");
+		".json = speedscope, .pb.gz/.pprof = pprof; else folded) picks another output.\n"
+		"--max-keys N bounds the in-kernel counts map (distinct stacks per 0.2 s drain,\n"
+		"default sized from the frequency); samples beyond it go through the overflow ring\n"
+		"buffer. The last line on stderr counts samples, overflow, losses and, with DWARF,\n"
+		"how the user stack walks ended.\n");
+}
+
+#define RECORD_MAX_KEYS_LIMIT (1 << 20) /* --max-keys upper bound */
+
+/* The closing summary on stderr: samples, overflow and losses, and the DWARF stop reasons. */
+static void record_summary(const struct sampler_stats *st, int frequency, const char *output)
+{
+	char reasons[256] = "";
+	size_t o = 0;
+
+	for (unsigned r = 0; r < SAMPLER_UNW_REASONS && r < UNW_REASON_COUNT; r++)
+		if (o < sizeof(reasons))
+			o += (size_t)snprintf(reasons + o, sizeof(reasons) - o, " %s %" PRIu64,
+					      unw_reason_name(r), st->unwind_reasons[r]);
+	fprintf(stderr, "ember record: %" PRIu64 " samples at %d Hz%s%s\n", st->samples, frequency,
+		output ? ", written to " : "", output ? output : "");
+	fprintf(stderr,
+		"ember record: overflow %" PRIu64 " (lost %" PRIu64 "), lost %" PRIu64
+		", user stack errors %" PRIu64 ", drain mismatch %" PRIu64 "; unwind:%s;"
+		" unwind events %" PRIu64 " (lost %" PRIu64 ")\n",
+		st->overflow_samples, st->overflow_lost, st->lost, st->ustack_errors,
+		st->drain_mismatch, reasons, st->unwind_events, st->unwind_events_lost);
 }
 
 /* Starts CMD held at a pipe until sampling runs; returns its pid or -errno. */
@@ -335,6 +363,7 @@ int cli_record(int argc, char **argv)
 		{"value", required_argument, NULL, 'v'},
 		{"unwind", required_argument, NULL, 'u'},
 		{"format", required_argument, NULL, 'f'},
+		{"max-keys", required_argument, NULL, 'k'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -397,6 +426,14 @@ int cli_record(int argc, char **argv)
 				return 2;
 			}
 			fmt_given = 1;
+			break;
+		case 'k':
+			if (cli_parse_int(optarg, 1, RECORD_MAX_KEYS_LIMIT, &v) < 0) {
+				fprintf(stderr, "ember record: --max-keys wants 1..%d\n",
+					RECORD_MAX_KEYS_LIMIT);
+				return 2;
+			}
+			so.counts_entries = (uint32_t)v;
 			break;
 		case 'h': record_usage(stdout); return 0;
 		default: record_usage(stderr); return 2;
@@ -466,8 +503,7 @@ int cli_record(int argc, char **argv)
 		struct sampler_stats st;
 
 		sampler_get_stats(sampler, &st);
-		fprintf(stderr, "ember record: %" PRIu64 " samples at %d Hz%s%s\n", st.samples,
-			so.frequency, output ? ", written to " : "", output ? output : "");
+		record_summary(&st, so.frequency, output);
 	}
 	ret = 0;
 out:

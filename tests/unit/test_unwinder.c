@@ -4,7 +4,8 @@
  * mappings sorted, with tables whose headers sit at their table_base; a second scan of an
  * unchanged process is skipped; object ids resolve to paths; dropping the process removes the
  * list; a slot array too small
- * for every table counts the misses instead of failing.
+ * for every table counts the misses instead of failing; unknown-address rescans that find
+ * nothing new back off.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -173,12 +174,43 @@ static void test_slots_full(void **state)
 	close(m.procs);
 }
 
+/* Unknown-address events of a process whose mappings did not change: one scan, then back-off. */
+static void test_unknown_backoff(void **state)
+{
+	struct maps m;
+	struct unwinder *u;
+	struct unwinder_stats st;
+	uint32_t pid = (uint32_t)getpid();
+
+	if (open_maps(&m, 1u << 20))
+		skip();
+	assert_int_equal(unwinder_open(&(struct unwinder_opts){.slots_fd = m.slots,
+							       .max_slots = 1u << 20,
+							       .procs_fd = m.procs,
+							       .max_procs = 16},
+				       &u),
+			 0);
+	assert_int_equal(unwinder_scan_process(u, pid, UNWINDER_SCAN_BUILD), 0);
+	assert_int_equal(unwinder_scan_unknown(u, pid), 0); /* stored again, found unchanged */
+	unwinder_get_stats(u, &st);
+	assert_int_equal(st.scans, 2);
+	assert_int_equal(st.unknown_skipped, 0);
+	assert_int_equal(unwinder_scan_unknown(u, pid), 0); /* within UNKNOWN_BACKOFF_MIN_NS */
+	unwinder_get_stats(u, &st);
+	assert_int_equal(st.scans, 2);
+	assert_int_equal(st.unknown_skipped, 1);
+	unwinder_close(u);
+	close(m.slots);
+	close(m.procs);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_alloc_first_fit_and_merge),
 	    cmocka_unit_test(test_scan_self),
 	    cmocka_unit_test(test_slots_full),
+	    cmocka_unit_test(test_unknown_backoff),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
