@@ -13,6 +13,8 @@ PACKAGES=(
 	libcmocka-dev sqlite3 zstd curl jq procps psmisc
 	clickhouse-server clickhouse-client
 	linux-perf bpftrace nodejs chromium
+	# the Go part of the DWARF tests (tests/e2e/test_unwind_go.sh builds a Go workload)
+	golang-go
 	# export tests: xmllint checks the SVG, protoc --decode_raw the pprof protobuf
 	libxml2-utils protobuf-compiler
 )

@@ -782,6 +782,81 @@ void ehtable_free(struct ehtable *t)
 	free(t);
 }
 
+/* ---- frame-pointer objects (Go) ---------------------------------------------------------- */
+
+/* Opens path as an x86-64 ELF object; 0 and *fd, *elf, or -errno. */
+static int ehtable_open_elf(const char *path, int *fd, Elf **elf)
+{
+	GElf_Ehdr eh;
+
+	*fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (*fd < 0)
+		return -errno;
+	elf_version(EV_CURRENT);
+	*elf = elf_begin(*fd, ELF_C_READ_MMAP, NULL);
+	if (*elf && elf_kind(*elf) == ELF_K_ELF && gelf_getehdr(*elf, &eh) &&
+	    eh.e_ident[EI_CLASS] == ELFCLASS64 && eh.e_machine == EM_X86_64)
+		return 0;
+	if (*elf)
+		elf_end(*elf);
+	close(*fd);
+	return -ENOTSUP;
+}
+
+int ehtable_is_go(const char *path)
+{
+	Elf *elf;
+	int fd, rc = ehtable_open_elf(path, &fd, &elf);
+
+	if (rc)
+		return rc;
+	rc = ehtable_find_section(elf, ".go.buildinfo") ||
+	     ehtable_find_section(elf, ".note.go.buildid");
+	elf_end(elf);
+	close(fd);
+	return rc;
+}
+
+/* It is wrong only at the one instruction between a prologue's sub and its store of rbp. */
+void ehtable_use_frame_pointers(struct ehtable *t)
+{
+	struct unw_table_hdr *hdr = (struct unw_table_hdr *)t->slots;
+	struct unw_row *rows = (struct unw_row *)ehtable_rows(t);
+
+	for (uint32_t i = 0; i < hdr->n_rows; i++)
+		if (rows[i].kind == UNW_KIND_RSP && rows[i].cfa > 1 && rows[i].rbp == 0)
+			rows[i].rbp = -2;
+	hdr->flags |= UNW_TABLE_FP;
+}
+
+int ehtable_build_fp_only(const char *path, struct ehtable **out)
+{
+	struct ehtable *t;
+	Elf *elf;
+	int fd, rc = ehtable_open_elf(path, &fd, &elf);
+
+	*out = NULL;
+	if (rc)
+		return rc;
+	t = calloc(1, sizeof(*t));
+	rc = t ? ehtable_elf_identity(elf, fd, t->id, &t->id_len, &t->id_is_build_id) : -ENOMEM;
+	if (rc == 0) {
+		ehtable_read_loads(elf, t);
+		t->n_slots = UNW_HDR_SLOTS;
+		t->slots = calloc(t->n_slots, sizeof(uint64_t));
+		rc = t->slots ? 0 : -ENOMEM;
+	}
+	elf_end(elf);
+	close(fd);
+	if (rc) {
+		ehtable_free(t);
+		return rc;
+	}
+	((struct unw_table_hdr *)t->slots)->flags = UNW_TABLE_FP;
+	*out = t;
+	return 0;
+}
+
 int ehtable_identify(const char *path, uint8_t id[EHTABLE_ID_MAX], uint32_t *id_len,
 		     int *is_build_id)
 {

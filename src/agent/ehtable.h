@@ -86,6 +86,18 @@ const struct unw_row *ehtable_lookup(const struct ehtable *t, uint64_t va);
  */
 int ehtable_bias(const struct ehtable *t, uint64_t map_start, uint64_t pgoff, uint64_t *bias);
 
+/*
+ * Go objects keep frame pointers (design brief §2.3): ehtable_is_go tells them by their
+ * .go.buildinfo section or Go build-id note (1, 0, or -errno). ehtable_use_frame_pointers marks
+ * a built table UNW_TABLE_FP and gives its frames Go's rbp rule (the caller's rbp sits at
+ * CFA-16 in every frame larger than the return address), so the walk takes frame-pointer steps
+ * after the leaf's row. ehtable_build_fp_only makes the table of a Go object without CFI: no
+ * rows, its loads (for the bias) and UNW_TABLE_FP. Tables are cached as built, without the mark.
+ */
+int ehtable_is_go(const char *path);
+void ehtable_use_frame_pointers(struct ehtable *t);
+int ehtable_build_fp_only(const char *path, struct ehtable **out);
+
 /* Reads the identity of an object without building its table (for cache lookups). */
 int ehtable_identify(const char *path, uint8_t id[EHTABLE_ID_MAX], uint32_t *id_len,
 		     int *is_build_id);

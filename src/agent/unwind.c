@@ -230,8 +230,18 @@ int unw_step(const struct unw_env *env, struct unw_state *st)
 	m = unw_proc_find(env->proc, st->pc);
 	if (!m)
 		return unw_fp_step(env, st, UNW_REASON_NO_MAPPING);
-	if (m->flags & (UNW_MAP_FP | UNW_MAP_NO_TABLE))
+	if (m->flags & UNW_MAP_NO_TABLE)
 		return unw_fp_step(env, st, UNW_REASON_NO_ROW);
+	if (m->flags & UNW_MAP_FP) {
+		/* A saved rbp of 0 marks the outermost frame (Go's goexit, like glibc's _start);
+		 * only the leaf, which may keep no frame, takes its row. */
+		if (st->out->n > 1 && st->bp_known && st->bp == 0) {
+			st->reason = UNW_REASON_COMPLETE;
+			return 1;
+		}
+		if (st->out->n > 1)
+			return unw_fp_step(env, st, UNW_REASON_NO_ROW);
+	}
 	va = st->pc - m->bias - (st->exact ? 0 : 1);
 	if (unw_find_row(env->arena, m->table_base, va, &row) != 0)
 		row.kind = UNW_KIND_NONE;

@@ -46,6 +46,7 @@ struct unw_obj {
 	char path[PATH_MAX];
 	struct ehtable *t; /* loads only (slots freed once in BPF); NULL when the build failed */
 	uint32_t base, n_slots;
+	uint32_t table_flags; /* unw_table_hdr.flags, kept once the slots are in BPF */
 	uint32_t refs;
 	int building;	       /* a thread builds the table with the lock released */
 	int pending;	       /* waits for unwinder_build_pending() */
@@ -215,6 +216,7 @@ static int unwinder_upload(struct unwinder *u, struct unw_obj *o, struct ehtable
 	}
 	o->base = base;
 	o->n_slots = n;
+	o->table_flags = ehtable_hdr(t)->flags;
 	free(t->slots);
 	t->slots = NULL;
 	return 0;
@@ -260,6 +262,13 @@ static void unwinder_build(struct unwinder *u, struct unw_obj *o, int background
 			rc = ehtable_build(open_path, &t);
 		if (!cached && rc == 0 && u->cache_dir[0])
 			ehtable_cache_put(u->cache_dir, t, EHTABLE_CACHE_MAX_BYTES);
+		/* Go: frame pointers, the leaf by its row (a table without rows if no CFI). */
+		if (ehtable_is_go(open_path) == 1) {
+			if (rc == 0)
+				ehtable_use_frame_pointers(t);
+			else
+				rc = ehtable_build_fp_only(open_path, &t);
+		}
 	}
 	if (background)
 		unwinder_nice(u, 0);
@@ -432,6 +441,8 @@ static void unwinder_add_mapping(struct unwinder *u, uint32_t pid, const char *l
 		if (o->t && ehtable_bias(o->t, start, pgoff, &bias) == 0) {
 			m.bias = bias;
 			m.table_base = o->base;
+			if (o->table_flags & UNW_TABLE_FP)
+				m.flags |= UNW_MAP_FP;
 		} else {
 			m.flags |= UNW_MAP_NO_TABLE;
 		}

@@ -407,8 +407,17 @@ static long unw_step_cb(__u32 i, void *arg)
 			w->miss_pc = pc;
 		return fp_step(w, UNW_REASON_NO_MAPPING);
 	}
-	if (m->flags & (UNW_MAP_FP | UNW_MAP_NO_TABLE))
+	if (m->flags & UNW_MAP_NO_TABLE)
 		return fp_step(w, UNW_REASON_NO_ROW);
+	if (m->flags & UNW_MAP_FP) {
+		/* A saved rbp of 0 marks the outermost frame (Go's goexit, like glibc's _start). */
+		if (n > 0 && w->bp_known && w->bp == 0) {
+			w->reason = UNW_REASON_COMPLETE;
+			return 1;
+		}
+		if (n > 0)
+			return fp_step(w, UNW_REASON_NO_ROW);
+	}
 	va = pc - m->bias - (w->exact ? 0 : 1);
 	if (find_row(m->table_base, va, &row) != 0)
 		row.kind = UNW_KIND_NONE;

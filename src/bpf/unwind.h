@@ -71,11 +71,15 @@ struct unw_table_hdr {
 	__u32 first_va;	 /* va of bucket 0, 4 KiB aligned */
 	__u32 n_buckets; /* index slots that follow the header */
 	__u32 n_rows;	 /* row slots that follow the index */
-	__u32 flags;	 /* reserved, 0 */
+	__u32 flags;	 /* UNW_TABLE_* */
 };
 
+/* unw_table_hdr.flags */
+#define UNW_TABLE_FP (1u << 0) /* the object keeps frame pointers (Go): its mappings get UNW_MAP_FP */
+
 /* unw_mapping.flags; the high 16 bits hold the object id (UNW_MAP_OBJ_SHIFT), 0 = none */
-#define UNW_MAP_FP (1u << 0) /* object keeps frame pointers (Go): always a frame-pointer step */
+#define UNW_MAP_FP (1u << 0) /* object keeps frame pointers (Go): frame-pointer steps, but the
+				* leaf takes its row (it may keep no frame); rbp 0 ends the walk */
 #define UNW_MAP_NO_TABLE (1u << 1) /* table not (yet) available */
 #define UNW_MAP_OBJ_SHIFT 16
 
