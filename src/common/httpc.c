@@ -53,6 +53,14 @@ static size_t httpc_header(char *data, size_t size, size_t nmemb, void *arg)
 	return n;
 }
 
+static size_t httpc_read(char *buf, size_t size, size_t nmemb, void *arg)
+{
+	struct httpc_ctx *c = arg;
+	long n = c->req->on_send(c->req->arg, buf, size * nmemb);
+
+	return n < 0 ? CURL_READFUNC_ABORT : (size_t)n;
+}
+
 static int httpc_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
 {
 	struct httpc_ctx *c = arg;
@@ -98,7 +106,12 @@ int httpc_do(const struct httpc_req *req, struct httpc_resp *resp, char *err, si
 		curl_easy_setopt(h, CURLOPT_XFERINFODATA, &ctx);
 		curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
 	}
-	if (req->body) {
+	if (req->on_send) {
+		curl_easy_setopt(h, CURLOPT_POST, 1L);
+		curl_easy_setopt(h, CURLOPT_READFUNCTION, httpc_read);
+		curl_easy_setopt(h, CURLOPT_READDATA, &ctx);
+		curl_easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, (long)HTTPC_SEND_BUFFER);
+	} else if (req->body) {
 		curl_easy_setopt(h, CURLOPT_POSTFIELDS, req->body);
 		curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
 	}
@@ -117,6 +130,7 @@ int httpc_do(const struct httpc_req *req, struct httpc_resp *resp, char *err, si
 			snprintf(err, errlen, "%s: %s%s%s%s", req->url,
 				 cerr[0] ? cerr : curl_easy_strerror(rc), oserr > 0 ? " (" : "",
 				 oserr > 0 ? strerror((int)oserr) : "", oserr > 0 ? ")" : "");
+			/* on_send's -1 and should_abort are both CURLE_ABORTED_BY_CALLBACK */
 			ret = rc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT
 			      : rc == CURLE_ABORTED_BY_CALLBACK || rc == CURLE_WRITE_ERROR ? -ECANCELED
 											 : -ECONNREFUSED;

@@ -501,6 +501,7 @@ struct ch_call {
 	const char *params;  /* extra URL query string ("a=1&b=2"), may be NULL */
 	const char *body;
 	size_t body_len;
+	long (*on_send)(void *arg, char *buf, size_t cap); /* instead of body: see httpc.h */
 	int gzip;            /* body is gzip-compressed */
 	long timeout_ms;
 	size_t max_response; /* 0 = CH_MAX_SMALL_RESPONSE */
@@ -537,6 +538,7 @@ static int ch_http(struct ch_store *s, const struct ch_call *c, struct httpc_res
 	req.url = url.buf;
 	req.body = c->body;
 	req.body_len = c->body_len;
+	req.on_send = c->on_send;
 	req.headers = headers;
 	req.timeout_ms = c->timeout_ms ? c->timeout_ms : CH_WRITE_TIMEOUT_MS;
 	req.max_response = c->max_response ? c->max_response : CH_MAX_SMALL_RESPONSE;
@@ -756,56 +758,59 @@ static int ch_validate_row(struct ch_store *s, const struct profile_row *r, size
 }
 
 /*
- * Appends the RowBinary of rows idx[0..n) to out, gzip-compressed. Rows are encoded and deflated
- * CH_ENCODE_CHUNK bytes at a time, so the plain text of a large batch never exists whole.
+ * The body of one INSERT, made while libcurl sends it (httpc on_send, chunked transfer): rows
+ * are encoded CH_ENCODE_CHUNK bytes at a time and deflated straight into libcurl's upload
+ * buffer. ClickHouse parses the first rows while the last are encoded, and neither the RowBinary
+ * nor the gzip of a batch (20-25 MB each for 20,000 rows) ever exists whole.
  */
-static int ch_encode_gzip(const struct profile_row *rows, const size_t *idx, size_t n,
-			  const char *batch_id, int level, struct strbuf *out)
-{
-	struct strbuf raw = STRBUF_INIT;
-	z_stream z = {0};
-	size_t i = 0;
-	int flush, zr = Z_OK, rc = 0;
+struct ch_body {
+	const struct profile_row *rows;
+	const size_t *idx;
+	size_t n, next; /* rows idx[0..n); idx[next] is the next to encode */
+	const char *batch_id;
+	struct strbuf raw; /* encoded rows; z.next_in points into it */
+	z_stream z;
+	int finished; /* the gzip trailer is out */
+};
 
-	if (deflateInit2(&z, level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
-		return -ENOMEM;
-	sb_reset(out);
-	do {
-		sb_reset(&raw);
-		while (i < n && raw.len < CH_ENCODE_CHUNK)
-			ch_encode_row(&raw, &rows[idx[i++]], batch_id);
-		flush = i < n ? Z_NO_FLUSH : Z_FINISH;
-		z.next_in = (Bytef *)raw.buf;
-		z.avail_in = (uInt)raw.len;
-		do {
-			if (out->cap - out->len < CH_ENCODE_CHUNK / 2)
-				sb_grow(out, CH_ENCODE_CHUNK);
-			z.next_out = (Bytef *)out->buf + out->len;
-			z.avail_out = (uInt)(out->cap - 1 - out->len);
-			zr = deflate(&z, flush);
-			out->len = (size_t)((char *)z.next_out - out->buf);
-		} while (zr != Z_STREAM_ERROR && z.avail_out == 0);
-	} while (zr != Z_STREAM_ERROR && flush != Z_FINISH);
-	if (zr != Z_STREAM_END)
-		rc = -EIO;
-	deflateEnd(&z);
-	sb_free(&raw);
-	return rc;
+static long ch_body_send(void *arg, char *buf, size_t cap)
+{
+	struct ch_body *b = arg;
+	int zr;
+
+	b->z.next_out = (Bytef *)buf;
+	b->z.avail_out = (uInt)(cap > UINT_MAX ? UINT_MAX : cap);
+	while (b->z.avail_out > 0 && !b->finished) {
+		if (b->z.avail_in == 0 && b->next < b->n) {
+			sb_reset(&b->raw);
+			while (b->next < b->n && b->raw.len < CH_ENCODE_CHUNK)
+				ch_encode_row(&b->raw, &b->rows[b->idx[b->next++]], b->batch_id);
+			b->z.next_in = (Bytef *)b->raw.buf;
+			b->z.avail_in = (uInt)b->raw.len;
+		}
+		zr = deflate(&b->z, b->next < b->n ? Z_NO_FLUSH : Z_FINISH);
+		if (zr == Z_STREAM_END)
+			b->finished = 1;
+		else if (zr != Z_OK)
+			return -1; /* cannot happen with valid arguments; ends the request */
+	}
+	return (long)((char *)b->z.next_out - buf);
 }
 
 /* One INSERT of rows idx[0..n) (all in one hour partition): RowBinary, gzip, one block. */
 static int ch_insert_part(struct ch_store *s, const char *db, const char *batch_id,
 			  const struct profile_row *rows, const size_t *idx, size_t n)
 {
-	struct strbuf gz = STRBUF_INIT, params = STRBUF_INIT, q = STRBUF_INIT;
+	struct ch_body b = {.rows = rows, .idx = idx, .n = n, .batch_id = batch_id};
+	struct strbuf params = STRBUF_INIT, q = STRBUF_INIT;
 	struct httpc_resp r = {0};
 	struct ch_call c = {0};
 	int rc;
 
-	rc = ch_encode_gzip(rows, idx, n, batch_id, s->gzip_level, &gz);
-	if (rc < 0) {
-		snprintf(s->base.errmsg, sizeof(s->base.errmsg), "gzip of %zu rows failed", n);
-		goto out;
+	if (deflateInit2(&b.z, s->gzip_level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+		snprintf(s->base.errmsg, sizeof(s->base.errmsg), "gzip of %zu rows: out of memory",
+			 n);
+		return -ENOMEM;
 	}
 	sb_printf(&q, "INSERT INTO `%s`.in_process (", db);
 	for (size_t i = 0; i < CH_NCOLS; i++)
@@ -816,13 +821,17 @@ static int ch_insert_part(struct ch_store *s, const char *db, const char *batch_
 	/* one block, hence one part: the INSERT is atomic */
 	sb_printf(&params, "&max_insert_block_size=%zu", n + 1);
 	c.params = params.buf;
-	c.body = gz.buf;
-	c.body_len = gz.len;
+	c.on_send = ch_body_send;
+	c.arg = &b;
 	c.gzip = 1;
 	rc = ch_http(s, &c, &r, s->base.errmsg, sizeof(s->base.errmsg));
-out:
+	if (rc == -ECANCELED) {
+		snprintf(s->base.errmsg, sizeof(s->base.errmsg), "gzip of %zu rows failed", n);
+		rc = -EIO;
+	}
+	deflateEnd(&b.z);
+	sb_free(&b.raw);
 	sb_free(&r.body);
-	sb_free(&gz);
 	sb_free(&params);
 	sb_free(&q);
 	return rc;
