@@ -1150,12 +1150,14 @@ static int decode_batch(struct jp *jp, struct batch_read *br, struct ingest_batc
 }
 
 /*
- * Buffers an HTTP thread reuses from batch to batch — the decompressed body, the string arena,
- * the rows — so a batch is written into memory that is already mapped: fresh memory costs a
- * page fault per 4 KiB, which was a fifth of the server's CPU during ingest (measured,
- * docs/benchmarks.md). Each buffer is kept only up to SCRATCH_KEEP_BYTES between batches; a
- * larger one is freed after its batch. Freed when the thread exits.
+ * Buffer sets reused from batch to batch — the decompressed body, the string arena, the rows —
+ * so a batch is written into memory that is already mapped: fresh memory costs a page fault per
+ * 4 KiB, which was a fifth of the server's CPU during ingest (measured, docs/benchmarks.md).
+ * A batch takes a set from a process-wide pool and gives it back; at most SCRATCH_POOL sets are
+ * kept (more concurrent batches use fresh ones), and in each only buffers up to
+ * SCRATCH_KEEP_BYTES survive their batch. The pool lives as long as the process.
  */
+#define SCRATCH_POOL 2
 #define SCRATCH_KEEP_BYTES (32u << 20)
 
 struct ingest_scratch {
@@ -1166,46 +1168,32 @@ struct ingest_scratch {
 	size_t rows_cap; /* rows */
 };
 
-static pthread_key_t scratch_key;
-static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-static int scratch_key_ok;
+static pthread_mutex_t scratch_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ingest_scratch *scratch_pool[SCRATCH_POOL]; /* the most recently used last */
+static size_t scratch_pooled;
 
-static void scratch_free(void *p)
+static void scratch_free(struct ingest_scratch *sc)
 {
-	struct ingest_scratch *sc = p;
-
 	sb_free(&sc->plain);
 	free(sc->arena);
 	free(sc->rows);
 	free(sc);
 }
 
-static void scratch_key_create(void)
-{
-	scratch_key_ok = pthread_key_create(&scratch_key, scratch_free) == 0;
-}
-
-/* The calling thread's scratch, or NULL (out of memory: the batch uses fresh buffers). */
+/* A buffer set for one batch, or NULL (out of memory: the batch uses fresh buffers). */
 static struct ingest_scratch *scratch_get(void)
 {
-	struct ingest_scratch *sc;
+	struct ingest_scratch *sc = NULL;
 
-	pthread_once(&scratch_once, scratch_key_create);
-	if (!scratch_key_ok)
-		return NULL;
-	sc = pthread_getspecific(scratch_key);
-	if (!sc) {
-		sc = calloc(1, sizeof(*sc));
-		if (sc && pthread_setspecific(scratch_key, sc) != 0) {
-			free(sc);
-			sc = NULL;
-		}
-	}
-	return sc;
+	pthread_mutex_lock(&scratch_lock);
+	if (scratch_pooled)
+		sc = scratch_pool[--scratch_pooled];
+	pthread_mutex_unlock(&scratch_lock);
+	return sc ? sc : calloc(1, sizeof(*sc));
 }
 
-/* After a batch: gives back what is larger than the bound. */
-static void scratch_trim(struct ingest_scratch *sc)
+/* After a batch: frees what is larger than the bound, and the set if the pool is full. */
+static void scratch_put(struct ingest_scratch *sc)
 {
 	if (sc->plain.cap > SCRATCH_KEEP_BYTES)
 		sb_free(&sc->plain);
@@ -1219,6 +1207,14 @@ static void scratch_trim(struct ingest_scratch *sc)
 		sc->rows = NULL;
 		sc->rows_cap = 0;
 	}
+	pthread_mutex_lock(&scratch_lock);
+	if (scratch_pooled < SCRATCH_POOL) {
+		scratch_pool[scratch_pooled++] = sc;
+		sc = NULL;
+	}
+	pthread_mutex_unlock(&scratch_lock);
+	if (sc)
+		scratch_free(sc);
 }
 
 /* ingest_decode(), into the buffers of sc when it is not NULL (the batch borrows them). */
@@ -1360,7 +1356,7 @@ void ingest_handle(void *ctx, struct http_exchange *x)
 	ingest_batch_free(&b);
 out:
 	if (sc)
-		scratch_trim(sc);
+		scratch_put(sc);
 	sb_free(&err);
 	sb_free(&own_plain);
 	sb_free(&result);

@@ -5,8 +5,8 @@
  * decompression), validated completely — an error names the row index and the field — and only
  * then handed to the store as one atomic insert. A batch id already stored is acknowledged
  * without writing again. A store that is down or busy gives 503 with Retry-After, so the agent
- * keeps the batch in its spool. Thread-safe: all state is per request, except the buffers each
- * HTTP thread reuses from batch to batch (kept up to 32 MiB each, freed when the thread ends).
+ * keeps the batch in its spool. Thread-safe: all state is per request, except a process-wide
+ * pool of buffer sets reused from batch to batch (2 sets of 3 buffers, each kept up to 32 MiB).
  */
 #ifndef EMBER_SERVER_INGEST_H
 #define EMBER_SERVER_INGEST_H
@@ -40,7 +40,7 @@ struct ingest_batch {
 	struct profile_row *rows;
 	size_t n;
 	const char **tags; /* storage for every row's tag_names then tag_values */
-	int borrowed;      /* json and rows belong to the HTTP thread's reused buffers */
+	int borrowed;      /* json and rows belong to a pooled buffer set (ingest_handle) */
 };
 
 /* Decodes and validates a JSON batch; in_ts_us is stamped as every row's profile_in_timestamp.
