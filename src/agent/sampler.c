@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <limits.h>
+#include <malloc.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
@@ -447,7 +448,7 @@ static void *sampler_scan_main(void *arg)
 	struct sampler *s = arg;
 	uint64_t t0 = sampler_now_ns(CLOCK_MONOTONIC);
 	struct unwinder_stats us;
-	int n;
+	int n, built = 0;
 
 	if (!s->opts.only_tgid) {
 		/* Our own libraries (libc, ld.so, libcrypto ...) are the common ones: first. */
@@ -458,13 +459,21 @@ static void *sampler_scan_main(void *arg)
 			 us.objects, (double)us.slots_used * 8 / (1 << 20),
 			 (double)(sampler_now_ns(CLOCK_MONOTONIC) - t0) / 1e6);
 		sampler_wake_events(s);
+		malloc_trim(0);
 	}
 	/* Then the tables that exec and unknown-address events queued, one at a time. */
 	while (!sampler_unw_stopping(s)) {
-		if (unwinder_build_pending(s->unw))
+		if (unwinder_build_pending(s->unw)) {
+			built = 1;
 			sampler_wake_events(s);
-		else
-			sampler_wait_kick(s);
+			continue;
+		}
+		/* A build's transient buffers (ELF data, rows, the upload's copy: tens of MiB for a
+		 * big object) stay in malloc's heap once freed: give them back after a burst. */
+		if (built)
+			malloc_trim(0);
+		built = 0;
+		sampler_wait_kick(s);
 	}
 	return NULL;
 }
