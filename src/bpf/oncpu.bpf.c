@@ -495,11 +495,13 @@ static long unw_step_cb(__u32 i, void *arg)
 /*
  * Exits do not wake user space (every fork ends in one, and a wake-up costs the agent more than
  * the event): they wait for the next exec or unknown-address event, or the reader's idle timeout.
+ * Those force their wake-up: by default the ring buffer wakes the reader only for a record at
+ * the reader's position, so an unread exit would silence the exec behind it.
  */
 static __always_inline void send_event(__u32 type, __u32 pid, __u64 pc)
 {
 	struct unw_event ev = {.type = type, .pid = pid, .pc = pc};
-	__u64 flags = type == UNW_EVENT_EXIT ? BPF_RB_NO_WAKEUP : 0;
+	__u64 flags = type == UNW_EVENT_EXIT ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP;
 
 	if (bpf_ringbuf_output(&unw_events, &ev, sizeof(ev), flags))
 		counter_inc(PROFILE_CNT_UNW_EVENT_LOST);
