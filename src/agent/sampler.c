@@ -72,6 +72,8 @@
  */
 #define SAMPLER_UNW_IDLE_MS 1000
 #define SAMPLER_UNW_RESCAN_NS 50000000ull     /* after exec, scan again once ld.so mapped libs */
+/* A rescan due within this is done by any earlier wake-up (an exec event's) instead of its own. */
+#define SAMPLER_UNW_RESCAN_EARLY_NS 30000000ull
 #define SAMPLER_UNW_PENDING 1024	      /* delayed rescans queued */
 #define SAMPLER_UNW_COLLECT_NS 5000000000ull  /* how often unused tables are collected */
 /* Lists that missed a table: rescanned after a table was finished, at most this often. */
@@ -340,13 +342,22 @@ static void sampler_unqueue_rescan(struct sampler *s, uint32_t pid)
 	}
 }
 
-/* A scan may have queued tables: wake the builder thread. */
-static void sampler_kick_builder(struct sampler *s)
+static void sampler_wake_builder(struct sampler *s)
 {
 	pthread_mutex_lock(&s->build_lock);
 	s->build_kick = 1;
 	pthread_cond_signal(&s->build_cond);
 	pthread_mutex_unlock(&s->build_lock);
+}
+
+/* A scan may have queued tables: wake the builder thread if it did (a wake-up costs ~40 µs). */
+static void sampler_kick_builder(struct sampler *s)
+{
+	struct unwinder_stats us;
+
+	unwinder_get_stats(s->unw, &us);
+	if (us.pending)
+		sampler_wake_builder(s);
 }
 
 /* An exec, exit or unknown-address event from BPF (on the event thread). */
@@ -540,7 +551,7 @@ static void *sampler_unw_main(void *arg)
 		ring_buffer__consume(s->events);
 		now = sampler_now_ns(CLOCK_MONOTONIC);
 		for (uint32_t i = 0; i < s->n_pending; i++) {
-			if (s->pending[i].due_ns <= now) {
+			if (s->pending[i].due_ns <= now + SAMPLER_UNW_RESCAN_EARLY_NS) {
 				unwinder_scan_process(s->unw, s->pending[i].pid,
 						      UNWINDER_SCAN_SMALL);
 				scanned = 1;
@@ -1142,7 +1153,7 @@ void sampler_close(struct sampler *s)
 		pthread_join(s->unw_thread, NULL);
 	}
 	if (s->scan_thread_started) {
-		sampler_kick_builder(s);
+		sampler_wake_builder(s);
 		pthread_join(s->scan_thread, NULL);
 	}
 	if (s->unw_epoll_fd >= 0)

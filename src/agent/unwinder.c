@@ -785,6 +785,7 @@ void unwinder_get_stats(struct unwinder *u, struct unwinder_stats *st)
 {
 	pthread_mutex_lock(&u->lock);
 	*st = u->st;
+	st->pending = (uint64_t)u->n_pending;
 	pthread_mutex_unlock(&u->lock);
 }
 

@@ -66,6 +66,7 @@ struct unwinder_stats {
 	uint64_t objects_freed;
 	uint64_t objects_evicted;  /* unused tables freed early to make room for a new one */
 	uint64_t incomplete_scans; /* lists stored while a table was still being built */
+	uint64_t pending;	   /* tables queued for unwinder_build_pending() now */
 	uint64_t unknown_skipped;  /* unknown-address events within a process's backoff */
 };
 
