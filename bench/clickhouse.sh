@@ -80,6 +80,7 @@ echo "clickhouse $(ch_query 'SELECT version()'), $(nproc) CPUs, load $(cut -d' '
 # CPU seconds (user + system) of a process: what it costs whatever else the machine runs
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }
 ember_cpu0=$(cpu_s "$spid")
+ch_cpu0=$(cpu_s "$CH_PID")
 if ! "$gen" --url "http://127.0.0.1:$port" --rows "$ROWS" --stacks "$STACKS" \
 	--services "$SERVICES" --hosts 4 --seconds "$seconds" --start "$start" \
 	--batch-rows "$BATCH" --clients "$CLIENTS" >"$tmp/gen.out"; then
@@ -88,6 +89,8 @@ if ! "$gen" --url "http://127.0.0.1:$port" --rows "$ROWS" --stacks "$STACKS" \
 	exit 1
 fi
 ember_cpu=$(echo "$(cpu_s "$spid") - $ember_cpu0" | bc -l)
+settle # ClickHouse's CPU per phase includes the merges of the phase's parts
+ch_cpu_ember=$(echo "$(cpu_s "$CH_PID") - $ch_cpu0" | bc -l)
 ember_rps=$(sed -n 's/^rows_per_second=//p' "$tmp/gen.out")
 ember_s=$(sed -n 's/^send_seconds=//p' "$tmp/gen.out")
 batches=$(sed -n 's/^batches=//p' "$tmp/gen.out")
@@ -118,10 +121,13 @@ exec curl -sS --fail -o /dev/null -H 'Content-Encoding: gzip' --data-binary "@\$
 EOF
 chmod +x "$tmp/post.sh"
 settle
+ch_cpu0=$(cpu_s "$CH_PID")
 t0=$(now)
 # shellcheck disable=SC2012 # names are ours: bench-nodeN-NNNNNN.gz
 ls "$tmp/direct"/*.gz | xargs -P "$CLIENTS" -n 1 "$tmp/post.sh" || { echo "direct insert failed" >&2; exit 1; }
 t1=$(now)
+settle
+ch_cpu_direct=$(echo "$(cpu_s "$CH_PID") - $ch_cpu0" | bc -l)
 direct_s=$(echo "$t1 - $t0" | bc -l)
 stored=$(ch_query "SELECT count() FROM bench_direct.in_process")
 [ "$stored" = "$ROWS" ] || { echo "bench/clickhouse: direct stored $stored of $ROWS rows" >&2; exit 1; }
@@ -163,9 +169,12 @@ rows=$ROWS stacks=$STACKS services=$SERVICES batch_rows=$BATCH batches=$batches 
 ember_seconds=$ember_s
 ember_rows_per_second=$ember_rps
 ember_server_cpu_us_per_row=$(printf '%.1f' "$(echo "$ember_cpu * 1000000 / $ROWS" | bc -l)") (decode, validate, encode, gzip, HTTP)
+clickhouse_cpu_us_per_row_ember=$(printf '%.1f' "$(echo "$ch_cpu_ember * 1000000 / $ROWS" | bc -l)") (ClickHouse's CPU for ember's rows, merges included)
 direct_seconds=$(printf '%.3f' "$direct_s")
 direct_rows_per_second=$(printf '%.0f' "$direct_rps")
+clickhouse_cpu_us_per_row_direct=$(printf '%.1f' "$(echo "$ch_cpu_direct * 1000000 / $ROWS" | bc -l)")
 ingest_ratio=$(printf '%.2f' "$(echo "$ember_rps / $direct_rps" | bc -l)") (target >= 0.8)
+cpu_ratio=$(printf '%.2f' "$(echo "$ch_cpu_direct / ($ch_cpu_ember + $ember_cpu)" | bc -l)") (direct CPU per row / (ClickHouse + ember server) CPU per row: the ingest ratio with the machine to ourselves, if CPU-bound)
 query_service=$service query_nodes=$nodes reps=$REPS
 profiletracing_median_seconds=$api_med
 raw_groupby_median_seconds=$raw_med
