@@ -42,7 +42,14 @@
 
 struct unw_obj {
 	int used;
-	uint64_t dev, ino;
+	uint64_t dev, ino;	    /* its first file; 0, 0 once merged into another object */
+	uint8_t id[EHTABLE_ID_MAX]; /* GNU build-id, else {dev, ino, size, mtime}; set at build */
+	uint32_t id_len;	    /* 0: not known (yet) */
+	uint32_t merged_into;	    /* 1 + index of the object with its identity and a table */
+	uint32_t n_alias;	    /* other files with its identity, merged into it */
+	struct {
+		uint64_t dev, ino;
+	} alias[UNWINDER_OBJ_ALIASES];
 	/* Allocated: a PATH_MAX array here made the 4096 slots 17 MiB, all of it resident once
 	 * the slot scans had read every page (a third of the DWARF agent's RSS). */
 	char *path;
@@ -225,6 +232,33 @@ static int unwinder_upload(struct unwinder *u, struct unw_obj *o, struct ehtable
 }
 
 /*
+ * Another object with o's identity already has a table (the same library at another path or
+ * inode, as in another container): o's file becomes its alias, o keeps no table and is merged
+ * (its lists move to the other object when rescanned). Called locked; 1 when merged.
+ */
+static int unwinder_merge(struct unwinder *u, struct unw_obj *o)
+{
+	for (int i = 0; i < UNWINDER_MAX_OBJECTS; i++) {
+		struct unw_obj *m = &u->objs[i];
+
+		if (m == o || !m->used || m->merged_into || !m->t || m->id_len != o->id_len ||
+		    memcmp(m->id, o->id, o->id_len) != 0)
+			continue;
+		if (m->n_alias == UNWINDER_OBJ_ALIASES)
+			return 0; /* o keeps a table of its own */
+		m->alias[m->n_alias].dev = o->dev;
+		m->alias[m->n_alias].ino = o->ino;
+		m->n_alias++;
+		log_debug("%s shares the table of %s (same identity)", o->path, m->path);
+		o->dev = o->ino = 0;
+		o->merged_into = (uint32_t)i + 1;
+		u->st.objects_shared++;
+		return 1;
+	}
+	return 0;
+}
+
+/*
  * Builds (or loads from the cache) the table of o with the lock released (a big object takes
  * seconds; other scans go on meanwhile), then uploads it. o->t stays NULL when there is none.
  */
@@ -244,21 +278,31 @@ static void unwinder_build(struct unwinder *u, struct unw_obj *o, int background
 		u->n_pending--;
 	o->pending = 0;
 	pthread_mutex_unlock(&u->lock);
+	if (o->dev != UNWINDER_VDSO_DEV) {
+		uint8_t id[EHTABLE_ID_MAX];
+		uint32_t id_len;
+		int is_bid, have_id = ehtable_identify(open_path, id, &id_len, &is_bid) == 0;
+
+		pthread_mutex_lock(&u->lock);
+		if (have_id) {
+			memcpy(o->id, id, id_len);
+			o->id_len = id_len;
+			if (unwinder_merge(u, o)) {
+				o->building = 0;
+				return;
+			}
+		}
+		pthread_mutex_unlock(&u->lock);
+	}
 	if (background)
 		unwinder_nice(u, u->opts.build_nice);
 	if (o->dev == UNWINDER_VDSO_DEV) {
 		rc = ehtable_build_vdso(&t);
 	} else {
-		if (u->cache_dir[0]) {
-			uint8_t id[EHTABLE_ID_MAX];
-			uint32_t id_len;
-			int is_bid;
-
-			if (ehtable_identify(open_path, id, &id_len, &is_bid) == 0 &&
-			    ehtable_cache_get(u->cache_dir, id, id_len, &t) == 0) {
-				rc = 0;
-				cached = 1;
-			}
+		if (u->cache_dir[0] && o->id_len &&
+		    ehtable_cache_get(u->cache_dir, o->id, o->id_len, &t) == 0) {
+			rc = 0;
+			cached = 1;
 		}
 		if (!cached)
 			rc = ehtable_build(open_path, &t);
@@ -310,6 +354,19 @@ static void unwinder_free_obj(struct unwinder *u, struct unw_obj *o)
 	u->st.objects_freed++;
 }
 
+/* o's first file, or one merged into it; a merged object matches no file. */
+static int unwinder_is_file(const struct unw_obj *o, uint64_t dev, uint64_t ino)
+{
+	if (o->merged_into)
+		return 0;
+	if (o->dev == dev && o->ino == ino)
+		return 1;
+	for (uint32_t a = 0; a < o->n_alias; a++)
+		if (o->alias[a].dev == dev && o->alias[a].ino == ino)
+			return 1;
+	return 0;
+}
+
 /* Small objects (most executables and libraries) take a few ms: build them at once. */
 static int unwinder_is_small(struct unwinder *u, uint32_t pid, const char *path)
 {
@@ -340,10 +397,10 @@ static int unwinder_obj(struct unwinder *u, uint64_t dev, uint64_t ino, const ch
 				free_i = i;
 			continue;
 		}
-		if (o->dev == dev && o->ino == ino) {
+		if (unwinder_is_file(o, dev, ino)) {
 			if ((build || (small && o->small)) && o->pending && !o->building)
 				unwinder_build(u, o, build);
-			return i;
+			return o->merged_into ? (int)o->merged_into - 1 : i;
 		}
 		if (o->refs == 0 && !o->building &&
 		    unwinder_now_ns() - o->unused_since >= UNWINDER_ID_HOLD_NS &&
@@ -372,7 +429,7 @@ static int unwinder_obj(struct unwinder *u, uint64_t dev, uint64_t ino, const ch
 	u->st.objects++;
 	if (build || (small && o->small))
 		unwinder_build(u, o, build);
-	return free_i;
+	return o->merged_into ? (int)o->merged_into - 1 : free_i;
 }
 
 /* ---- processes ----------------------------------------------------------------------------- */

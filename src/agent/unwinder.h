@@ -4,7 +4,12 @@
  * each process's sorted executable mappings (struct unw_proc) in the BPF procs HASH.
  *
  * Objects are keyed by (device, inode) as /proc/PID/maps shows them; the vDSO is one object
- * built once from this process's own copy. A table is built at most once per object (or read
+ * built once from this process's own copy. Before a table is built, the file's identity (GNU
+ * build-id, else device, inode, size and mtime) is read: when another object with the same
+ * identity has a table (the same library at another path or inode: another container's copy),
+ * the file becomes that object's alias (up to UNWINDER_OBJ_ALIASES) and every mapping of it
+ * uses that table and object id. Identities are read only when a table is due, off the scan of
+ * objects already known. A table is built at most once per object (or read
  * from the on-disk cache when a directory is given), is shared by every process that maps the
  * object, and is reference counted: its slots are freed UNWINDER_GRACE_NS after the last
  * process using it went away (so exec storms and short-lived processes reuse it), or earlier
@@ -34,6 +39,7 @@
 #define UNWINDER_MAX_PROCS 4096		 /* processes with a mapping list (BPF procs map) */
 #define UNWINDER_MAX_EXTENTS 8192	 /* free-slot extents the allocator tracks */
 #define UNWINDER_GRACE_NS 30000000000ull /* unused tables live on this long */
+#define UNWINDER_OBJ_ALIASES 8		 /* files merged into one object by identity */
 /* An object unused for less than this keeps its id even when its table's room is wanted:
  * stacks not drained yet name it (UNW_FRAME_ENCODED frames); drains come every second or so. */
 #define UNWINDER_ID_HOLD_NS 10000000000ull
@@ -68,6 +74,7 @@ struct unwinder_stats {
 	uint64_t incomplete_scans; /* lists stored while a table was still being built */
 	uint64_t pending;	   /* tables queued for unwinder_build_pending() now */
 	uint64_t unknown_skipped;  /* unknown-address events within a process's backoff */
+	uint64_t objects_shared;   /* files that took the table of another file by identity */
 };
 
 struct unwinder;

@@ -4,7 +4,8 @@
  * mappings sorted, with tables whose headers sit at their table_base; a second scan of an
  * unchanged process is skipped; object ids resolve to paths; dropping the process removes the
  * list; a slot array too small
- * for every table counts the misses instead of failing; unknown-address rescans that find
+ * for every table counts the misses instead of failing; two copies of one library (another
+ * inode, same build-id) share one table and object id; unknown-address rescans that find
  * nothing new back off.
  */
 #include <errno.h>
@@ -13,13 +14,17 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include <bpf/bpf.h>
 
+#include "agent/ehtable.h"
 #include "agent/unwinder.h"
 
 static void test_alloc_first_fit_and_merge(void **state)
@@ -204,6 +209,116 @@ static void test_unknown_backoff(void **state)
 	close(m.procs);
 }
 
+#define TEST_LIB "/usr/lib/x86_64-linux-gnu/libz.so.1"
+
+static void copy_file(const char *from, const char *to)
+{
+	char buf[65536];
+	FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+	size_t n;
+
+	assert_non_null(in);
+	assert_non_null(out);
+	while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+		assert_int_equal(fwrite(buf, 1, n, out), n);
+	fclose(in);
+	assert_int_equal(fclose(out), 0);
+}
+
+/* dir/proc/PID/maps with one executable mapping of lib, and dir/proc/PID/root → "/". */
+static void fake_proc(const char *dir, uint32_t pid, const char *lib, uint64_t pgoff)
+{
+	char p[512];
+	struct stat sb;
+	FILE *f;
+
+	assert_int_equal(stat(lib, &sb), 0);
+	snprintf(p, sizeof(p), "%s/proc/%u", dir, pid);
+	assert_int_equal(mkdir(p, 0755), 0);
+	snprintf(p, sizeof(p), "%s/proc/%u/root", dir, pid);
+	assert_int_equal(symlink("/", p), 0);
+	snprintf(p, sizeof(p), "%s/proc/%u/maps", dir, pid);
+	f = fopen(p, "w");
+	assert_non_null(f);
+	fprintf(f, "7f0000%u00000-7f0000%u80000 r-xp %08llx %02x:%02x %llu %s\n", pid, pid,
+		(unsigned long long)pgoff, major(sb.st_dev), minor(sb.st_dev),
+		(unsigned long long)sb.st_ino, lib);
+	assert_int_equal(fclose(f), 0);
+}
+
+/* Two copies of one library (other inodes, same build-id), as two containers have them. */
+static void test_shared_by_identity(void **state)
+{
+	char dir[] = "/tmp/test_unwinder.XXXXXX", a[256], b[256], p[300];
+	struct ehtable *t;
+	struct maps m;
+	struct unwinder *u;
+	struct unwinder_stats st;
+	struct unw_proc pa, pb;
+	uint32_t pid_a = 1, pid_b = 2;
+	uint64_t pgoff = UINT64_MAX;
+
+	if (access(TEST_LIB, R_OK) || open_maps(&m, 1u << 20))
+		skip();
+	assert_non_null(mkdtemp(dir));
+	snprintf(a, sizeof(a), "%s/a.so", dir);
+	snprintf(b, sizeof(b), "%s/b.so", dir);
+	copy_file(TEST_LIB, a);
+	copy_file(TEST_LIB, b);
+	assert_int_equal(ehtable_build(a, &t), 0);
+	assert_true(t->id_is_build_id);
+	for (uint32_t i = 0; i < t->n_loads && pgoff == UINT64_MAX; i++)
+		if (t->loads[i].flags & 1) /* PF_X */
+			pgoff = t->loads[i].offset & ~4095ull;
+	ehtable_free(t);
+	assert_true(pgoff != UINT64_MAX);
+	snprintf(p, sizeof(p), "%s/proc", dir);
+	assert_int_equal(mkdir(p, 0755), 0);
+	fake_proc(dir, pid_a, a, pgoff);
+	fake_proc(dir, pid_b, b, pgoff);
+
+	assert_int_equal(unwinder_open(&(struct unwinder_opts){.slots_fd = m.slots,
+							       .max_slots = 1u << 20,
+							       .procs_fd = m.procs,
+							       .max_procs = 16,
+							       .proc_root = p},
+				       &u),
+			 0);
+	assert_int_equal(unwinder_scan_process(u, pid_a, UNWINDER_SCAN_BUILD), 0);
+	assert_int_equal(unwinder_scan_process(u, pid_b, UNWINDER_SCAN_BUILD), 0);
+	unwinder_get_stats(u, &st);
+	assert_int_equal(st.tables_built, 1); /* b's object merged into a's, without a table */
+	assert_int_equal(st.objects_shared, 1);
+	assert_int_equal(bpf_map_lookup_elem(m.procs, &pid_a, &pa), 0);
+	assert_int_equal(bpf_map_lookup_elem(m.procs, &pid_b, &pb), 0);
+	assert_int_equal(pa.n, 1);
+	assert_int_equal(pb.n, 1);
+	assert_false(pa.maps[0].flags & UNW_MAP_NO_TABLE);
+	assert_false(pb.maps[0].flags & UNW_MAP_NO_TABLE);
+	assert_int_equal(pa.maps[0].table_base, pb.maps[0].table_base);
+	assert_int_equal(pa.maps[0].flags, pb.maps[0].flags); /* the same object id */
+	/* A rescan of b finds its file among the object's aliases: no second identity lookup. */
+	assert_int_equal(unwinder_scan_process(u, pid_b, UNWINDER_SCAN_FORCE), 0);
+	unwinder_get_stats(u, &st);
+	assert_int_equal(st.objects_shared, 1);
+	unwinder_close(u);
+	close(m.slots);
+	close(m.procs);
+	for (uint32_t pid = 1; pid <= 2; pid++) {
+		snprintf(p, sizeof(p), "%s/proc/%u/maps", dir, pid);
+		unlink(p);
+		snprintf(p, sizeof(p), "%s/proc/%u/root", dir, pid);
+		unlink(p);
+		snprintf(p, sizeof(p), "%s/proc/%u", dir, pid);
+		rmdir(p);
+	}
+	snprintf(p, sizeof(p), "%s/proc", dir);
+	rmdir(p);
+	unlink(a);
+	unlink(b);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -211,6 +326,7 @@ int main(void)
 	    cmocka_unit_test(test_scan_self),
 	    cmocka_unit_test(test_slots_full),
 	    cmocka_unit_test(test_unknown_backoff),
+	    cmocka_unit_test(test_shared_by_identity),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
