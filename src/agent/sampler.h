@@ -16,8 +16,9 @@
  * anonymous code) stay raw addresses.
  *
  * DWARF unwinding keeps tables and mapping lists in BPF maps through src/agent/unwinder.c: all
- * processes (or only_tgid) are scanned at open; a background thread of the sampler (low
- * priority) then follows exec, exit and unknown-address events from BPF. When a counts map is
+ * processes (or only_tgid) are scanned at open by a builder thread (low priority), which then
+ * builds the tables scans queue; an event thread follows exec, exit and unknown-address events
+ * from BPF. Both sleep until there is work (epoll / a condvar), never poll. When a counts map is
  * full the sample goes through an overflow ring buffer and is delivered by the next drain.
  *
  * Threading: one thread owns a sampler (the event thread is internal). Map sizes are set from
