@@ -18,6 +18,7 @@
 #include "agent/sampler.h"
 
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <linux/perf_event.h>
@@ -49,6 +50,8 @@
 #define SAMPLER_MAX_FREQUENCY 1000
 #define SAMPLER_DEFAULT_FLUSH_SECONDS 1.0
 #define SAMPLER_MAX_CPUS 4096 /* bound of the online CPU list we parse */
+#define SAMPLER_TASK_EVENTS_MAX 1024 /* only_tgid: threads with their own event, else per CPU */
+#define SAMPLER_TASK_LISTINGS 8	     /* only_tgid: listings of the threads until none is new */
 /*
  * Kernel stack maps (STACK_TRACE) are one-stack-per-bucket tables, so collisions follow the
  * birthday bound: keep the worst-case load (every sample a new stack) at 1/8. A bucket costs
@@ -118,6 +121,7 @@ struct sampler {
 	struct sampler_opts opts;
 	struct bpf_link **links;
 	size_t n_links;
+	int per_task; /* links are per-thread events of only_tgid, else one per CPU */
 	int n_possible_cpus;
 	int barrier_outer_fd; /* ARRAY_OF_MAPS updated only to wait for an RCU grace period */
 	int barrier_inner_fd;
@@ -240,7 +244,102 @@ static int sampler_wait_programs(struct sampler *s)
 	return 0;
 }
 
-static int sampler_attach_cpus(struct sampler *s)
+/* Attaches the sampling program to a new cpu-clock event of (pid, cpu); 0 or negative errno. */
+static int sampler_attach_event(struct sampler *s, struct perf_event_attr *attr, int pid, int cpu)
+{
+	struct bpf_link *link;
+	int pfd, ret;
+
+	pfd = (int)syscall(__NR_perf_event_open, attr, pid, cpu, -1, PERF_FLAG_FD_CLOEXEC);
+	if (pfd < 0)
+		return -errno;
+	link = bpf_program__attach_perf_event(s->skel->progs.oncpu_sample, pfd);
+	if (!link) {
+		ret = -errno;
+		close(pfd);
+		log_error("attach to perf event of pid %d cpu %d: %s", pid, cpu, strerror(-ret));
+		return ret;
+	}
+	/* The link owns pfd from here: bpf_link__destroy() closes it. */
+	s->links[s->n_links++] = link;
+	return 0;
+}
+
+static void sampler_detach_all(struct sampler *s)
+{
+	for (size_t i = 0; i < s->n_links; i++)
+		bpf_link__destroy(s->links[i]);
+	free(s->links);
+	s->links = NULL;
+	s->n_links = 0;
+}
+
+/* 1 if tid already has an event among the first n task events (tids[]), else 0. */
+static int sampler_has_tid(const int *tids, size_t n, int tid)
+{
+	for (size_t i = 0; i < n; i++)
+		if (tids[i] == tid)
+			return 1;
+	return 0;
+}
+
+/*
+ * only_tgid: one cpu-clock event per thread of the process (pid = tid, cpu = -1), inherited by
+ * the threads and processes it creates from then on. The program then runs for this process's
+ * samples only; with per-CPU events it runs for every sample of every CPU and drops all others
+ * in the tgid filter, and those runs are most of its BPF time on a busy host (~1 µs each on the
+ * development VM, docs/benchmarks.md "bench/unwind"). The BPF tgid filter stays: inherited events
+ * also reach the children of -p PID, which are not followed. The threads are listed again
+ * until a listing finds none without an event (one created by a thread that had no event yet).
+ * Returns 0, -E2BIG beyond SAMPLER_TASK_EVENTS_MAX threads, or a negative errno.
+ */
+static int sampler_attach_tasks(struct sampler *s, struct perf_event_attr *attr)
+{
+	int tids[SAMPLER_TASK_EVENTS_MAX];
+	char path[64];
+	int ret = 0;
+
+	s->links = calloc(SAMPLER_TASK_EVENTS_MAX, sizeof(*s->links));
+	if (!s->links)
+		return -ENOMEM;
+	attr->inherit = 1;
+	snprintf(path, sizeof(path), "/proc/%u/task", s->opts.only_tgid);
+	for (int pass = 0; pass < SAMPLER_TASK_LISTINGS; pass++) {
+		size_t before = s->n_links;
+		struct dirent *de;
+		DIR *d = opendir(path);
+
+		if (!d)
+			return -errno;
+		while ((de = readdir(d))) {
+			int tid = atoi(de->d_name);
+
+			if (tid <= 0 || sampler_has_tid(tids, s->n_links, tid))
+				continue;
+			if (s->n_links == SAMPLER_TASK_EVENTS_MAX) {
+				ret = -E2BIG;
+				break;
+			}
+			ret = sampler_attach_event(s, attr, tid, -1);
+			if (ret == -ESRCH) { /* the thread exited since the listing */
+				ret = 0;
+				continue;
+			}
+			if (ret)
+				break;
+			tids[s->n_links - 1] = tid;
+		}
+		closedir(d);
+		if (ret || s->n_links == before)
+			break;
+	}
+	attr->inherit = 0;
+	if (!ret && s->n_links == 0)
+		ret = -ESRCH;
+	return ret;
+}
+
+static int sampler_attach_events(struct sampler *s)
 {
 	unsigned char online[SAMPLER_MAX_CPUS];
 	struct perf_event_attr attr;
@@ -249,9 +348,6 @@ static int sampler_attach_cpus(struct sampler *s)
 	n = sampler_read_online(online, sizeof(online));
 	if (n < 0)
 		return n;
-	s->links = calloc((size_t)n, sizeof(*s->links));
-	if (!s->links)
-		return -ENOMEM;
 
 	memset(&attr, 0, sizeof(attr));
 	attr.type = PERF_TYPE_SOFTWARE;
@@ -260,31 +356,31 @@ static int sampler_attach_cpus(struct sampler *s)
 	attr.freq = 1;
 	attr.sample_freq = (uint64_t)s->opts.frequency;
 
+	if (s->opts.only_tgid) {
+		ret = sampler_attach_tasks(s, &attr);
+		if (!ret) {
+			s->per_task = 1;
+			return 0;
+		}
+		log_warn("per-thread cpu-clock events for pid %u: %s; sampling every CPU instead",
+			 s->opts.only_tgid, strerror(-ret));
+		sampler_detach_all(s);
+	}
+	s->links = calloc((size_t)n, sizeof(*s->links));
+	if (!s->links)
+		return -ENOMEM;
 	for (int cpu = 0; cpu < SAMPLER_MAX_CPUS; cpu++) {
-		struct bpf_link *link;
-		int pfd;
-
 		if (!online[cpu])
 			continue;
-		pfd = (int)syscall(__NR_perf_event_open, &attr, -1, cpu, -1, PERF_FLAG_FD_CLOEXEC);
-		if (pfd < 0) {
-			/* A CPU that went offline since we read the list. */
-			if (errno == ENODEV)
-				continue;
-			ret = -errno;
+		ret = sampler_attach_event(s, &attr, -1, cpu);
+		/* A CPU that went offline since we read the list. */
+		if (ret == -ENODEV)
+			continue;
+		if (ret) {
 			log_error("perf_event_open cpu-clock on cpu %d at %d Hz: %s", cpu,
-				  s->opts.frequency, strerror(errno));
+				  s->opts.frequency, strerror(-ret));
 			return ret;
 		}
-		link = bpf_program__attach_perf_event(s->skel->progs.oncpu_sample, pfd);
-		if (!link) {
-			ret = -errno;
-			close(pfd);
-			log_error("attach to perf event on cpu %d: %s", cpu, strerror(-ret));
-			return ret;
-		}
-		/* The link owns pfd from here: bpf_link__destroy() closes it. */
-		s->links[s->n_links++] = link;
 	}
 	if (s->n_links == 0) {
 		log_error("no online CPU accepted a cpu-clock perf event");
@@ -801,12 +897,12 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 			goto cleanup;
 		}
 	}
-	ret = sampler_attach_cpus(s);
+	ret = sampler_attach_events(s);
 	if (ret)
 		goto cleanup;
-	log_info("sampling %zu CPUs at %d Hz%s, %s unwinding; kernel/user stacks %u/%u, counts %u "
+	log_info("sampling %zu %s at %d Hz%s, %s unwinding; kernel/user stacks %u/%u, counts %u "
 		 "entries",
-		 s->n_links, s->opts.frequency,
+		 s->n_links, s->per_task ? "threads" : "CPUs", s->opts.frequency,
 		 !s->opts.only_tgid		? ""
 		 : s->opts.follow_children	? " (one process and its children)"
 						: " (one process)",
@@ -1144,9 +1240,7 @@ void sampler_close(struct sampler *s)
 {
 	if (!s)
 		return;
-	for (size_t i = 0; i < s->n_links; i++)
-		bpf_link__destroy(s->links[i]);
-	free(s->links);
+	sampler_detach_all(s);
 	__atomic_store_n(&s->unw_stop, 1, __ATOMIC_RELEASE);
 	if (s->unw_thread_started) {
 		sampler_wake_events(s);

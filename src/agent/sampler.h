@@ -1,7 +1,8 @@
 /*
  * sampler — the kernel side of on-CPU profiling: loads src/bpf/oncpu.bpf.c, opens one
  * software cpu-clock perf event per online CPU at the chosen frequency (all tasks, idle
- * excluded), and drains the counts the BPF program aggregates in the kernel.
+ * excluded; with only_tgid one per thread of that process instead, inherited by what it
+ * creates), and drains the counts the BPF program aggregates in the kernel.
  *
  * Counts live in two map sets (A/B). sampler_drain() flips the set BPF writes to, waits for
  * programs still running on the old set, reads and deletes every entry of the old set, and
