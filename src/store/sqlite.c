@@ -34,6 +34,7 @@
  * Concurrency: every organisation database has one write connection behind a mutex (SQLite
  * allows one writer anyway; batches are short transactions) and up to READERS read connections.
  * In WAL mode readers never wait for the writer, so a ProfileTracing query runs next to ingest.
+ * A third connection per database checkpoints the WAL in its own thread (sq_wal_hook).
  * Connections are opened in SQLITE_OPEN_NOMUTEX mode: our own locks guarantee one thread per
  * connection. Organisation databases other than 1 are opened on first use; at most MAX_OPEN_DBS
  * are kept open, the least recently used idle one is closed when another is needed. A query on
@@ -85,6 +86,10 @@
 					 * a bigger cache makes GROUP BY's sorter slower) */
 #define MMAP_BYTES (256ll << 20)        /* memory-mapped reads */
 #define PROGRESS_OPS 1000               /* VM steps between deadline checks */
+#define CKPT_PAGES 4096                 /* WAL pages after a commit that wake the checkpointer */
+#define CKPT_HARD_PAGES 32768          /* WAL pages at which the writer checkpoints itself */
+#define CKPT_CACHE_KIB 1024             /* page cache of the checkpointer's connection */
+#define CKPT_IDLE_MS 1000               /* no commit for this long: the rest of the WAL too */
 
 static const char *const migrations[] = {
 	/* 1: the initial schema */
@@ -233,6 +238,15 @@ struct sq_db {
 	pthread_mutex_t rlock; /* readers[].in_use */
 	pthread_cond_t rfree;
 	struct sq_conn readers[READERS];
+
+	/* The checkpointer: its own connection and thread (see sq_wal_hook). */
+	pthread_mutex_t cklock; /* ck_wanted, ck_stop, wal_pages, commits */
+	pthread_cond_t ckwake;
+	int ck_wanted, ck_stop, ck_started;
+	int wal_pages;    /* WAL pages after the last commit; 0 once checkpointed while idle */
+	uint64_t commits; /* counts commits, to see the writer go idle */
+	pthread_t ck_thread;
+	struct sq_conn ck;
 };
 
 struct sq_store {
@@ -547,6 +561,14 @@ static void sq_db_free(struct sq_db *d)
 {
 	if (!d)
 		return;
+	if (d->ck_started) {
+		pthread_mutex_lock(&d->cklock);
+		d->ck_stop = 1;
+		pthread_cond_signal(&d->ckwake);
+		pthread_mutex_unlock(&d->cklock);
+		pthread_join(d->ck_thread, NULL);
+	}
+	sq_conn_close(&d->ck);
 	for (int i = 0; i < W_COUNT; i++)
 		sqlite3_finalize(d->wstmt[i]);
 	sq_conn_close(&d->w);
@@ -561,7 +583,104 @@ static void sq_db_free(struct sq_db *d)
 	pthread_mutex_destroy(&d->wlock);
 	pthread_mutex_destroy(&d->rlock);
 	pthread_cond_destroy(&d->rfree);
+	pthread_mutex_destroy(&d->cklock);
+	pthread_cond_destroy(&d->ckwake);
 	free(d);
+}
+
+/*
+ * Checkpoints off the ingest path. SQLite's default runs a checkpoint inside the commit that
+ * finds the WAL over 1000 pages: that copies the WAL into the database file while the write
+ * lock (ours, d->wlock) is held, so every other batch waits for it — measured in bench/query:
+ * 318k rows/s with it, 528k rows/s without. Instead the write connection's WAL hook wakes this
+ * thread, which runs PASSIVE checkpoints on its own connection while the writer goes on (WAL
+ * allows a checkpoint next to readers and a writer). The WAL stays bounded: a checkpoint that
+ * caught up lets the next write transaction start the WAL file over, and if the background
+ * thread falls behind (readers holding old snapshots, a busy disk), the writer checkpoints
+ * itself from CKPT_HARD_PAGES on, as SQLite would have.
+ */
+static int sq_wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+	struct sq_db *d = arg;
+	int rc;
+
+	if (pages >= CKPT_HARD_PAGES) {
+		rc = sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+		if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+			log_warn("sqlite %s: checkpoint by the writer at %d WAL pages: %s", d->path,
+				 pages, sqlite3_errstr(rc));
+		return SQLITE_OK;
+	}
+	pthread_mutex_lock(&d->cklock);
+	d->wal_pages = pages;
+	d->commits++;
+	if (pages >= CKPT_PAGES) {
+		d->ck_wanted = 1;
+		pthread_cond_signal(&d->ckwake);
+	}
+	pthread_mutex_unlock(&d->cklock);
+	return SQLITE_OK;
+}
+
+/*
+ * Also checkpoints what is left in the WAL once the writer has been idle for CKPT_IDLE_MS: reads
+ * of pages still in the WAL go through read() instead of the memory map.
+ */
+static void *sq_ckpt_run(void *arg)
+{
+	struct sq_db *d = arg;
+	struct timespec until;
+	uint64_t seen;
+	int rc;
+
+	for (;;) {
+		pthread_mutex_lock(&d->cklock);
+		seen = d->commits;
+		while (!d->ck_wanted && !d->ck_stop) {
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_sec += CKPT_IDLE_MS / 1000;
+			until.tv_nsec += (CKPT_IDLE_MS % 1000) * 1000000l;
+			if (until.tv_nsec >= 1000000000l) {
+				until.tv_sec++;
+				until.tv_nsec -= 1000000000l;
+			}
+			if (pthread_cond_timedwait(&d->ckwake, &d->cklock, &until) == ETIMEDOUT &&
+			    d->commits == seen && d->wal_pages > 0) {
+				d->wal_pages = 0;
+				break;
+			}
+			seen = d->commits;
+		}
+		if (d->ck_stop) {
+			pthread_mutex_unlock(&d->cklock);
+			return NULL;
+		}
+		d->ck_wanted = 0;
+		pthread_mutex_unlock(&d->cklock);
+		rc = sqlite3_wal_checkpoint_v2(d->ck.db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+		if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+			log_warn("sqlite %s: background checkpoint: %s", d->path, sqlite3_errstr(rc));
+	}
+}
+
+/* Opens the checkpointer's connection and starts its thread, then takes over the WAL hook. */
+static int sq_ckpt_start(struct sq_db *d, char *err, size_t errlen)
+{
+	int rc;
+
+	rc = sq_conn_open(&d->ck, d->path, 0, CKPT_CACHE_KIB, err, errlen);
+	if (rc)
+		return rc;
+	rc = pthread_create(&d->ck_thread, NULL, sq_ckpt_run, d);
+	if (rc) {
+		snprintf(err, errlen, "sqlite %.200s: starting the checkpointer: %s", d->path,
+			 strerror(rc));
+		return -rc;
+	}
+	d->ck_started = 1;
+	/* Replaces SQLite's own auto-checkpoint hook of the write connection. */
+	sqlite3_wal_hook(d->w.db, sq_wal_hook, d);
+	return 0;
 }
 
 /* Opens an organisation's database: write connection, schema, statements. */
@@ -581,6 +700,8 @@ static int sq_db_open(const char *path, int org, struct sq_db **out, char *err, 
 	pthread_mutex_init(&d->wlock, NULL);
 	pthread_mutex_init(&d->rlock, NULL);
 	pthread_cond_init(&d->rfree, NULL);
+	pthread_mutex_init(&d->cklock, NULL);
+	pthread_cond_init(&d->ckwake, NULL);
 	d->stack_cache = calloc(STACK_CACHE_ENTRIES, sizeof(*d->stack_cache));
 	d->context_cache = calloc(CONTEXT_CACHE_ENTRIES, sizeof(*d->context_cache));
 	if (!d->stack_cache || !d->context_cache) {
@@ -592,6 +713,9 @@ static int sq_db_open(const char *path, int org, struct sq_db **out, char *err, 
 	if (rc)
 		goto fail;
 	rc = sq_migrate(d->w.db, path, err, errlen);
+	if (rc)
+		goto fail;
+	rc = sq_ckpt_start(d, err, errlen);
 	if (rc)
 		goto fail;
 	for (int i = 0; i < W_COUNT; i++) {
