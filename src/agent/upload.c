@@ -446,7 +446,8 @@ static enum upload_outcome upload_post(struct uploader *u, const struct upload_b
 				.timeout_ms = UPLOAD_HTTP_TIMEOUT_MS,
 				.max_response = UPLOAD_MAX_RESPONSE,
 				.should_abort = upload_should_abort,
-				.arg = u};
+				.arg = u,
+				.keep_alive = 1};
 	struct httpc_resp resp = {.body = STRBUF_INIT};
 	enum upload_outcome res = UPLOAD_RETRY;
 	json_t *root = NULL;

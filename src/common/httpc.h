@@ -29,6 +29,12 @@ struct httpc_req {
 	void *arg;                   /* passed to on_send, on_data and should_abort */
 	/* Optional: polled about every 100 ms; return non-zero to abort the transfer. */
 	int (*should_abort)(void *arg);
+	/*
+	 * Keep the connection open for this thread's next keep_alive request (one handle per
+	 * thread, freed at thread exit). Only with body, not on_send: a buffered body can be sent
+	 * again when the kept connection turns out to be closed.
+	 */
+	int keep_alive;
 };
 
 struct httpc_resp {
