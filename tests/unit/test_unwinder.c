@@ -77,6 +77,21 @@ static int open_maps(struct maps *m, uint32_t n_slots)
 	return 0;
 }
 
+/* An unwinder over the maps of m (n_slots as open_maps was given); proc_root NULL = /proc. */
+static struct unwinder *open_unwinder(const struct maps *m, uint32_t n_slots, const char *proc_root)
+{
+	struct unwinder *u = NULL;
+
+	assert_int_equal(unwinder_open(&(struct unwinder_opts){.slots_fd = m->slots,
+							       .max_slots = n_slots,
+							       .procs_fd = m->procs,
+							       .max_procs = 16,
+							       .proc_root = proc_root},
+				       &u),
+			 0);
+	return u;
+}
+
 static void test_scan_self(void **state)
 {
 	struct maps m;
@@ -90,12 +105,7 @@ static void test_scan_self(void **state)
 
 	if (open_maps(&m, 1u << 20))
 		skip();
-	assert_int_equal(unwinder_open(&(struct unwinder_opts){.slots_fd = m.slots,
-							       .max_slots = 1u << 20,
-							       .procs_fd = m.procs,
-							       .max_procs = 16},
-				       &u),
-			 0);
+	u = open_unwinder(&m, 1u << 20, NULL);
 	assert_int_equal(unwinder_scan_process(u, pid, UNWINDER_SCAN_BUILD), 0);
 	assert_int_equal(bpf_map_lookup_elem(m.procs, &pid, &p), 0);
 	assert_true(p.n >= 3); /* this test, libc, ld.so (and the vDSO) */
@@ -160,12 +170,7 @@ static void test_slots_full(void **state)
 
 	if (open_maps(&m, 4096))
 		skip();
-	assert_int_equal(unwinder_open(&(struct unwinder_opts){.slots_fd = m.slots,
-							       .max_slots = 4096,
-							       .procs_fd = m.procs,
-							       .max_procs = 16},
-				       &u),
-			 0);
+	u = open_unwinder(&m, 4096, NULL);
 	assert_int_equal(unwinder_scan_process(u, pid, UNWINDER_SCAN_BUILD), 0);
 	unwinder_get_stats(u, &st);
 	assert_true(st.slots_full >= 1); /* libc alone needs ~28 k slots */
@@ -189,12 +194,7 @@ static void test_unknown_backoff(void **state)
 
 	if (open_maps(&m, 1u << 20))
 		skip();
-	assert_int_equal(unwinder_open(&(struct unwinder_opts){.slots_fd = m.slots,
-							       .max_slots = 1u << 20,
-							       .procs_fd = m.procs,
-							       .max_procs = 16},
-				       &u),
-			 0);
+	u = open_unwinder(&m, 1u << 20, NULL);
 	assert_int_equal(unwinder_scan_process(u, pid, UNWINDER_SCAN_BUILD), 0);
 	assert_int_equal(unwinder_scan_unknown(u, pid), 0); /* stored again, found unchanged */
 	unwinder_get_stats(u, &st);
@@ -277,13 +277,7 @@ static void test_shared_by_identity(void **state)
 	fake_proc(dir, pid_a, a, pgoff);
 	fake_proc(dir, pid_b, b, pgoff);
 
-	assert_int_equal(unwinder_open(&(struct unwinder_opts){.slots_fd = m.slots,
-							       .max_slots = 1u << 20,
-							       .procs_fd = m.procs,
-							       .max_procs = 16,
-							       .proc_root = p},
-				       &u),
-			 0);
+	u = open_unwinder(&m, 1u << 20, p);
 	assert_int_equal(unwinder_scan_process(u, pid_a, UNWINDER_SCAN_BUILD), 0);
 	assert_int_equal(unwinder_scan_process(u, pid_b, UNWINDER_SCAN_BUILD), 0);
 	unwinder_get_stats(u, &st);
