@@ -7,8 +7,11 @@
 # distribution with `perf record --call-graph dwarf` on the same workload, next to the
 # agreement of two perf runs with each other (run-to-run noise).
 #
-# The sqlite3 query is sized for several hundred samples: with ~140, the few fixed pre-exec
-# samples alone could cross the 2 % allowance.
+# The sqlite3 query is sized for ~1,300 samples (2.7 s at 499 Hz): a process's first ~50 ms,
+# before ld.so's libraries are in its mapping list (the exec event, then the unknown-address
+# rescan and libsqlite3's table), stop at the leaf; with ~400 samples those ~25 alone crossed the
+# 2 % allowance in 2 of 5 runs, with this session's binaries and the earlier ones alike. That
+# start-up window is a known limit (docs/unwinding.md), not what this steady-state check measures.
 # Completeness is asserted (>= DWARF_MIN_COMPLETE %, the issue's 98). The perf comparison is
 # printed for every workload and asserted against the perf-vs-perf baseline minus
 # DWARF_OVERLAP_SLACK points (the issue's 2) only when DWARF_CHECK_OVERLAP=1: two short runs of
@@ -95,7 +98,7 @@ for i in 1 2 3; do cat "$T/in.bin"; done > "$T/in3.bin"
 declare -A CMD=(
 	[perl]="perl $T/w.pl"
 	[python]="$PY $T/w.py"
-	[sqlite3]="sqlite3 :memory: \"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 4500000) SELECT sum(x % 7), count(*) FROM c;\""
+	[sqlite3]="sqlite3 :memory: \"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 15000000) SELECT sum(x % 7), count(*) FROM c;\""
 	[xz]="xz -6 -T2 -c $T/in3.bin"
 	[gzip]="gzip -6 -c $T/in3.bin"
 	[dd]="dd if=/dev/zero of=/dev/null bs=512 count=1500000"
