@@ -833,22 +833,38 @@ out:
 	return f;
 }
 
+/*
+ * The symbol table a mapping or an object already resolved to, if its slot still holds it
+ * (marked used); NULL otherwise. An evicted slot sets *state back to FILE_UNRESOLVED so the
+ * caller loads the file again; FILE_FAILED stays (the caller gives up).
+ */
+static struct sym_file *sym_file_cached(struct symbolizer *sym, uint8_t *state, uint32_t slot,
+					uint64_t serial)
+{
+	struct sym_file *f;
+
+	if (*state != FILE_OK)
+		return NULL;
+	f = &sym->files[slot];
+	if (f->serial == serial) {
+		f->used = ++sym->tick;
+		return f;
+	}
+	*state = FILE_UNRESOLVED; /* evicted: resolve again */
+	return NULL;
+}
+
 /* Finds or loads the symbol table of m's file; sets m->slot/serial or marks it failed. */
 static struct sym_file *sym_map_file(struct symbolizer *sym, struct sym_proc *p, struct sym_map *m)
 {
 	struct sym_file *f = NULL;
 	int fd = -1;
 
-	if (m->file_state == FILE_OK) {
-		f = &sym->files[m->slot];
-		if (f->serial == m->serial) {
-			f->used = ++sym->tick;
+	if (m->file_state != FILE_UNRESOLVED) {
+		f = sym_file_cached(sym, &m->file_state, m->slot, m->serial);
+		if (f || m->file_state == FILE_FAILED)
 			return f;
-		}
-		m->file_state = FILE_UNRESOLVED; /* evicted: resolve again */
 	}
-	if (m->file_state == FILE_FAILED)
-		return NULL;
 	m->file_state = FILE_FAILED;
 
 	if (m->kind != MAP_VDSO) {
@@ -1509,16 +1525,11 @@ static struct sym_file *sym_obj_file(struct symbolizer *sym, uint32_t tgid, uint
 		so->is_so = strstr(o->path, ".so") != NULL;
 	}
 	*out = so;
-	if (so->file_state == FILE_OK) {
-		f = &sym->files[so->slot];
-		if (f->serial == so->serial) {
-			f->used = ++sym->tick;
+	if (so->file_state != FILE_UNRESOLVED) {
+		f = sym_file_cached(sym, &so->file_state, so->slot, so->serial);
+		if (f || so->file_state == FILE_FAILED)
 			return f;
-		}
-		so->file_state = FILE_UNRESOLVED; /* evicted: resolve again */
 	}
-	if (so->file_state == FILE_FAILED)
-		return NULL;
 	so->file_state = FILE_FAILED;
 	vdso = strcmp(o->path, "[vdso]") == 0;
 	if (!vdso)
