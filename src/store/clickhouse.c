@@ -58,6 +58,9 @@
 #define CH_GZIP_LEVEL_REMOTE 1     /* default gzip level of INSERT bodies over a network */
 #define CH_GZIP_LEVEL_LOOPBACK 0   /* ... to a server on this host: stored blocks, CRC only */
 #define CH_DB_NAME_MAX 58 /* ClickHouse allows more; "NNNN_" + this stays short in paths */
+#define CH_TYPE_MAX 256       /* longest column type compared by the drift check */
+#define CH_TYPE_MAX_DEPTH 8   /* nested parentheses in such a type */
+#define CH_EXTRA_COLS_LOGGED 8 /* columns of in_process that are not ember's, named in the log */
 
 /* Server features by version; an unknown version is treated as 18.16 (the oldest supported). */
 struct ch_features {
@@ -86,6 +89,7 @@ struct ch_store {
 	char version[32];     /* "" until the server answered once */
 	struct ch_features feat;
 	struct ch_org_state orgs[STORE_ORG_MAX + 1];
+	char drift_last[512]; /* the last column drift refused (ch_check_columns), "" if none */
 
 	pthread_t retention_thread;
 	int retention_started;
@@ -619,7 +623,180 @@ static int ch_detect_version(struct ch_store *s, char *err, size_t errlen)
 	return 0;
 }
 
-/* Creates the organisation's database and tables if this process has not done so yet. */
+/*
+ * type without its LowCardinality(...) wrappers (also inside Array): LowCardinality changes how
+ * ClickHouse stores a column, not its RowBinary bytes. Returns -ENAMETOOLONG past CH_TYPE_MAX
+ * bytes or CH_TYPE_MAX_DEPTH nested parentheses.
+ */
+static int ch_type_plain(const char *type, char *out, size_t outlen)
+{
+	static const char lc[] = "LowCardinality(";
+	unsigned char skip[CH_TYPE_MAX_DEPTH]; /* per open parenthesis: 1 = of a LowCardinality */
+	int depth = 0;
+	size_t o = 0;
+
+	for (const char *p = type; *p; p++) {
+		int is_lc = strncmp(p, lc, sizeof(lc) - 1) == 0;
+
+		if (is_lc || *p == '(') {
+			if (depth == CH_TYPE_MAX_DEPTH)
+				return -ENAMETOOLONG;
+			skip[depth++] = (unsigned char)is_lc;
+			if (is_lc) {
+				p += sizeof(lc) - 2;
+				continue;
+			}
+		} else if (*p == ')' && depth > 0 && skip[--depth]) {
+			continue;
+		}
+		if (o + 1 >= outlen)
+			return -ENAMETOOLONG;
+		out[o++] = *p;
+	}
+	out[o] = '\0';
+	return 0;
+}
+
+/* 1 if "DateTime64(P" or "DateTime64(P, 'zone')" with precision P. */
+static int ch_is_datetime64(const char *plain, int precision)
+{
+	char pre[16];
+	size_t n = (size_t)snprintf(pre, sizeof(pre), "DateTime64(%d", precision);
+
+	return strncmp(plain, pre, n) == 0 && (plain[n] == ')' || plain[n] == ',');
+}
+
+/*
+ * Whether a column of type found takes what ember writes for c: the same RowBinary bytes with
+ * the same meaning (String and LowCardinality(String); Int64 µs or ms and DateTime64(6) or (3)
+ * ticks; DateTime in any time zone, a unix time either way).
+ */
+static int ch_type_takes(const struct ch_col *c, const char *found)
+{
+	char plain[CH_TYPE_MAX];
+
+	if (ch_type_plain(found, plain, sizeof(plain)) < 0)
+		return 0;
+	switch (c->kind) {
+	case CK_TIME:
+		return strcmp(plain, "DateTime") == 0 || strncmp(plain, "DateTime(", 9) == 0;
+	case CK_STR:
+	case CK_LCSTR:
+	case CK_BATCH:
+		return strcmp(plain, "String") == 0;
+	case CK_I64:
+		return strcmp(plain, "Int64") == 0;
+	case CK_PID:
+		return strcmp(plain, "UInt32") == 0;
+	case CK_TS_US:
+		return strcmp(plain, "Int64") == 0 || ch_is_datetime64(plain, 6);
+	case CK_TS_MS:
+		return strcmp(plain, "Int64") == 0 || ch_is_datetime64(plain, 3);
+	case CK_TAG_NAMES:
+	case CK_TAG_VALUES:
+		return strcmp(plain, "Array(String)") == 0;
+	}
+	return 0;
+}
+
+/*
+ * Column drift: a table that existed before this process (made by another ember version, or
+ * altered by its users) is compared with what ch_cols writes, from system.columns.
+ *  - the type ember would create, or one that takes the same bytes (ch_type_takes): written as
+ *    is, a different one noted in the log;
+ *  - a missing column: added (ALTER TABLE ADD COLUMN changes metadata only; older rows read
+ *    the column's default), as an upgrade that adds a column needs;
+ *  - any other type: nothing is altered and writes are refused (-EIO, the first such column in
+ *    err, every one in the log), because RowBinary bytes read as another type are wrong values
+ *    stored silently or an INSERT that fails;
+ *  - columns ember does not write are left to their defaults.
+ */
+static int ch_check_columns(struct ch_store *s, const char *db, const struct ch_features *f,
+			    char *err, size_t errlen)
+{
+	const char *found[CH_NCOLS] = {0}, *extra[CH_EXTRA_COLS_LOGGED];
+	struct strbuf sql = STRBUF_INIT, body = STRBUF_INIT;
+	char *line, *save = NULL;
+	size_t bad = 0, missing = 0, nextra = 0;
+	int quiet, rc;
+
+	sb_puts(&sql, "SELECT name, type FROM system.columns WHERE database = ");
+	ch_quote_str(&sql, db);
+	sb_puts(&sql, " AND table = 'in_process' FORMAT TabSeparated");
+	rc = ch_exec(s, sql.buf, &body, err, errlen);
+	sb_free(&sql);
+	if (rc < 0)
+		return rc;
+	for (line = strtok_r(body.buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char *type = strchr(line, '\t');
+		size_t i;
+
+		if (!type)
+			continue;
+		*type++ = '\0';
+		line[ch_tsv_unescape(line, strlen(line))] = '\0';
+		type[ch_tsv_unescape(type, strlen(type))] = '\0';
+		for (i = 0; i < CH_NCOLS && strcmp(ch_cols[i].name, line) != 0; i++)
+			;
+		if (i < CH_NCOLS)
+			found[i] = type;
+		else if (nextra < CH_EXTRA_COLS_LOGGED)
+			extra[nextra++] = line;
+	}
+	for (size_t i = 0; i < CH_NCOLS; i++) {
+		const char *want = ch_col_type(&ch_cols[i], f);
+
+		if (!found[i])
+			missing++;
+		else if (!ch_type_takes(&ch_cols[i], found[i]) && bad++ == 0)
+			snprintf(err, errlen,
+				 "clickhouse %s: %s.in_process column %s is %s, ember writes %s:"
+				 " refusing to write until the column is %s",
+				 s->hostport, db, ch_cols[i].name, found[i], want, want);
+	}
+	/* A refusal repeats on every write and health check: its details are logged once. */
+	pthread_mutex_lock(&s->lock);
+	quiet = bad && strcmp(s->drift_last, err) == 0;
+	snprintf(s->drift_last, sizeof(s->drift_last), "%s", bad ? err : "");
+	pthread_mutex_unlock(&s->lock);
+	for (size_t i = 0; i < CH_NCOLS && !quiet; i++) {
+		const char *want = ch_col_type(&ch_cols[i], f);
+
+		if (!found[i] || strcmp(found[i], want) == 0)
+			continue;
+		if (!ch_type_takes(&ch_cols[i], found[i]))
+			log_error("%s.in_process: column %s is %s, ember writes %s: refusing to write",
+				  db, ch_cols[i].name, found[i], want);
+		else
+			log_warn("%s.in_process: column %s is %s where ember creates %s: the same"
+				 " bytes, written as is",
+				 db, ch_cols[i].name, found[i], want);
+	}
+	for (size_t i = 0; i < nextra && !quiet; i++)
+		log_info("%s.in_process: column %s is not ember's: left to its default", db,
+			 extra[i]);
+	for (size_t i = 0; i < CH_NCOLS && !bad && missing; i++) {
+		if (found[i])
+			continue;
+		sb_printf(&sql, "ALTER TABLE `%s`.in_process ADD COLUMN %s %s", db, ch_cols[i].name,
+			  ch_col_type(&ch_cols[i], f));
+		if (f->codecs && ch_cols[i].codec)
+			sb_printf(&sql, " CODEC(%s)", ch_cols[i].codec);
+		rc = ch_exec(s, sql.buf, NULL, err, errlen);
+		sb_free(&sql);
+		if (rc < 0)
+			break;
+		log_warn("%s.in_process: column %s was missing: added as %s", db, ch_cols[i].name,
+			 ch_col_type(&ch_cols[i], f));
+	}
+	sb_free(&body);
+	return bad ? -EIO : rc;
+}
+
+/*
+ * Creates the organisation's database and tables if this process has not done so yet, and
+ * checks an existing table's columns (ch_check_columns); until that passes, every call retries.
+ */
 static int ch_ensure_schema(struct ch_store *s, int org, char *err, size_t errlen)
 {
 	struct strbuf ddl = STRBUF_INIT;
@@ -656,6 +833,9 @@ static int ch_ensure_schema(struct ch_store *s, int org, char *err, size_t errle
 		}
 	}
 	sb_free(&ddl);
+	rc = ch_check_columns(s, db, &f, err, errlen);
+	if (rc < 0)
+		return rc;
 	pthread_mutex_lock(&s->lock);
 	s->orgs[org].ensured = 1;
 	pthread_mutex_unlock(&s->lock);
@@ -976,6 +1156,9 @@ fail:
 		/* someone dropped the database or a table: recreate it on the next attempt */
 		ch_forget_schema(s, org);
 		rc = -EAGAIN;
+	} else if (rc == -EIO) {
+		/* a statement error may be a table altered under us: check its columns again */
+		ch_forget_schema(s, org);
 	}
 	log_warn("insert of batch %s (org %d, %zu rows): %s", batch_id, org, n, base->errmsg);
 out:

@@ -5,7 +5,11 @@
 #      503 + Retry-After, ProfileTracing 500 FAIL; ClickHouse comes up on that port → healthy
 #      without a restart, the schema made then, ingest and query work;
 #   2. a wrong password: 503 naming authentication; a user created later → healthy, working;
-#   3. `ember agent` (BPF, root) profiling cpu_split through ember server while ClickHouse is
+#   3. column types that drifted (a user altered in_process, or another ember version made it):
+#      an incompatible type is named in the log and /healthz (column, expected, found) and
+#      nothing is written or altered until it is fixed; then a missing column is added, a
+#      LowCardinality(String) one is kept (the same bytes), a column not ember's is left alone;
+#   4. `ember agent` (BPF, root) profiling cpu_split through ember server while ClickHouse is
 #      SIGKILLed for ~5 s and restarted: every second arrives, no row twice.
 # Skips (77) without clickhouse-server.
 . "$(dirname "$0")/../lib/e2e.sh"
@@ -83,7 +87,38 @@ check "user created later: /healthz 200 without a restart" wait_healthy "$SRV_UR
 check "user created later: ingest 200" [ "$(ingest "$SRV_URL_l" "$(batch late-1 svc 9)")" = 200 ]
 check "user created later: ProfileTracing answers" [ "$(q "$SRV_URL_l" svc)-$(jqr '.result[0].total_value')" = 200-9 ]
 
-# --- 3. an agent's rows across a ClickHouse crash ---------------------------------------------------
+# --- 3. column drift ------------------------------------------------------------------------------
+server_start d --store "clickhouse://127.0.0.1:$CHP/drift"
+check "drift: a fresh table is healthy and logs no drift" bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' '$SRV_URL_d/healthz')\" = 200 ] && ! grep -q 'in_process: column' '$E2E_TMP/d.log'"
+server_stop d
+ch_query "ALTER TABLE drift.in_process MODIFY COLUMN profile_value Int32" &&
+	ch_query "ALTER TABLE drift.in_process DROP COLUMN compression_algo" &&
+	ch_query "ALTER TABLE drift.in_process ADD COLUMN note String" &&
+	curl -sS --fail-with-body "http://127.0.0.1:$CH_HTTP_PORT/?allow_experimental_low_cardinality_type=1" \
+		--data-binary "ALTER TABLE drift.in_process MODIFY COLUMN host LowCardinality(String)" ||
+	fail "altering drift.in_process"
+server_start d2 --store "clickhouse://127.0.0.1:$CHP/drift"
+DRIFT="drift.in_process column profile_value is Int32, ember writes Int64: refusing to write until the column is Int64"
+check "drift: /healthz 503 names the column, found and expected type" \
+	[ "$(health "$SRV_URL_d2")-$(desc "$E2E_TMP/h.json")" = "503-clickhouse 127.0.0.1:$CHP: $DRIFT" ]
+check "drift: the log says so at open" \
+	grep -q "error clickhouse: drift.in_process: column profile_value is Int32, ember writes Int64: refusing to write" "$E2E_TMP/d2.log"
+check "drift: ingest 503 + Retry-After naming the column" bash -c "[ \"\$(curl -s -D '$E2E_TMP/d.h' -o '$E2E_TMP/d.json' -w '%{http_code}' -X POST '$SRV_URL_d2/v1/profile/ingest' --data-binary '$(batch drift-1 svc 5)')\" = 503 ] && grep -qi '^Retry-After' '$E2E_TMP/d.h' && grep -q 'column profile_value is Int32' '$E2E_TMP/d.json'"
+check "drift: nothing written, nothing altered" \
+	[ "$(ch_query "SELECT count() FROM drift.in_process")-$(ch_query "SELECT count() FROM system.columns WHERE database = 'drift' AND name = 'compression_algo'")" = 0-0 ]
+check "drift: the details are logged once, not on every request" \
+	[ "$(grep -c 'error clickhouse: drift.in_process: column profile_value is Int32' "$E2E_TMP/d2.log")" = 1 ]
+ch_query "ALTER TABLE drift.in_process MODIFY COLUMN profile_value Int64" || fail "altering drift.in_process back"
+check "drift fixed: /healthz 200 without a restart" wait_healthy "$SRV_URL_d2"
+check "drift fixed: the missing column was added and logged" bash -c "[ \"\$(source '$EMBER_TOP/tests/lib/clickhouse.sh'; ch_query \"SELECT type FROM system.columns WHERE database = 'drift' AND table = 'in_process' AND name = 'compression_algo'\")\" = String ] && grep -q 'column compression_algo was missing: added as String' '$E2E_TMP/d2.log'"
+check "drift fixed: LowCardinality(String) host kept, noted as the same bytes" bash -c "[ \"\$(source '$EMBER_TOP/tests/lib/clickhouse.sh'; ch_query \"SELECT type FROM system.columns WHERE database = 'drift' AND table = 'in_process' AND name = 'host'\")\" = 'LowCardinality(String)' ] && grep -q 'column host is LowCardinality(String) where ember creates String: the same bytes' '$E2E_TMP/d2.log'"
+check "drift fixed: a column not ember's is named and left alone" grep -q "column note is not ember's: left to its default" "$E2E_TMP/d2.log"
+check "drift fixed: ingest 200" [ "$(ingest "$SRV_URL_d2" "$(batch drift-1 svc 5)")" = 200 ]
+check "drift fixed: the row reads back, host included" \
+	[ "$(ch_query "SELECT sum(profile_value), any(note) FROM drift.in_process")" = "$(printf '5\t')" ]
+check "drift fixed: ProfileTracing answers" [ "$(q "$SRV_URL_d2" svc)-$(jqr '.result[0].total_value')" = 200-5 ]
+
+# --- 4. an agent's rows across a ClickHouse crash ---------------------------------------------------
 if [ "$(id -u)" -ne 0 ] || [ ! -x "$W/cpu_split" ]; then
 	echo "skipping the agent part: needs root (BPF) and $W/cpu_split"
 	e2e_done
