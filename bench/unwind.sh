@@ -5,9 +5,12 @@
 #   bench/unwind.sh BUILD_DIR        (root; needs BUILD_DIR/bench/unwind_run; HZ=99 by default)
 #
 # Per workload: samples, user frames per sample, complete share; BPF time per run, per sample
-# and per frame (bpf_stats, the program's own counters); tables (objects, MiB, build ms, cold:
-# EMBER_UNWIND_CACHE="" so every table is built); the CPU of the sampling process (table
-# builds, events, drains); and perf's CPU and bytes written for the same command.
+# and per frame (bpf_stats, the program's own counters); the floor — an empty perf_event program
+# on its own cpu-clock event of the same command in the same run (the kernel's dispatch and
+# bpf_stats' clock reads) — and ember's time per sample minus that floor, next to the raw time;
+# tables (objects, MiB, build ms, cold: EMBER_UNWIND_CACHE="" so every table is built); the CPU
+# of the sampling process (table builds, events, drains); and perf's CPU and bytes written for
+# the same command.
 set -u
 B=${1:?usage: bench/unwind.sh BUILD_DIR}
 HZ=${HZ:-99}
@@ -49,8 +52,8 @@ ORDER=${ONLY:-"perl python3.11 sqlite3 xz-T2 gzip dd node"}
 val() { sed -n "s/.*[ :]$1=\([^ ]*\).*/\1/p" "$2"; }
 
 echo "# bench/unwind at $HZ Hz, $(nproc) CPUs, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '| workload | unwind | samples | frames/sample | complete | BPF ns/run | BPF µs/sample | BPF ns/frame | tables | table MiB | build ms | sampler CPU ms | perf dwarf CPU ms | perf.data MiB |\n'
-printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+printf '| workload | unwind | samples | frames/sample | complete | BPF ns/run | BPF µs/sample | floor ns/run | BPF − floor µs/sample | BPF ns/frame | tables | table MiB | build ms | sampler CPU ms | perf dwarf CPU ms | perf.data MiB |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
 for w in $ORDER; do
 	for u in dwarf fp; do
 		(cd "$T" && EMBER_UNWIND_CACHE= eval "\"$RUN\" -F $HZ -u $u -- ${CMD[$w]}" >/dev/null 2>"$T/$w.$u")
@@ -63,10 +66,11 @@ for w in $ORDER; do
 			rm -f "$T/$w.data"
 		fi
 		f=$T/$w.$u
-		printf '| %s | %s | %s | %s | %s %% | %s | %.1f | %s | %s | %s | %s | %s | %s | %s |\n' \
+		printf '| %s | %s | %s | %s | %s %% | %s | %.1f | %s | %.1f | %s | %s | %s | %s | %s | %s | %s |\n' \
 			"$w" "$u" "$(val samples "$f")" "$(val frames_per_sample "$f")" \
 			"$(val complete_pct "$f")" "$(val bpf_ns_per_run "$f")" \
-			"$(val bpf_ns_per_sample "$f" | awk '{print $1 / 1000}')" "$(val bpf_ns_per_frame "$f")" \
+			"$(val bpf_ns_per_sample "$f" | awk '{print $1 / 1000}')" "$(val floor_ns_per_run "$f")" \
+			"$(val net_ns_per_sample "$f" | awk '{print $1 / 1000}')" "$(val bpf_ns_per_frame "$f")" \
 			"$(val objects "$f")" "$(val table_mib "$f")" "$(val build_ms "$f")" \
 			"$(val agent_cpu_ms "$f")" "$pc" "$pb"
 	done

@@ -5,6 +5,12 @@
  * (bpf_stats), tables built (objects, slots, build time), and this process's CPU (sampler
  * threads included: table builds, event handling, drains).
  *
+ * The floor: an empty perf_event program (return 0) on its own cpu-clock event of CMD, opened
+ * the way the sampler opens its per-thread events (pid = CMD, cpu = -1, inherit, same frequency,
+ * a BPF link), runs beside ember's program on the same workload. Its bpf_stats run time per run
+ * is the kernel's dispatch plus bpf_stats' own clock reads — what any program costs here, not
+ * ember's work — and is printed next to ember's raw time, never instead of it.
+ *
  *   unwind_run [-F HZ] [-u dwarf|fp] -- CMD ARGS...
  */
 #include <errno.h>
@@ -13,10 +19,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/perf_event.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <bpf/bpf.h>
 
 #include "agent/sampler.h"
 #include "bpf/unwind.h"
@@ -38,6 +48,45 @@ static void tally_cb(void *arg, const struct sample_rec *rec)
 		t->complete += rec->count;
 }
 
+/* The empty program on a cpu-clock event of pid: 0 with *prog_fd and *link_fd open, or -1. */
+static int floor_open(pid_t pid, int hz, int *prog_fd, int *link_fd)
+{
+	struct bpf_insn insns[] = {
+		{.code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 0},
+		{.code = BPF_JMP | BPF_EXIT},
+	};
+	struct perf_event_attr attr = {
+		.type = PERF_TYPE_SOFTWARE,
+		.size = sizeof(attr),
+		.config = PERF_COUNT_SW_CPU_CLOCK,
+		.freq = 1,
+		.sample_freq = (uint64_t)hz,
+		.inherit = 1,
+	};
+	int pfd;
+
+	*prog_fd = bpf_prog_load(BPF_PROG_TYPE_PERF_EVENT, "ember_floor", "GPL", insns, 2, NULL);
+	if (*prog_fd < 0) {
+		fprintf(stderr, "unwind_run: load the empty program: %s\n", strerror(errno));
+		return -1;
+	}
+	pfd = (int)syscall(__NR_perf_event_open, &attr, pid, -1, -1, PERF_FLAG_FD_CLOEXEC);
+	if (pfd < 0) {
+		fprintf(stderr, "unwind_run: cpu-clock event for the floor: %s\n", strerror(errno));
+		close(*prog_fd);
+		return -1;
+	}
+	/* The link holds the event's file: pfd is not needed past this. */
+	*link_fd = bpf_link_create(*prog_fd, pfd, BPF_PERF_EVENT, NULL);
+	close(pfd);
+	if (*link_fd < 0) {
+		fprintf(stderr, "unwind_run: attach the empty program: %s\n", strerror(errno));
+		close(*prog_fd);
+		return -1;
+	}
+	return 0;
+}
+
 static double cpu_ms(void)
 {
 	struct rusage ru;
@@ -53,10 +102,12 @@ int main(int argc, char **argv)
 				  .flush_seconds = 0.2};
 	struct timespec tick = {0, 200 * 1000 * 1000};
 	struct sampler_stats st;
+	struct bpf_prog_info floor = {0};
+	uint32_t floor_len = sizeof(floor);
 	struct tally t = {0};
 	struct sampler *s;
-	int opt, gate[2], status;
-	double cpu0;
+	int opt, gate[2], status, floor_prog = -1, floor_link = -1;
+	double cpu0, floor_ns;
 	char go = 'g';
 	pid_t pid;
 
@@ -84,6 +135,8 @@ int main(int argc, char **argv)
 		kill(pid, SIGKILL);
 		return 1;
 	}
+	if (floor_open(pid, so.frequency, &floor_prog, &floor_link))
+		floor_prog = -1;
 	if (write(gate[1], &go, 1) != 1)
 		return 1;
 	while (waitpid(pid, &status, WNOHANG) != pid) {
@@ -92,16 +145,25 @@ int main(int argc, char **argv)
 	}
 	sampler_drain(s, tally_cb, &t);
 	sampler_get_stats(s, &st);
+	if (floor_prog < 0 || bpf_obj_get_info_by_fd(floor_prog, &floor, &floor_len))
+		memset(&floor, 0, sizeof(floor));
+	floor_ns = floor.run_cnt ? (double)floor.run_time_ns / floor.run_cnt : 0;
 	fprintf(stderr, "unwind_run: samples=%" PRIu64 " user_samples=%" PRIu64 " frames_per_sample=%.1f complete_pct=%.1f"
 	       " bpf_ns_per_run=%.0f bpf_ns_per_sample=%.0f bpf_ns_per_frame=%.0f runs=%" PRIu64
-	       " objects=%" PRIu64 " table_mib=%.2f build_ms=%.1f agent_cpu_ms=%.1f\n",
+	       " objects=%" PRIu64 " table_mib=%.2f build_ms=%.1f agent_cpu_ms=%.1f"
+	       " floor_ns_per_run=%.0f floor_runs=%llu net_ns_per_sample=%.0f\n",
 	       t.samples, t.user_samples, t.user_samples ? (double)t.frames / t.user_samples : 0,
 	       t.user_samples ? 100.0 * t.complete / t.user_samples : 0,
 	       st.bpf_run_cnt ? (double)st.bpf_run_ns / st.bpf_run_cnt : 0,
 	       st.samples ? (double)st.bpf_run_ns / st.samples : 0,
 	       t.frames ? (double)st.bpf_run_ns / t.frames : 0, st.bpf_run_cnt, st.unwind_objects,
 	       (double)st.unwind_slots_used * 8 / (1 << 20), st.unwind_build_ns / 1e6,
-	       cpu_ms() - cpu0);
+	       cpu_ms() - cpu0, floor_ns, (unsigned long long)floor.run_cnt,
+	       st.samples ? ((double)st.bpf_run_ns - floor_ns * st.bpf_run_cnt) / st.samples : 0);
+	if (floor_link >= 0)
+		close(floor_link);
+	if (floor_prog >= 0)
+		close(floor_prog);
 	sampler_close(s);
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
 }
