@@ -675,20 +675,84 @@ static void test_schema_version(void **state)
 	struct store *s2 = NULL;
 	char err[512];
 
-	assert_int_equal(raw_int(db, "SELECT value FROM meta WHERE key = 'schema_version'"), 1);
+	assert_int_equal(raw_int(db, "SELECT value FROM meta WHERE key = 'schema_version'"), 2);
 	store_close(f->s);
 	f->s = NULL;
 	raw_exec(db, "UPDATE meta SET value = 99 WHERE key = 'schema_version'");
 	sqlite3_close(db);
 	assert_int_equal(store_sqlite_open(f->path, &s2, err, sizeof(err)), -EPROTO);
 	assert_null(s2);
-	assert_non_null(strstr(err, "schema version 99 is newer than this ember knows (1)"));
+	assert_non_null(strstr(err, "schema version 99 is newer than this ember knows (2)"));
 	assert_non_null(strstr(err, f->path));
 
 	db = raw_open(f->path);
-	raw_exec(db, "UPDATE meta SET value = 1 WHERE key = 'schema_version'");
+	raw_exec(db, "UPDATE meta SET value = 2 WHERE key = 'schema_version'");
 	sqlite3_close(db);
 	assert_int_equal(store_sqlite_open(f->path, &f->s, err, sizeof(err)), 0);
+}
+
+/*
+ * A version 1 file (samples as a rowid table plus the samples_time index) is rebuilt as version
+ * 2 at open: every row is still there, and new rows are numbered after the old ones.
+ */
+static void test_migrate_v1(void **state)
+{
+	struct fixture *f = *state;
+	struct profile_row rows[] = {row_make(100, "x", "[p] x;a", 1), row_make(100, "x", "[p] x;a", 2),
+				     row_make(101, "x", "[p] x;b", 4)};
+	struct store_query q = query_make(0, 1000);
+	char err[512], *view;
+	struct got g = {0};
+	sqlite3_stmt *st;
+	sqlite3 *db;
+
+	insert_ok(f->s, 1, "b1", rows, 3);
+	store_close(f->s);
+	f->s = NULL;
+	db = raw_open(f->path);
+	assert_int_equal(sqlite3_prepare_v2(db, "SELECT sql FROM sqlite_master"
+						" WHERE name = 'in_process'", -1, &st, NULL),
+			 SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	view = strdup((const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	raw_exec(db, "BEGIN; DROP VIEW in_process;"
+		     "CREATE TABLE s1(time INTEGER NOT NULL, context_id INTEGER NOT NULL,"
+		     " stack_id INTEGER NOT NULL, profile_value INTEGER NOT NULL,"
+		     " profile_create_timestamp INTEGER NOT NULL,"
+		     " profile_in_timestamp INTEGER NOT NULL);"
+		     "INSERT INTO s1(rowid, time, context_id, stack_id, profile_value,"
+		     " profile_create_timestamp, profile_in_timestamp) SELECT seq + 40, time,"
+		     " context_id, stack_id, profile_value, profile_create_timestamp,"
+		     " profile_in_timestamp FROM samples;"
+		     "DROP TABLE samples; ALTER TABLE s1 RENAME TO samples;"
+		     "CREATE INDEX samples_time ON samples(time, context_id, stack_id, profile_value);"
+		     "DELETE FROM meta WHERE key = 'next_seq';"
+		     "UPDATE meta SET value = 1 WHERE key = 'schema_version'");
+	raw_exec(db, view);
+	raw_exec(db, "COMMIT");
+	free(view);
+	sqlite3_close(db);
+
+	assert_int_equal(store_sqlite_open(f->path, &f->s, err, sizeof(err)), 0);
+	db = raw_open(f->path);
+	assert_int_equal(raw_int(db, "SELECT value FROM meta WHERE key = 'schema_version'"), 2);
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM sqlite_master"
+				     " WHERE name = 'samples_time'"), 0);
+	assert_int_equal(raw_int(db, "SELECT value FROM meta WHERE key = 'next_seq'"), 44);
+	assert_int_equal(raw_int(db, "SELECT sum(profile_value) FROM in_process"), 7);
+	assert_int_equal(query(f->s, 1, &q, &g), 0);
+	assert_int_equal(g.n, 2);
+	assert_string_equal(g.stack[0], "[p] x;b");
+	assert_int_equal(g.value[0], 4);
+	assert_int_equal(g.value[1], 3);
+	got_free(&g);
+
+	insert_ok(f->s, 1, "b2", rows, 3);
+	assert_int_equal(raw_int(db, "SELECT min(seq) FROM samples WHERE seq >= 44"), 44);
+	assert_int_equal(raw_int(db, "SELECT value FROM meta WHERE key = 'next_seq'"), 47);
+	assert_int_equal(raw_int(db, "SELECT sum(profile_value) FROM in_process"), 14);
+	sqlite3_close(db);
 }
 
 static void test_open_errors(void **state)
@@ -725,7 +789,8 @@ static void test_zstd_stack_decoded(void **state)
 	raw_exec(db, "INSERT INTO stacks(id, text, compression_algo) VALUES(8, 'xx', 'lz4')");
 	raw_exec(db, "INSERT INTO contexts VALUES(3, x'00', 'j', 'j', 'microseconds', 'on-cpu',"
 		     " 'eBPF', 1, 0, '', '', '', '', '', '', '', '', '', '[]', '[]', '', '', '')");
-	raw_exec(db, "INSERT INTO samples SELECT 100, 3, id, 5, 0, 0 FROM stacks WHERE id IN (7, 8)");
+	raw_exec(db, "INSERT INTO samples SELECT 100, id, 3, id, 5, 0, 0 FROM stacks"
+		     " WHERE id IN (7, 8)");
 	sqlite3_close(db);
 
 	assert_int_equal(query(f->s, 1, &q, &g), 0);
@@ -1012,16 +1077,16 @@ static void test_query_plans_use_indexes(void **state)
 	db = raw_open(f->path);
 	q.app_service = "x";
 	assert_int_equal(store_query_stacks(f->s, 1, &q, got_cb, &g, &info), 0);
-	plan_expect(db, info.sql.buf, "COVERING INDEX samples_time");
+	plan_expect(db, info.sql.buf, "SEARCH s USING PRIMARY KEY (time>? AND time<?)");
 	q.gauge = 1;
 	assert_int_equal(store_query_stacks(f->s, 1, &q, got_cb, &g, &info), 0);
-	plan_expect(db, info.sql.buf, "COVERING INDEX samples_time");
+	plan_expect(db, info.sql.buf, "SEARCH s USING PRIMARY KEY (time>? AND time<?)");
 	assert_int_equal(store_list_services(f->s, 1, &q, 10, &names, &n, &info), 0);
 	store_free_names(names, n);
-	plan_expect(db, info.sql.buf, "COVERING INDEX samples_time");
+	plan_expect(db, info.sql.buf, "SEARCH s USING PRIMARY KEY (time>? AND time<?)");
 	q.gauge = 0;
 	assert_int_equal(query_filter(f->s, "profile_location_str LIKE '%s%'", &g, &info), 0);
-	plan_expect(db, info.sql.buf, "INDEX samples_time");
+	plan_expect(db, info.sql.buf, "USING PRIMARY KEY (time>? AND time<?)");
 	sqlite3_close(db);
 	sb_free(&info.sql);
 	got_free(&g);
@@ -1111,6 +1176,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_persistence, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_idle_checkpoint, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_schema_version, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_migrate_v1, setup, teardown),
 		cmocka_unit_test(test_open_errors),
 		cmocka_unit_test_setup_teardown(test_zstd_stack_decoded, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_view_has_logical_columns, setup, teardown),
