@@ -82,6 +82,10 @@ $(BUILD)/workloads/dlopen_late: tests/workloads/dlopen_late.c tests/workloads/bu
 			      $(BUILD)/workloads/libcfi.so
 	@mkdir -p $(dir $@)
 	$(CLANG) -O2 -g -fomit-frame-pointer -o $@ $< -ldl
+# startup keeps none either: its stacks reach _start only through libc's table.
+$(BUILD)/workloads/startup: tests/workloads/startup.c tests/workloads/burn.h
+	@mkdir -p $(dir $@)
+	$(CLANG) -O2 -g -fomit-frame-pointer -o $@ $<
 $(BUILD)/workloads/libcfi.so: tests/workloads/lib/cfilib.c tests/workloads/burn.h
 	@mkdir -p $(dir $@)
 	$(CLANG) -O2 -g -fPIC -shared -fomit-frame-pointer -o $@ $<

@@ -467,7 +467,7 @@ static int sampler_on_event(void *ctx, void *data, size_t size)
 	switch (ev->type) {
 	case UNW_EVENT_EXEC:
 		/* A new process: its list at once, small tables inline, big ones queued. */
-		unwinder_scan_process(s->unw, ev->pid, UNWINDER_SCAN_SMALL);
+		unwinder_scan_process(s->unw, ev->pid, UNWINDER_SCAN_SMALL | UNWINDER_SCAN_EXEC);
 		/* ld.so maps the libraries after exec: look again shortly. */
 		sampler_queue_rescan(s, ev->pid,
 				     sampler_now_ns(CLOCK_MONOTONIC) + SAMPLER_UNW_RESCAN_NS);

@@ -59,6 +59,7 @@ struct unw_obj {
 	uint32_t refs;
 	int building;	       /* a thread builds the table with the lock released */
 	int pending;	       /* waits for unwinder_build_pending() */
+	int cache_tried;       /* neither the cache nor another object had its table */
 	uint32_t pid;	       /* a process mapping it: the file is opened through its root */
 	int small;	       /* file ≤ UNWINDER_INLINE_BUILD_BYTES: built without queueing */
 	uint64_t unused_since; /* monotonic ns when refs dropped to 0 */
@@ -72,6 +73,7 @@ struct unw_uproc {
 		       * a table was still being built (the next rescan completes the list) */
 	uint64_t unknown_next_ns;    /* unwinder_scan_unknown() skips the process until then */
 	uint64_t unknown_backoff_ns; /* doubled by every such scan that found nothing new */
+	uint64_t born_ns;	     /* its first scan, or its last exec (UNWINDER_SCAN_EXEC) */
 	uint16_t objs[UNW_MAX_MAPPINGS];
 };
 
@@ -258,12 +260,21 @@ static int unwinder_merge(struct unwinder *u, struct unw_obj *o)
 	return 0;
 }
 
+/* How unwinder_build() gets a table. */
+enum unwinder_build_mode {
+	UNWINDER_BUILD_INLINE,	   /* cache or libdw, at the caller's priority */
+	UNWINDER_BUILD_BACKGROUND, /* cache or libdw, at opts.build_nice */
+	UNWINDER_BUILD_CACHED,	   /* another object's table or the cache only: a file read */
+};
+
 /*
  * Builds (or loads from the cache) the table of o with the lock released (a big object takes
  * seconds; other scans go on meanwhile), then uploads it. o->t stays NULL when there is none.
+ * UNWINDER_BUILD_CACHED leaves o pending (cache_tried) when a libdw build would be needed.
  */
-static void unwinder_build(struct unwinder *u, struct unw_obj *o, int background)
+static void unwinder_build(struct unwinder *u, struct unw_obj *o, enum unwinder_build_mode mode)
 {
+	int background = mode == UNWINDER_BUILD_BACKGROUND;
 	char open_path[PATH_MAX + 300];
 	uint64_t t0 = unwinder_now_ns();
 	struct ehtable *t = NULL;
@@ -277,8 +288,12 @@ static void unwinder_build(struct unwinder *u, struct unw_obj *o, int background
 	if (o->pending)
 		u->n_pending--;
 	o->pending = 0;
+	if (o->dev != UNWINDER_VDSO_DEV && o->id_len && unwinder_merge(u, o)) {
+		o->building = 0; /* identified by an earlier try: another object has the table now */
+		return;
+	}
 	pthread_mutex_unlock(&u->lock);
-	if (o->dev != UNWINDER_VDSO_DEV) {
+	if (o->dev != UNWINDER_VDSO_DEV && !o->id_len) {
 		uint8_t id[EHTABLE_ID_MAX];
 		uint32_t id_len;
 		int is_bid, have_id = ehtable_identify(open_path, id, &id_len, &is_bid) == 0;
@@ -294,18 +309,23 @@ static void unwinder_build(struct unwinder *u, struct unw_obj *o, int background
 		}
 		pthread_mutex_unlock(&u->lock);
 	}
+	if (o->dev != UNWINDER_VDSO_DEV && u->cache_dir[0] && o->id_len &&
+	    ehtable_cache_get(u->cache_dir, o->id, o->id_len, &t) == 0)
+		cached = 1;
+	if (mode == UNWINDER_BUILD_CACHED && !cached) {
+		pthread_mutex_lock(&u->lock);
+		o->building = 0;
+		o->pending = 1;
+		o->cache_tried = 1;
+		u->n_pending++;
+		return;
+	}
 	if (background)
 		unwinder_nice(u, u->opts.build_nice);
 	if (o->dev == UNWINDER_VDSO_DEV) {
 		rc = ehtable_build_vdso(&t);
 	} else {
-		if (u->cache_dir[0] && o->id_len &&
-		    ehtable_cache_get(u->cache_dir, o->id, o->id_len, &t) == 0) {
-			rc = 0;
-			cached = 1;
-		}
-		if (!cached)
-			rc = ehtable_build(open_path, &t);
+		rc = cached ? 0 : ehtable_build(open_path, &t);
 		if (!cached && rc == 0 && u->cache_dir[0])
 			ehtable_cache_put(u->cache_dir, t, EHTABLE_CACHE_MAX_BYTES);
 		/* Go: frame pointers, the leaf by its row (a table without rows if no CFI). */
@@ -380,13 +400,26 @@ static int unwinder_is_small(struct unwinder *u, uint32_t pid, const char *path)
 }
 
 /*
- * The object of a mapping; a new one is built now with UNWINDER_SCAN_BUILD (or SMALL, for a
- * small one), else queued for unwinder_build_pending(). -1 when there is no room for another.
+ * What a scan does with an object that has no table yet: build it (BUILD, or SMALL for a small
+ * one), else take another object's table or the cached one if there is one (a file read), else
+ * queue it for unwinder_build_pending().
  */
+static void unwinder_obj_prepare(struct unwinder *u, struct unw_obj *o, int flags)
+{
+	if (!o->pending || o->building)
+		return;
+	if (flags & UNWINDER_SCAN_BUILD)
+		unwinder_build(u, o, UNWINDER_BUILD_BACKGROUND);
+	else if ((flags & UNWINDER_SCAN_SMALL) && o->small)
+		unwinder_build(u, o, UNWINDER_BUILD_INLINE);
+	else if (!o->cache_tried)
+		unwinder_build(u, o, UNWINDER_BUILD_CACHED);
+}
+
+/* The object of a mapping, prepared by unwinder_obj_prepare(); -1 when there is no room. */
 static int unwinder_obj(struct unwinder *u, uint64_t dev, uint64_t ino, const char *path,
 			uint32_t pid, int flags)
 {
-	int build = flags & UNWINDER_SCAN_BUILD, small = flags & UNWINDER_SCAN_SMALL;
 	int free_i = -1, oldest = -1;
 
 	for (int i = 0; i < UNWINDER_MAX_OBJECTS; i++) {
@@ -398,8 +431,7 @@ static int unwinder_obj(struct unwinder *u, uint64_t dev, uint64_t ino, const ch
 			continue;
 		}
 		if (unwinder_is_file(o, dev, ino)) {
-			if ((build || (small && o->small)) && o->pending && !o->building)
-				unwinder_build(u, o, build);
+			unwinder_obj_prepare(u, o, flags);
 			return o->merged_into ? (int)o->merged_into - 1 : i;
 		}
 		if (o->refs == 0 && !o->building &&
@@ -427,8 +459,7 @@ static int unwinder_obj(struct unwinder *u, uint64_t dev, uint64_t ino, const ch
 	u->n_pending++;
 	o->small = unwinder_is_small(u, pid, path);
 	u->st.objects++;
-	if (build || (small && o->small))
-		unwinder_build(u, o, build);
+	unwinder_obj_prepare(u, o, flags);
 	return o->merged_into ? (int)o->merged_into - 1 : free_i;
 }
 
@@ -568,8 +599,12 @@ static int unwinder_read_maps(struct unwinder *u, uint32_t pid, char **buf, size
 	return 0;
 }
 
+/*
+ * One scan of maps (pid's /proc/PID/maps). *unchanged is set when its executable lines had not
+ * changed, *incomplete when a table it maps was still missing (pending or being built).
+ */
 static int unwinder_scan_locked(struct unwinder *u, uint32_t pid, int flags, char *maps,
-				size_t maps_len, int *unchanged)
+				size_t maps_len, int *unchanged, int *incomplete_out)
 {
 	char line[PATH_MAX + 128];
 	uint16_t objs[UNW_MAX_MAPPINGS];
@@ -580,6 +615,7 @@ static int unwinder_scan_locked(struct unwinder *u, uint32_t pid, int flags, cha
 	int rc, incomplete = 0;
 	FILE *f;
 
+	*incomplete_out = 0;
 	f = fmemopen(maps, maps_len, "r");
 	if (!f)
 		return -errno;
@@ -634,8 +670,14 @@ static int unwinder_scan_locked(struct unwinder *u, uint32_t pid, int flags, cha
 			return -ENOMEM;
 		}
 		p->pid = pid;
+		p->born_ns = unwinder_now_ns();
 		*pp = p;
 		u->st.procs++;
+	}
+	if (flags & UNWINDER_SCAN_EXEC) {
+		p->born_ns = unwinder_now_ns();
+		p->unknown_backoff_ns = 0;
+		p->unknown_next_ns = 0;
 	}
 	rc = bpf_map_update_elem(u->opts.procs_fd, &pid, list, BPF_ANY) ? -errno : 0;
 	free(list);
@@ -648,8 +690,7 @@ static int unwinder_scan_locked(struct unwinder *u, uint32_t pid, int flags, cha
 	memcpy(p->objs, objs, n_objs * sizeof(objs[0]));
 	p->n_objs = n_objs;
 	p->sig = rc || incomplete ? 0 : sig;
-	if (incomplete)
-		u->st.incomplete_scans++;
+	*incomplete_out = incomplete;
 	return rc;
 }
 
@@ -664,8 +705,20 @@ static int unwinder_scan(struct unwinder *u, uint32_t pid, int flags, int *uncha
 	*unchanged = 0;
 	rc = unwinder_read_maps(u, pid, &maps, &len);
 	if (rc == 0 && len) {
+		int small = flags & (UNWINDER_SCAN_SMALL | UNWINDER_SCAN_SMALL_IF_KNOWN);
+		int incomplete = 0;
+
 		pthread_mutex_lock(&u->lock);
-		rc = unwinder_scan_locked(u, pid, flags, maps, len, unchanged);
+		/* With inline builds: first the list with every table that exists or is cached
+		 * (a file read), stored at once; then the builds, and the list again. */
+		if (small && !(flags & UNWINDER_SCAN_BUILD))
+			rc = unwinder_scan_locked(u, pid, flags & ~small, maps, len, unchanged,
+						  &incomplete);
+		if (!small || (flags & UNWINDER_SCAN_BUILD) || (rc == 0 && incomplete))
+			rc = unwinder_scan_locked(u, pid, flags | (small ? UNWINDER_SCAN_FORCE : 0),
+						  maps, len, unchanged, &incomplete);
+		if (incomplete)
+			u->st.incomplete_scans++;
 		pthread_mutex_unlock(&u->lock);
 	} else if (rc == 0) {
 		rc = -ENOENT; /* a kernel thread, or gone */
@@ -704,9 +757,13 @@ int unwinder_scan_unknown(struct unwinder *u, uint32_t pid)
 	pthread_mutex_lock(&u->lock);
 	p = *unwinder_proc_slot(u, pid);
 	if (p && unchanged) {
-		/* Nothing new was mapped: the pc is JIT or anonymous code. */
+		/* Nothing new was mapped: the pc is JIT or anonymous code, or, in a young
+		 * process, a library ld.so is about to map (a short first back-off). */
+		int young = unwinder_now_ns() - p->born_ns < UNWINDER_YOUNG_NS;
+
 		p->unknown_backoff_ns = p->unknown_backoff_ns ? p->unknown_backoff_ns * 2
-							      : UNWINDER_UNKNOWN_BACKOFF_MIN_NS;
+				      : young ? UNWINDER_UNKNOWN_BACKOFF_YOUNG_NS
+					      : UNWINDER_UNKNOWN_BACKOFF_MIN_NS;
 		if (p->unknown_backoff_ns > UNWINDER_UNKNOWN_BACKOFF_MAX_NS)
 			p->unknown_backoff_ns = UNWINDER_UNKNOWN_BACKOFF_MAX_NS;
 		p->unknown_next_ns = unwinder_now_ns() + p->unknown_backoff_ns;
@@ -767,7 +824,7 @@ int unwinder_build_pending(struct unwinder *u)
 		struct unw_obj *o = &u->objs[i];
 
 		if (o->used && o->pending && !o->building) {
-			unwinder_build(u, o, 1);
+			unwinder_build(u, o, UNWINDER_BUILD_BACKGROUND);
 			built = 1;
 		}
 	}

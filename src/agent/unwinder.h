@@ -47,6 +47,11 @@
  * per backoff, doubled from MIN up to MAX by each such scan; a new mapping resets it. */
 #define UNWINDER_UNKNOWN_BACKOFF_MIN_NS 200000000ull
 #define UNWINDER_UNKNOWN_BACKOFF_MAX_NS 2000000000ull
+/* A process is young for this long after its first scan or its exec: ld.so (and start-up
+ * dlopen) map its libraries, so its first back-off is only UNWINDER_UNKNOWN_BACKOFF_YOUNG_NS.
+ * BPF reports unknown addresses of a young process at most every 10 ms (oncpu.bpf.c). */
+#define UNWINDER_YOUNG_NS 1000000000ull
+#define UNWINDER_UNKNOWN_BACKOFF_YOUNG_NS 5000000ull
 
 struct unwinder_opts {
 	int slots_fd;	       /* BPF ARRAY, u32 → u64 */
@@ -85,18 +90,23 @@ void unwinder_close(struct unwinder *u);
 /*
  * (Re)reads /proc/PID/maps and stores the mapping list in BPF. Tables not built yet are built
  * now with UNWINDER_SCAN_BUILD (at opts.build_nice), small ones (most libraries, a few ms) with
- * UNWINDER_SCAN_SMALL (at the caller's priority); the others are queued for
- * unwinder_build_pending() and the list is completed by unwinder_rescan_incomplete() once they
- * exist. An unchanged list is not stored again unless UNWINDER_SCAN_FORCE.
+ * UNWINDER_SCAN_SMALL (at the caller's priority): the list with every table that already exists
+ * is stored first, then again after those builds. Any scan takes a table at once from another
+ * object with the same identity or from the on-disk cache (a file read, whatever the size); the
+ * others are queued for unwinder_build_pending() and the list is completed by
+ * unwinder_rescan_incomplete() once they exist. An unchanged list is not stored again unless
+ * UNWINDER_SCAN_FORCE. UNWINDER_SCAN_EXEC: a new image, young again (UNWINDER_YOUNG_NS).
  */
 #define UNWINDER_SCAN_BUILD 1
 #define UNWINDER_SCAN_FORCE 2
 #define UNWINDER_SCAN_SMALL 4
 #define UNWINDER_SCAN_SMALL_IF_KNOWN 8 /* SMALL for a process scanned before (dlopen) */
+#define UNWINDER_SCAN_EXEC 16
 int unwinder_scan_process(struct unwinder *u, uint32_t pid, int flags);
 /*
  * A sample of pid walked through a pc outside its mapping list (UNW_EVENT_UNKNOWN): rescans it
- * (dlopen) unless it is within its backoff (UNWINDER_UNKNOWN_BACKOFF_*_NS, JIT code).
+ * (dlopen) unless it is within its backoff (UNWINDER_UNKNOWN_BACKOFF_*_NS, JIT code; shorter
+ * while the process is young).
  */
 int unwinder_scan_unknown(struct unwinder *u, uint32_t pid);
 /* Every process under proc_root; after each one, a nonzero stop(arg) ends the scan early

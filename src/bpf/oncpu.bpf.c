@@ -47,6 +47,11 @@ const volatile __u32 follow_children = 0;
 const volatile __u32 unwind_dwarf = 0;
 /* Minimum interval between two UNW_EVENT_UNKNOWN events of one process. */
 const volatile __u64 unknown_interval_ns = 200000000ull;
+/* ... in its first unknown_young_ns after exec (or fork): ld.so maps the libraries after the
+ * exec, and each is outside the list until user space rescans, so the start-up window is as
+ * short as this interval (a JIT process's first second costs ~100 events). */
+const volatile __u64 unknown_young_ns = 1000000000ull;
+const volatile __u64 unknown_young_interval_ns = 10000000ull;
 
 /* The set samples go to, 0 (A) or 1 (B). Written by user space only. */
 __u32 active_set = 0;
@@ -141,12 +146,16 @@ struct {
 	__uint(max_entries, PROFILE_UNW_EVENTS_RB_DEFAULT);
 } unw_events SEC(".maps");
 
-/* tgid → time of its last UNW_EVENT_UNKNOWN (rate limit). */
+/* tgid → its last UNW_EVENT_UNKNOWN and its last exec (rate limit). */
+struct unw_unknown_state {
+	__u64 last_ns;
+	__u64 exec_ns;
+};
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct unw_unknown_state);
 } unw_unknown_last SEC(".maps");
 
 /* Walk registers and progress, per CPU (the frames go to ustack_scratch). */
@@ -509,14 +518,28 @@ static __always_inline void send_event(__u32 type, __u32 pid, __u64 pc)
 		counter_inc(PROFILE_CNT_UNW_EVENTS);
 }
 
-/* At most one UNW_EVENT_UNKNOWN per process per unknown_interval_ns. */
+/*
+ * At most one UNW_EVENT_UNKNOWN per process per unknown_interval_ns, per
+ * unknown_young_interval_ns while the process is young (since its exec, else its start).
+ */
 static __always_inline void send_unknown(__u32 tgid, __u64 pc)
 {
-	__u64 now = bpf_ktime_get_ns(), *last = bpf_map_lookup_elem(&unw_unknown_last, &tgid);
+	struct unw_unknown_state *st = bpf_map_lookup_elem(&unw_unknown_last, &tgid), fresh = {};
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 now = bpf_ktime_get_ns(), born = BPF_CORE_READ(task, group_leader, start_time);
+	__u64 interval;
 
-	if (last && now - *last < unknown_interval_ns)
+	if (st && st->exec_ns > born)
+		born = st->exec_ns;
+	interval = now - born < unknown_young_ns ? unknown_young_interval_ns : unknown_interval_ns;
+	if (st && now - st->last_ns < interval)
 		return;
-	bpf_map_update_elem(&unw_unknown_last, &tgid, &now, BPF_ANY);
+	if (st) {
+		st->last_ns = now;
+	} else {
+		fresh.last_ns = now;
+		bpf_map_update_elem(&unw_unknown_last, &tgid, &fresh, BPF_ANY);
+	}
 	send_event(UNW_EVENT_UNKNOWN, tgid, pc);
 }
 
@@ -742,8 +765,12 @@ int oncpu_exec(void *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 
+	struct unw_unknown_state st = {.exec_ns = bpf_ktime_get_ns()};
+
 	if (!tgid_wanted(tgid))
 		return 0;
+	/* A new image: its first unknown address is reported at once, then young intervals. */
+	bpf_map_update_elem(&unw_unknown_last, &tgid, &st, BPF_ANY);
 	send_event(UNW_EVENT_EXEC, tgid, 0);
 	return 0;
 }

@@ -8,12 +8,16 @@
 #       processes carry their own names;
 #   (d) full maps: a counts map of 4 keys; samples beyond it go through the overflow ring
 #       buffer and are counted: every sample BPF saw is in the output or counted as lost;
-#   (e) assembly without CFI is covered by test_dwarf.sh (nocfi).
+#   (e) assembly without CFI is covered by test_dwarf.sh (nocfi);
+#   (f) the start-up window: 20 short runs of a program without frame pointers, whose stacks
+#       reach _start only through libc, mapped by ld.so after the exec: its first 100 ms must
+#       be about as complete as the rest (young processes are rescanned at once, and libc's
+#       table is taken from the shared objects at once).
 # Shares, not times, are asserted: the machine is shared.
 . "$(dirname "$0")/../lib/e2e.sh"
 [ "$(id -u)" -eq 0 ] || { echo "needs root for BPF"; exit 77; }
 W=${EMBER_BUILD:?}/workloads
-for w in dlopen_late libcfi.so storm cpu_split; do [ -e "$W/$w" ] || fail "workload $w not built"; done
+for w in dlopen_late libcfi.so storm cpu_split startup; do [ -e "$W/$w" ] || fail "workload $w not built"; done
 T=$E2E_TMP
 
 # User frames of a folded line, outermost first, joined by ';' (process, [p]/[t] levels and
@@ -93,4 +97,17 @@ check "full maps: output + lost = samples BPF saw ($out + $lost = $samples)" [ $
 check "full maps: drain consistent" grep -q 'drain mismatch 0;' "$T/full.err"
 "$EMBER_BIN" record --max-keys 0 -- true 2>/dev/null
 check "--max-keys is bounded (0 refused)" [ $? -eq 2 ]
+# (f) 20 runs of `startup 100 100`: 100 ms in early_burn from main on, then 100 ms in late_burn.
+# Before young processes were rescanned at once, 84-90 % of early_burn's stacks were complete
+# (libc joined the list only at the 50 ms rescan), and late_burn's 100 %.
+STARTUP_RUNS=${STARTUP_RUNS:-20}
+(cd "$T" && "$EMBER_BIN" record -F 999 -o "$T/startup.folded" -- sh -c \
+	"for i in \$(seq $STARTUP_RUNS); do $W/startup 100 100; done") >/dev/null 2>"$T/startup.err" ||
+	{ cat "$T/startup.err" >&2; fail "record startup"; }
+read -r en ec <<<"$(share "$T/startup.folded" startup "main;early_burn")"
+read -r ln lc <<<"$(share "$T/startup.folded" startup "main;late_burn")"
+echo "start-up window: first 100 ms $en samples ${ec}% complete, next 100 ms $ln samples ${lc}% complete"
+check "start-up: >= 10 samples per run in each phase" [ "$en" -ge $((10 * STARTUP_RUNS)) -a "$ln" -ge $((10 * STARTUP_RUNS)) ]
+check "start-up: the rest >= 98% complete ($lc%)" [ "$lc" -ge 98 ]
+check "start-up: the first 100 ms >= 95% complete ($ec%)" [ "$ec" -ge 95 ]
 e2e_done
