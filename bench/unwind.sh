@@ -11,6 +11,11 @@
 # tables (objects, MiB, build ms, cold: EMBER_UNWIND_CACHE="" so every table is built); the CPU
 # of the sampling process (table builds, events, drains); and perf's CPU and bytes written for
 # the same command.
+#
+# AB=MASK: then PAIRS (default 2) same-run A/B pairs per workload of the BPF caches in MASK
+# (1 counts cache, 2 rule cache, 3 both; unwind_run -A and -B: a twin sampler without them on
+# the same command): their effect on BPF µs per sample is the mean of (with − without) over both
+# orders, which cancels the bias of running second.
 set -u
 B=${1:?usage: bench/unwind.sh BUILD_DIR}
 HZ=${HZ:-99}
@@ -74,4 +79,28 @@ for w in $ORDER; do
 			"$(val objects "$f")" "$(val table_mib "$f")" "$(val build_ms "$f")" \
 			"$(val agent_cpu_ms "$f")" "$pc" "$pb"
 	done
+done
+
+[ "${AB:-0}" -gt 0 ] || exit 0
+echo
+echo "# caches $AB A/B at $HZ Hz, ${PAIRS:-2} pair(s) per workload, load $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '| workload | with µs/sample | without µs/sample | effect µs/sample (per pair) |\n'
+printf '|---|---|---|---|\n'
+for w in $ORDER; do
+	on=() off=() eff=()
+	for i in $(seq "${PAIRS:-2}"); do
+		for o in A B; do
+			(cd "$T" && eval "\"$RUN\" -F $HZ -$o $AB -- ${CMD[$w]}" >/dev/null 2>"$T/$w.ab")
+			a=$(val bpf_ns_per_sample "$T/$w.ab") b=$(val twin_ns_per_sample "$T/$w.ab")
+			[ -n "$a" ] && [ -n "$b" ] || continue
+			on+=("$a") off+=("$b")
+		done
+		n=${#on[@]}
+		[ "$n" -ge 2 ] && eff+=("$(awk -v a1="${on[n - 2]}" -v b1="${off[n - 2]}" -v a2="${on[n - 1]}" \
+			-v b2="${off[n - 1]}" 'BEGIN {printf "%.1f", (a1 - b1 + a2 - b2) / 2000}')")
+	done
+	printf '| %s | %s | %s | %s |\n' "$w" \
+		"$(printf '%s\n' "${on[@]}" | awk '{s += $1} END {if (NR) printf "%.1f", s / NR / 1000}')" \
+		"$(printf '%s\n' "${off[@]}" | awk '{s += $1} END {if (NR) printf "%.1f", s / NR / 1000}')" \
+		"${eff[*]}"
 done

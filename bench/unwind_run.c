@@ -11,7 +11,15 @@
  * is the kernel's dispatch plus bpf_stats' own clock reads — what any program costs here, not
  * ember's work — and is printed next to ember's raw time, never instead of it.
  *
- *   unwind_run [-F HZ] [-u dwarf|fp] -- CMD ARGS...
+ * With -A MASK (or -B MASK) a twin sampler without the caches in MASK (SAMPLER_CACHE_* bits,
+ * sampler_opts.caches_off) samples the same command in the same run, opened after (-A) or before
+ * (-B) the measured one, and its BPF time per sample is printed beside (twin_*): an A/B that
+ * load on this shared machine cannot tilt. The two events fire together and the program that
+ * runs second finds the shared kernel and user memory warm (3-5 µs cheaper here): the order's
+ * bias cancels in the mean of (main - twin) over an -A and a -B run, the caches' effect per
+ * sample (AB=MASK in bench/unwind.sh). The twin's table builds add to the CPU.
+ *
+ *   unwind_run [-F HZ] [-u dwarf|fp] [-A MASK|-B MASK] -- CMD ARGS...
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -87,6 +95,15 @@ static int floor_open(pid_t pid, int hz, int *prog_fd, int *link_fd)
 	return 0;
 }
 
+/* The same sampler without the caches in mask. */
+static int twin_open(const struct sampler_opts *so, int mask, struct sampler **twin)
+{
+	struct sampler_opts to = *so;
+
+	to.caches_off = mask;
+	return sampler_open(&to, twin);
+}
+
 static double cpu_ms(void)
 {
 	struct rusage ru;
@@ -101,23 +118,27 @@ int main(int argc, char **argv)
 	struct sampler_opts so = {.frequency = 99, .unwind = SAMPLER_UNWIND_DWARF,
 				  .flush_seconds = 0.2};
 	struct timespec tick = {0, 200 * 1000 * 1000};
-	struct sampler_stats st;
+	struct sampler_stats st, twin_st = {0};
 	struct bpf_prog_info floor = {0};
 	uint32_t floor_len = sizeof(floor);
-	struct tally t = {0};
-	struct sampler *s;
-	int opt, gate[2], status, floor_prog = -1, floor_link = -1;
+	struct tally t = {0}, twin_t = {0};
+	struct sampler *s, *twin = NULL;
+	int opt, gate[2], status, floor_prog = -1, floor_link = -1, want_twin = 0, twin_mask = 0;
 	double cpu0, floor_ns;
 	char go = 'g';
 	pid_t pid;
 
-	while ((opt = getopt(argc, argv, "+F:u:")) != -1) {
-		if (opt == 'F')
+	while ((opt = getopt(argc, argv, "+F:u:A:B:")) != -1) {
+		if (opt == 'A' || opt == 'B') {
+			want_twin = opt == 'A' ? 1 : 2;
+			twin_mask = atoi(optarg);
+		} else if (opt == 'F') {
 			so.frequency = atoi(optarg);
-		else if (opt == 'u')
+		} else if (opt == 'u') {
 			so.unwind = strcmp(optarg, "fp") ? SAMPLER_UNWIND_DWARF : SAMPLER_UNWIND_FP;
-		else
+		} else {
 			return 2;
+		}
 	}
 	if (optind >= argc || pipe(gate))
 		return 2;
@@ -131,7 +152,8 @@ int main(int argc, char **argv)
 	close(gate[0]);
 	so.only_tgid = (uint32_t)pid;
 	cpu0 = cpu_ms();
-	if (sampler_open(&so, &s)) {
+	if ((want_twin == 2 && twin_open(&so, twin_mask, &twin)) || sampler_open(&so, &s) ||
+	    (want_twin == 1 && twin_open(&so, twin_mask, &twin))) {
 		kill(pid, SIGKILL);
 		return 1;
 	}
@@ -142,16 +164,23 @@ int main(int argc, char **argv)
 	while (waitpid(pid, &status, WNOHANG) != pid) {
 		nanosleep(&tick, NULL);
 		sampler_drain(s, tally_cb, &t);
+		if (twin)
+			sampler_drain(twin, tally_cb, &twin_t);
 	}
 	sampler_drain(s, tally_cb, &t);
 	sampler_get_stats(s, &st);
+	if (twin) {
+		sampler_drain(twin, tally_cb, &twin_t);
+		sampler_get_stats(twin, &twin_st);
+	}
 	if (floor_prog < 0 || bpf_obj_get_info_by_fd(floor_prog, &floor, &floor_len))
 		memset(&floor, 0, sizeof(floor));
 	floor_ns = floor.run_cnt ? (double)floor.run_time_ns / floor.run_cnt : 0;
 	fprintf(stderr, "unwind_run: samples=%" PRIu64 " user_samples=%" PRIu64 " frames_per_sample=%.1f complete_pct=%.1f"
 	       " bpf_ns_per_run=%.0f bpf_ns_per_sample=%.0f bpf_ns_per_frame=%.0f runs=%" PRIu64
 	       " objects=%" PRIu64 " table_mib=%.2f build_ms=%.1f agent_cpu_ms=%.1f"
-	       " floor_ns_per_run=%.0f floor_runs=%llu net_ns_per_sample=%.0f\n",
+	       " floor_ns_per_run=%.0f floor_runs=%llu net_ns_per_sample=%.0f"
+	       " twin_samples=%" PRIu64 " twin_ns_per_sample=%.0f\n",
 	       t.samples, t.user_samples, t.user_samples ? (double)t.frames / t.user_samples : 0,
 	       t.user_samples ? 100.0 * t.complete / t.user_samples : 0,
 	       st.bpf_run_cnt ? (double)st.bpf_run_ns / st.bpf_run_cnt : 0,
@@ -159,11 +188,13 @@ int main(int argc, char **argv)
 	       t.frames ? (double)st.bpf_run_ns / t.frames : 0, st.bpf_run_cnt, st.unwind_objects,
 	       (double)st.unwind_slots_used * 8 / (1 << 20), st.unwind_build_ns / 1e6,
 	       cpu_ms() - cpu0, floor_ns, (unsigned long long)floor.run_cnt,
-	       st.samples ? ((double)st.bpf_run_ns - floor_ns * st.bpf_run_cnt) / st.samples : 0);
+	       st.samples ? ((double)st.bpf_run_ns - floor_ns * st.bpf_run_cnt) / st.samples : 0,
+	       twin_t.samples, twin_st.samples ? (double)twin_st.bpf_run_ns / twin_st.samples : 0);
 	if (floor_link >= 0)
 		close(floor_link);
 	if (floor_prog >= 0)
 		close(floor_prog);
+	sampler_close(twin);
 	sampler_close(s);
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
 }

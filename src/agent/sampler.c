@@ -65,6 +65,9 @@
 #define SAMPLER_COUNTS_FACTOR 4
 #define SAMPLER_COUNTS_MIN 1024u
 #define SAMPLER_COUNTS_MAX 262144u
+/* The counts caches of all CPUs hold at most 1/SAMPLER_CCACHE_SHARE of the counts map's keys
+ * (so a small counts map still fills and overflows as asked), PROFILE_CCACHE_ENTRIES per CPU. */
+#define SAMPLER_CCACHE_SHARE 4
 /* DWARF unwinding: the global table array (32 MiB) and the processes with a mapping list. */
 #define SAMPLER_UNW_SLOTS UNW_ARENA_MAX_SLOTS
 #define SAMPLER_UNW_PROCS UNWINDER_MAX_PROCS
@@ -89,6 +92,7 @@ struct sampler_set {
 	int kstacks_fd;
 	int ustacks_fd;
 	uint32_t counted_idx;
+	int ccache_fd;
 };
 
 struct sampler_rescan {
@@ -131,12 +135,15 @@ struct sampler {
 	uint32_t counts_max;
 	uint32_t kstacks_max;
 	uint32_t ustacks_max;
+	uint32_t ccache_entries; /* per CPU and set; 0: no counts cache */
 	struct profile_key *keys; /* drain buffers, counts_max entries each */
 	uint64_t *vals;
+	struct profile_ccache *ccache; /* drain buffer: one cache per possible CPU */
 	/* Stack-map entries the drained counts keys referenced, deleted by key after the drain. */
 	uint32_t *used_kids;   /* distinct kernel stack ids, kstacks_max at most */
 	uint8_t *used_kbits;   /* kstacks_max bits: id already in used_kids */
-	uint64_t *used_uhash;  /* user stack hashes, counts_max at most */
+	uint64_t *used_uhash;  /* user stack hashes, used_uhash_max at most */
+	uint32_t used_uhash_max; /* counts_max + the keys all counts caches hold */
 	uint32_t n_used_kids, n_used_uhash;
 	uint64_t unkeyed_seen; /* samples that may have left unreferenced stacks, at the last drain */
 	int full_clears;       /* drains left that must clear their stack maps by a full scan */
@@ -408,6 +415,12 @@ static void sampler_size_maps(struct sampler *s, int ncpu)
 	bpf_map__set_max_entries(s->skel->maps.ustacks_b, s->ustacks_max);
 	bpf_map__set_max_entries(s->skel->maps.counts_a, s->counts_max);
 	bpf_map__set_max_entries(s->skel->maps.counts_b, s->counts_max);
+	s->ccache_entries = s->opts.caches_off & SAMPLER_CACHE_COUNTS ? 0 : PROFILE_CCACHE_ENTRIES;
+	while (s->ccache_entries &&
+	       (uint64_t)s->ccache_entries * s->n_possible_cpus * SAMPLER_CCACHE_SHARE > s->counts_max)
+		s->ccache_entries /= 2;
+	s->skel->rodata->ccache_entries = s->ccache_entries;
+	s->used_uhash_max = s->counts_max + s->ccache_entries * (uint32_t)s->n_possible_cpus;
 	if (s->opts.unwind == SAMPLER_UNWIND_DWARF) {
 		bpf_map__set_max_entries(s->skel->maps.unw_slots, SAMPLER_UNW_SLOTS);
 		bpf_map__set_max_entries(s->skel->maps.unw_procs, SAMPLER_UNW_PROCS);
@@ -846,10 +859,12 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 	}
 	s->sets[0] = (struct sampler_set){
 	    bpf_map__fd(s->skel->maps.counts_a), bpf_map__fd(s->skel->maps.kstacks_a),
-	    bpf_map__fd(s->skel->maps.ustacks_a), PROFILE_CNT_COUNTED_A};
+	    bpf_map__fd(s->skel->maps.ustacks_a), PROFILE_CNT_COUNTED_A,
+	    bpf_map__fd(s->skel->maps.ccache_a)};
 	s->sets[1] = (struct sampler_set){
 	    bpf_map__fd(s->skel->maps.counts_b), bpf_map__fd(s->skel->maps.kstacks_b),
-	    bpf_map__fd(s->skel->maps.ustacks_b), PROFILE_CNT_COUNTED_B};
+	    bpf_map__fd(s->skel->maps.ustacks_b), PROFILE_CNT_COUNTED_B,
+	    bpf_map__fd(s->skel->maps.ccache_b)};
 
 	ret = sampler_open_barrier(s);
 	if (ret) {
@@ -874,8 +889,10 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 	s->vals = calloc(s->counts_max, sizeof(*s->vals));
 	s->used_kids = calloc(s->kstacks_max, sizeof(*s->used_kids));
 	s->used_kbits = calloc(s->kstacks_max / 8 + 1, 1);
-	s->used_uhash = calloc(s->counts_max, sizeof(*s->used_uhash));
-	if (!s->keys || !s->vals || !s->used_kids || !s->used_kbits || !s->used_uhash) {
+	s->used_uhash = calloc(s->used_uhash_max, sizeof(*s->used_uhash));
+	s->ccache = calloc((size_t)s->n_possible_cpus, sizeof(*s->ccache));
+	if (!s->keys || !s->vals || !s->used_kids || !s->used_kbits || !s->used_uhash ||
+	    !s->ccache) {
 		ret = -ENOMEM;
 		goto cleanup;
 	}
@@ -901,13 +918,13 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 	if (ret)
 		goto cleanup;
 	log_info("sampling %zu %s at %d Hz%s, %s unwinding; kernel/user stacks %u/%u, counts %u "
-		 "entries",
+		 "entries, counts cache %u per CPU",
 		 s->n_links, s->per_task ? "threads" : "CPUs", s->opts.frequency,
 		 !s->opts.only_tgid		? ""
 		 : s->opts.follow_children	? " (one process and its children)"
 						: " (one process)",
 		 s->opts.unwind == SAMPLER_UNWIND_DWARF ? "DWARF" : "frame-pointer", s->kstacks_max,
-		 s->ustacks_max, s->counts_max);
+		 s->ustacks_max, s->counts_max, s->ccache_entries);
 	*out = s;
 	return 0;
 
@@ -1001,7 +1018,8 @@ static int sampler_on_overflow(void *ctx, void *data, size_t size)
 
 	if (size < sizeof(*o) || !s->drain_cb)
 		return 0;
-	sampler_emit(s, &s->sets[o->set & 1], &o->key, 1, s->drain_cb, s->drain_arg);
+	sampler_emit(s, &s->sets[o->set & 1], &o->key, o->count ? o->count : 1, s->drain_cb,
+		     s->drain_arg);
 	return 0;
 }
 
@@ -1052,7 +1070,7 @@ static void sampler_note_used(struct sampler *s, const struct profile_key *key)
 		s->full_clears = 2; /* an id out of range: never expected, clear by scanning */
 	}
 	if (kind == PROFILE_USTACK_FP_HASH || kind == PROFILE_USTACK_DWARF_HASH) {
-		if (s->n_used_uhash < s->counts_max)
+		if (s->n_used_uhash < s->used_uhash_max)
 			s->used_uhash[s->n_used_uhash++] = key->ustack;
 		else
 			s->full_clears = 2;
@@ -1113,6 +1131,38 @@ reset:
 	s->n_used_uhash = 0;
 }
 
+/*
+ * Delivers and zeroes the counts caches of a set no program writes to any more (after the
+ * barrier, like its maps): every CPU's entries, one callback each. Returns the samples delivered
+ * (added to *drained) as 0, or a negative errno when the cache could not be read or zeroed.
+ */
+static int sampler_drain_ccache(struct sampler *s, const struct sampler_set *set, sampler_cb cb,
+				void *arg, uint64_t *drained)
+{
+	size_t bytes = (size_t)s->n_possible_cpus * sizeof(*s->ccache);
+	uint32_t zero = 0;
+
+	if (!s->ccache_entries)
+		return 0;
+	if (bpf_map_lookup_elem(set->ccache_fd, &zero, s->ccache))
+		return -errno;
+	for (int cpu = 0; cpu < s->n_possible_cpus; cpu++) {
+		for (uint32_t i = 0; i < s->ccache_entries; i++) {
+			const struct profile_ccache_entry *e = &s->ccache[cpu].e[i];
+
+			if (!e->count)
+				continue;
+			sampler_emit(s, set, &e->key, e->count, cb, arg);
+			sampler_note_used(s, &e->key);
+			*drained += e->count;
+		}
+	}
+	memset(s->ccache, 0, bytes);
+	if (bpf_map_update_elem(set->ccache_fd, &zero, s->ccache, BPF_ANY))
+		return -errno;
+	return 0;
+}
+
 static uint64_t sampler_now_ns(clockid_t clk)
 {
 	struct timespec ts;
@@ -1159,6 +1209,11 @@ int sampler_drain(struct sampler *s, sampler_cb cb, void *arg)
 		}
 		batch_in = batch_out;
 		first = 0;
+	}
+	if (!ret) {
+		ret = sampler_drain_ccache(s, set, cb, arg, &drained);
+		if (ret)
+			log_error("drain counts cache of set %u: %s", s->active, strerror(-ret));
 	}
 	/* Overflowed samples of both sets (the other set's stacks are not cleared yet). */
 	s->drain_cb = cb;
@@ -1277,5 +1332,6 @@ void sampler_close(struct sampler *s)
 	free(s->used_kids);
 	free(s->used_kbits);
 	free(s->used_uhash);
+	free(s->ccache);
 	free(s);
 }

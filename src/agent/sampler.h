@@ -4,9 +4,11 @@
  * excluded; with only_tgid one per thread of that process instead, inherited by what it
  * creates), and drains the counts the BPF program aggregates in the kernel.
  *
- * Counts live in two map sets (A/B). sampler_drain() flips the set BPF writes to, waits for
- * programs still running on the old set, reads and deletes every entry of the old set, and
- * hands each one to the callback. No sample is lost or counted twice across flips.
+ * Counts live in two map sets (A/B), each a counts map with a small per-CPU counts cache in
+ * front of it. sampler_drain() flips the set BPF writes to, waits for programs still running on
+ * the old set, reads and deletes every entry of the old set's map and cache, and hands each one
+ * to the callback (one key may come twice, from the map and a cache: callers add counts up).
+ * No sample is lost or counted twice across flips.
  *
  * The user stack has one seam: sample_rec.uframes are either raw addresses from a
  * frame-pointer walk (unwind = SAMPLER_UNWIND_FP) or from the DWARF walk in BPF
@@ -46,7 +48,11 @@ struct sampler_opts {
 	double flush_seconds;         /* expected drain period, sizes the maps; default 1 */
 	uint32_t counts_entries;      /* distinct keys per drain period; 0: sized from frequency ×
 				       * CPUs × flush_seconds (samples beyond are counted, lost) */
+	int caches_off;               /* SAMPLER_CACHE_* bits: per-CPU caches the BPF program goes
+				       * without, for same-run comparisons (bench/unwind_run) */
 };
+
+#define SAMPLER_CACHE_COUNTS 1 /* the counts cache in front of the counts map (profile.h) */
 
 /* One aggregated key of one drain period. Pointers are valid during the callback only. */
 struct sample_rec {

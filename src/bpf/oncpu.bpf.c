@@ -21,6 +21,9 @@
  * counted per CPU. Exec, exit and samples at unknown addresses send unw_event records so user
  * space keeps unw_procs current. A sample whose counts map is full goes whole to the overflow
  * ring buffer instead of being lost.
+ *
+ * In front of each set's counts map sits a per-CPU counts cache (profile.h): a sample whose key
+ * is cached costs one cache line of one page instead of the ustacks and counts map operations.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -52,6 +55,10 @@ const volatile __u64 unknown_interval_ns = 200000000ull;
  * short as this interval (a JIT process's first second costs ~100 events). */
 const volatile __u64 unknown_young_ns = 1000000000ull;
 const volatile __u64 unknown_young_interval_ns = 10000000ull;
+
+/* Entries of each CPU's counts cache in use: a power of two ≤ PROFILE_CCACHE_ENTRIES, or 0 for
+ * no cache (profile.h). Set before load. */
+const volatile __u32 ccache_entries = 0;
 
 /* The set samples go to, 0 (A) or 1 (B). Written by user space only. */
 __u32 active_set = 0;
@@ -86,6 +93,17 @@ PROFILE_USTACK_MAP(ustacks_a);
 PROFILE_USTACK_MAP(ustacks_b);
 PROFILE_COUNTS_MAP(counts_a);
 PROFILE_COUNTS_MAP(counts_b);
+
+#define PROFILE_CCACHE_MAP(name)                                                                   \
+	struct {                                                                                   \
+		__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);                                           \
+		__uint(max_entries, 1);                                                            \
+		__type(key, __u32);                                                                \
+		__type(value, struct profile_ccache);                                              \
+	} name SEC(".maps")
+
+PROFILE_CCACHE_MAP(ccache_a);
+PROFILE_CCACHE_MAP(ccache_b);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -179,60 +197,66 @@ struct {
 } unw_walk_scratch SEC(".maps");
 
 /* Perf-event programs do not nest on one CPU (bpf_prog_active), so a plain add is enough. */
-static __always_inline void counter_inc(__u32 idx)
+static __always_inline void counter_add(__u32 idx, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
 
 	if (v)
-		*v += 1;
+		*v += n;
 }
 
-/* The counts map is full: the sample goes whole to the overflow ring buffer. */
-static __always_inline void overflow_sample(struct profile_key *key, __u32 counted_idx)
+static __always_inline void counter_inc(__u32 idx)
+{
+	counter_add(idx, 1);
+}
+
+/* The counts map is full: n samples of key go to the overflow ring buffer. */
+static __always_inline void overflow_sample(struct profile_key *key, __u64 n, __u32 counted_idx)
 {
 	struct profile_overflow *o = bpf_ringbuf_reserve(&overflow, sizeof(*o), 0);
 
 	if (!o) {
-		counter_inc(PROFILE_CNT_OVERFLOW_LOST);
+		counter_add(PROFILE_CNT_OVERFLOW_LOST, n);
 		return;
 	}
 	__builtin_memcpy(&o->key, key, sizeof(*key));
 	o->set = counted_idx == PROFILE_CNT_COUNTED_B;
-	o->reserved = 0;
+	o->count = (__u32)n;
 	bpf_ringbuf_submit(o, 0);
-	counter_inc(PROFILE_CNT_OVERFLOW);
+	counter_add(PROFILE_CNT_OVERFLOW, n);
 }
 
-static __always_inline void count_sample(void *counts, struct profile_key *key, __u32 counted_idx)
+/*
+ * Adds n samples of key to the counts map. They are in the set's COUNTED counter already; when
+ * the map cannot take them (full: overflow ring; other errors: lost) they leave it again, on
+ * this CPU, where they were counted since the counter's last reset.
+ */
+static __always_inline void count_add(void *counts, struct profile_key *key, __u64 n,
+				      __u32 counted_idx)
 {
-	__u64 one = 1, *v;
+	__u64 *v;
 	long err;
 
 	v = bpf_map_lookup_elem(counts, key);
 	if (!v) {
-		err = bpf_map_update_elem(counts, key, &one, BPF_NOEXIST);
-		if (!err) {
-			counter_inc(counted_idx);
+		err = bpf_map_update_elem(counts, key, &n, BPF_NOEXIST);
+		if (!err)
 			return;
-		}
 		if (err == -E2BIG || err == -ENOMEM) {
-			counter_inc(PROFILE_CNT_MAP_FULL);
-			overflow_sample(key, counted_idx);
+			counter_add(PROFILE_CNT_MAP_FULL, n);
+			counter_add(counted_idx, -n);
+			overflow_sample(key, n, counted_idx);
 			return;
 		}
-		if (err != -EEXIST) {
-			counter_inc(PROFILE_CNT_COUNT_ERR);
-			return;
-		}
-		/* Another CPU inserted the same key between our lookup and update. */
-		v = bpf_map_lookup_elem(counts, key);
+		/* -EEXIST: another CPU inserted the same key between our lookup and update. */
+		v = err == -EEXIST ? bpf_map_lookup_elem(counts, key) : NULL;
 		if (!v) {
-			counter_inc(PROFILE_CNT_COUNT_ERR);
+			counter_add(PROFILE_CNT_COUNT_ERR, n);
+			counter_add(counted_idx, -n);
 			return;
 		}
 	}
-	__sync_fetch_and_add(v, 1);
-	counter_inc(counted_idx);
+	__sync_fetch_and_add(v, n);
 }
 
 /* One frame into a 64-bit stack hash (murmur3's finaliser). */
@@ -595,27 +619,29 @@ static __always_inline struct unw_proc *parent_proc(void)
 	return bpf_map_lookup_elem(&unw_procs, &ptgid);
 }
 
-/* Fills key->ustack_kind and key->ustack from a DWARF walk of this sample's user stack. */
-static __always_inline void record_ustack_dwarf(struct bpf_perf_event_data *ctx,
-						struct profile_key *key, void *ustacks)
+/*
+ * Fills key->ustack_kind and key->ustack from a DWARF walk of this sample's user stack. Returns
+ * the walked frames, which the caller stores under key->ustack (store_ustack), or NULL when the
+ * key names no stored stack.
+ */
+static __always_inline struct profile_stack *record_ustack_dwarf(struct bpf_perf_event_data *ctx,
+								  struct profile_key *key)
 {
 	__u32 zero = 0, reason;
 	struct profile_stack *st = bpf_map_lookup_elem(&ustack_scratch, &zero);
 	struct unw_walk *w = bpf_map_lookup_elem(&unw_walk_scratch, &zero);
 	struct unw_proc *proc;
 	struct unw_ctx c;
-	long err;
-	__u64 h;
 
 	if (!st || !w) {
 		key->ustack_kind = PROFILE_USTACK_ERROR;
 		key->ustack = ENOMEM;
 		counter_inc(PROFILE_CNT_USTACK_ERR);
-		return;
+		return NULL;
 	}
 	if (!user_regs(ctx, w)) {
 		key->ustack_kind = PROFILE_USTACK_NONE;
-		return;
+		return NULL;
 	}
 	w->hash = 0;
 	w->n = 0;
@@ -648,61 +674,108 @@ static __always_inline void record_ustack_dwarf(struct bpf_perf_event_data *ctx,
 	counter_inc(PROFILE_CNT_UNW_REASON + (reason & 7));
 	if (w->n < PROFILE_MAX_STACK_DEPTH)
 		st->ips[w->n & 127] = 0; /* the drain counts frames up to the first 0 */
-	h = hash_mix(w->hash, w->n * 0x9e3779b97f4a7c15ull);
-	err = bpf_map_update_elem(ustacks, &h, st, BPF_NOEXIST);
-	if (err && err != -EEXIST) {
-		key->ustack_kind = PROFILE_USTACK_ERROR;
-		key->ustack = -err;
-		counter_inc(PROFILE_CNT_USTACK_ERR);
-		return;
-	}
 	key->ustack_kind = PROFILE_USTACK_DWARF_HASH | (reason << PROFILE_USTACK_REASON_SHIFT);
-	key->ustack = h;
+	key->ustack = hash_mix(w->hash, w->n * 0x9e3779b97f4a7c15ull);
+	return st;
 }
 
-/* Fills key->ustack_kind and key->ustack from the user stack of this sample. */
-static __always_inline void record_ustack(struct bpf_perf_event_data *ctx, struct profile_key *key,
-					  void *ustacks)
+/* record_ustack_dwarf() for frame pointers: the kernel's walker (bpf_get_stack). */
+static __always_inline struct profile_stack *record_ustack(struct bpf_perf_event_data *ctx,
+							    struct profile_key *key)
 {
 	__u32 zero = 0;
 	struct profile_stack *st = bpf_map_lookup_elem(&ustack_scratch, &zero);
-	long len, err;
-	__u64 h;
+	long len;
 
 	if (!st) {
 		key->ustack_kind = PROFILE_USTACK_ERROR;
 		key->ustack = ENOMEM;
 		counter_inc(PROFILE_CNT_USTACK_ERR);
-		return;
+		return NULL;
 	}
 	/* Zero-fills the buffer after the last frame, so equal stacks are equal values. */
 	len = bpf_get_stack(ctx, st, sizeof(*st), BPF_F_USER_STACK);
 	if (len == -EFAULT || len == 0) {
 		key->ustack_kind = PROFILE_USTACK_NONE;
-		return;
+		return NULL;
 	}
 	if (len < 0) {
 		key->ustack_kind = PROFILE_USTACK_ERROR;
 		key->ustack = -len;
 		counter_inc(PROFILE_CNT_USTACK_ERR);
-		return;
+		return NULL;
 	}
-	h = stack_hash(st, (__u32)len / sizeof(__u64));
-	err = bpf_map_update_elem(ustacks, &h, st, BPF_NOEXIST);
+	key->ustack_kind = PROFILE_USTACK_FP_HASH;
+	key->ustack = stack_hash(st, (__u32)len / sizeof(__u64));
+	return st;
+}
+
+/* Stores st under key->ustack; when the map refuses it, the key says so (kind ERROR). */
+static __always_inline void store_ustack(void *ustacks, struct profile_key *key,
+					 struct profile_stack *st)
+{
+	long err = bpf_map_update_elem(ustacks, &key->ustack, st, BPF_NOEXIST);
+
 	if (err && err != -EEXIST) {
 		key->ustack_kind = PROFILE_USTACK_ERROR;
 		key->ustack = -err;
 		counter_inc(PROFILE_CNT_USTACK_ERR);
+	}
+}
+
+static __always_inline int key_equal(const struct profile_key *a, const struct profile_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
+}
+
+/*
+ * Counts one sample of key, whose user stack (st, NULL if none) is not stored yet: through this
+ * CPU's counts cache when there is one (profile.h), else straight into the counts map.
+ */
+static __always_inline void count_sample(void *ccache, void *counts, void *ustacks,
+					 struct profile_key *key, struct profile_stack *st,
+					 __u32 counted_idx)
+{
+	struct profile_ccache_entry *e;
+	struct profile_ccache *cc;
+	__u32 zero = 0, idx;
+
+	counter_inc(counted_idx);
+	cc = ccache_entries ? bpf_map_lookup_elem(ccache, &zero) : NULL;
+	if (!cc) {
+		if (st)
+			store_ustack(ustacks, key, st);
+		count_add(counts, key, 1, counted_idx);
 		return;
 	}
-	key->ustack_kind = PROFILE_USTACK_FP_HASH;
-	key->ustack = h;
+	idx = (__u32)hash_mix(key->ustack ^ ((__u64)key->tgid << 32 | key->tid),
+			      (__u64)(__u32)key->kstack_id << 32 | key->ustack_kind);
+	e = &cc->e[idx & (ccache_entries - 1) & (PROFILE_CCACHE_ENTRIES - 1)];
+	if (e->count && key_equal(&e->key, key)) {
+		e->count++; /* its first sample stored the stack in this set */
+		return;
+	}
+	if (st) {
+		store_ustack(ustacks, key, st);
+		if ((key->ustack_kind & PROFILE_USTACK_KIND_MASK) == PROFILE_USTACK_ERROR) {
+			count_add(counts, key, 1, counted_idx);
+			return;
+		}
+	}
+	/* The slot's old key leaves with its count; never lost (count_add's fallbacks). */
+	if (e->count)
+		count_add(counts, &e->key, e->count, counted_idx);
+	__builtin_memcpy(&e->key, key, sizeof(*key));
+	e->count = 1;
 }
 
 static __always_inline void record_sample(struct bpf_perf_event_data *ctx, struct profile_key *key,
-					  void *kstacks, void *ustacks, void *counts,
+					  void *kstacks, void *ustacks, void *counts, void *ccache,
 					  __u32 counted_idx)
 {
+	struct profile_stack *st;
 	__u64 cs = ctx->regs.csx;
 	long kid = -EFAULT;
 
@@ -721,10 +794,10 @@ static __always_inline void record_sample(struct bpf_perf_event_data *ctx, struc
 	key->kstack_id = kid;
 
 	if (unwind_dwarf)
-		record_ustack_dwarf(ctx, key, ustacks);
+		st = record_ustack_dwarf(ctx, key);
 	else
-		record_ustack(ctx, key, ustacks);
-	count_sample(counts, key, counted_idx);
+		st = record_ustack(ctx, key);
+	count_sample(ccache, counts, ustacks, key, st, counted_idx);
 }
 
 SEC("perf_event")
@@ -753,9 +826,11 @@ int oncpu_sample(struct bpf_perf_event_data *ctx)
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 
 	if (*(volatile __u32 *)&active_set & 1)
-		record_sample(ctx, &key, &kstacks_b, &ustacks_b, &counts_b, PROFILE_CNT_COUNTED_B);
+		record_sample(ctx, &key, &kstacks_b, &ustacks_b, &counts_b, &ccache_b,
+			      PROFILE_CNT_COUNTED_B);
 	else
-		record_sample(ctx, &key, &kstacks_a, &ustacks_a, &counts_a, PROFILE_CNT_COUNTED_A);
+		record_sample(ctx, &key, &kstacks_a, &ustacks_a, &counts_a, &ccache_a,
+			      PROFILE_CNT_COUNTED_A);
 	return 0;
 }
 

@@ -76,11 +76,33 @@ enum profile_counter {
 	PROFILE_CNT_MAX = PROFILE_CNT_UNW_REASON + 8,
 };
 
-/* A sample whose counts map was full, sent whole through the overflow ring buffer. */
+/* Samples whose counts map was full, sent through the overflow ring buffer. */
 struct profile_overflow {
 	struct profile_key key;
-	__u32 set; /* map set (0 A, 1 B) whose stack maps hold key's stacks */
-	__u32 reserved;
+	__u32 set;   /* map set (0 A, 1 B) whose stack maps hold key's stacks */
+	__u32 count; /* samples of key: 1, or what an evicted counts-cache entry held */
+};
+
+/*
+ * The counts cache: one per map set, one value per CPU, in front of the counts map. A sample
+ * touches one direct-mapped entry (indexed by a hash of its key) instead of the counts HASH map
+ * and, when the entry holds its key already, skips the ustacks insert too: the entry was filled
+ * by a sample of the same set that stored the stack. An entry whose slot another key takes is
+ * added to the counts map (or the overflow ring) with its count. The drain reads and zeroes the
+ * cache of the set it drains, after the barrier, like the maps. 64-byte entries, one cache line
+ * each; PROFILE_CCACHE_ENTRIES of them fill one 4 KiB page. User space may use fewer (the
+ * ccache_entries setting, a power of two; 0 = no cache) so that small counts maps still fill.
+ */
+#define PROFILE_CCACHE_ENTRIES 64
+
+struct profile_ccache_entry {
+	struct profile_key key;
+	__u64 count; /* 0: empty */
+	__u64 pad[2];
+};
+
+struct profile_ccache {
+	struct profile_ccache_entry e[PROFILE_CCACHE_ENTRIES];
 };
 
 #define PROFILE_OVERFLOW_RB_DEFAULT (256u << 10) /* bytes */
