@@ -9,7 +9,7 @@
 #      an incompatible type is named in the log and /healthz (column, expected, found) and
 #      nothing is written or altered until it is fixed; then a missing column is added, a
 #      LowCardinality(String) one is kept (the same bytes), a column not ember's is left alone;
-#   4. `ember agent` (BPF, root) profiling cpu_split through ember server while ClickHouse is
+#   4. `ember agent` (BPF, root) profiling threads through ember server while ClickHouse is
 #      SIGKILLed for ~5 s and restarted: every second arrives, no row twice.
 # Skips (77) without clickhouse-server.
 . "$(dirname "$0")/../lib/e2e.sh"
@@ -119,17 +119,18 @@ check "drift fixed: the row reads back, host included" \
 check "drift fixed: ProfileTracing answers" [ "$(q "$SRV_URL_d2" svc)-$(jqr '.result[0].total_value')" = 200-5 ]
 
 # --- 4. an agent's rows across a ClickHouse crash ---------------------------------------------------
-if [ "$(id -u)" -ne 0 ] || [ ! -x "$W/cpu_split" ]; then
-	echo "skipping the agent part: needs root (BPF) and $W/cpu_split"
+if [ "$(id -u)" -ne 0 ] || [ ! -x "$W/threads" ]; then
+	echo "skipping the agent part: needs root (BPF) and $W/threads"
 	e2e_done
 	exit 0
 fi
 server_start a --store "clickhouse://127.0.0.1:$CHP/opsagent"
-"$EMBER_BIN" agent --server "$SRV_URL_a" --spool-dir "$E2E_TMP/spool" --process-regex '^cpu_split$' \
+"$EMBER_BIN" agent --server "$SRV_URL_a" --spool-dir "$E2E_TMP/spool" --process-regex '^threads$' \
 	>"$E2E_TMP/agent.log" 2>&1 &
 AGENT=$!
 E2E_PIDS+=("$AGENT")
-"$W/cpu_split" 16 >/dev/null &
+# threads burns for a span of wall time (cpu_split's is CPU time): the outage falls inside it.
+"$W/threads" 16 >/dev/null &
 LOAD=$!
 sleep 5
 ch_kill                               # ClickHouse dies mid-ingest …
@@ -140,7 +141,7 @@ wait "$LOAD"
 span=0 secs=0
 for _ in $(seq $((POLL * 2))); do
 	read -r secs span <<<"$(ch_query "SELECT count(DISTINCT time), max(time) - min(time) + 1 FROM
-		opsagent.in_process WHERE app_service = 'cpu_split'" 2>/dev/null || echo "0 0")"
+		opsagent.in_process WHERE app_service = 'threads' AND process_id = $LOAD" 2>/dev/null || echo "0 0")"
 	[ "${span:-0}" -ge 14 ] && [ "$secs" -ge $((span - 1)) ] && break
 	sleep 0.5
 done
@@ -149,8 +150,8 @@ kill -TERM "$AGENT"
 wait "$AGENT"
 check "agent exited cleanly" [ $? -eq 0 ]
 read -r secs span <<<"$(ch_query "SELECT count(DISTINCT time), max(time) - min(time) + 1 FROM
-	opsagent.in_process WHERE app_service = 'cpu_split'")"
-echo "cpu_split rows cover $secs of $span seconds, across a ~5 s ClickHouse outage"
+	opsagent.in_process WHERE app_service = 'threads' AND process_id = $LOAD")"
+echo "threads rows cover $secs of $span seconds, across a ~5 s ClickHouse outage"
 check "every second of the run arrived, including the outage" [ "$secs" -ge $((span - 1)) -a "$span" -ge 14 ]
 check "no row stored twice" [ "$(ch_query "SELECT count() FROM (SELECT time, process_id,
 	profile_location_str, count() AS c FROM opsagent.in_process GROUP BY time, process_id,

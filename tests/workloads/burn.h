@@ -1,7 +1,7 @@
 /*
  * burn.h — shared helpers of the test workloads: a CPU burner the compiler cannot remove
  * (xorshift with an asm barrier, always inlined so the CALLER is the leaf frame), a monotonic
- * clock in ns, and argv[1] as a bounded duration in seconds.
+ * clock and the process's CPU clock in ns, and argv[1] as a bounded duration in seconds.
  */
 #ifndef EMBER_WORKLOAD_BURN_H
 #define EMBER_WORKLOAD_BURN_H
@@ -29,6 +29,19 @@ static inline uint64_t burn_now_ns(void)
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * CPU time of the whole process in ns. A workload that runs for a span of it is sampled about
+ * span x frequency times on a quiet and on a loaded host alike, where a span of wall time gives
+ * a loaded host's checks a fraction of the samples.
+ */
+static inline uint64_t burn_cpu_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 

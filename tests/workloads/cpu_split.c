@@ -1,6 +1,8 @@
 /*
- * cpu_split — main → work → hot_a / hot_b, burning CPU for argv[1] seconds (default 5) with
- * hot_a doing 70 % of the work and hot_b 30 %: both run the same loop, hot_a 7 rounds for every
+ * cpu_split — main → work → hot_a / hot_b, burning argv[1] seconds (default 5) of CPU time, not
+ * of wall time, so that a profiler takes about seconds x frequency samples of it however loaded
+ * the host is (proportion checks need the samples; a loaded host only makes it last longer).
+ * hot_a does 70 % of the work and hot_b 30 %: both run the same loop, hot_a 7 rounds for every
  * 3 of hot_b, so the split holds whatever the CPU speed.
  */
 #include <stdio.h>
@@ -21,9 +23,9 @@ __attribute__((noinline)) uint64_t hot_b(uint64_t x)
 
 __attribute__((noinline)) uint64_t work(double seconds)
 {
-	uint64_t end = burn_now_ns() + (uint64_t)(seconds * 1e9), x = 88172645463325252ull;
+	uint64_t end = burn_cpu_ns() + (uint64_t)(seconds * 1e9), x = 88172645463325252ull;
 
-	while (burn_now_ns() < end) {
+	while (burn_cpu_ns() < end) {
 		x = hot_a(x);
 		x = hot_b(x);
 	}
