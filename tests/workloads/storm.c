@@ -1,5 +1,7 @@
 /*
- * storm — short-lived processes in bulk, next to which a profiler must keep working.
+ * storm — short-lived processes in bulk, next to which a profiler must keep working: processes
+ * gone before the agent drains their samples (test_agent), exec and fork storms under one
+ * record (test_unwind_adversarial).
  *   storm fork N   forks N children in all (at most MAX_RUNNING at a time); each renames
  *                  itself "short-child", burns ~CHILD_MS ms in short_burn and exits.
  *   storm exec N   forks N children in all; each exec's this program HOPS times in a row
