@@ -180,7 +180,8 @@ int main(int argc, char **argv)
 	       " bpf_ns_per_run=%.0f bpf_ns_per_sample=%.0f bpf_ns_per_frame=%.0f runs=%" PRIu64
 	       " objects=%" PRIu64 " table_mib=%.2f build_ms=%.1f agent_cpu_ms=%.1f"
 	       " floor_ns_per_run=%.0f floor_runs=%llu net_ns_per_sample=%.0f"
-	       " twin_samples=%" PRIu64 " twin_ns_per_sample=%.0f\n",
+	       " twin_samples=%" PRIu64 " twin_ns_per_sample=%.0f twin_frames_per_sample=%.1f"
+	       " twin_complete_pct=%.1f\n",
 	       t.samples, t.user_samples, t.user_samples ? (double)t.frames / t.user_samples : 0,
 	       t.user_samples ? 100.0 * t.complete / t.user_samples : 0,
 	       st.bpf_run_cnt ? (double)st.bpf_run_ns / st.bpf_run_cnt : 0,
@@ -189,7 +190,9 @@ int main(int argc, char **argv)
 	       (double)st.unwind_slots_used * 8 / (1 << 20), st.unwind_build_ns / 1e6,
 	       cpu_ms() - cpu0, floor_ns, (unsigned long long)floor.run_cnt,
 	       st.samples ? ((double)st.bpf_run_ns - floor_ns * st.bpf_run_cnt) / st.samples : 0,
-	       twin_t.samples, twin_st.samples ? (double)twin_st.bpf_run_ns / twin_st.samples : 0);
+	       twin_t.samples, twin_st.samples ? (double)twin_st.bpf_run_ns / twin_st.samples : 0,
+	       twin_t.user_samples ? (double)twin_t.frames / twin_t.user_samples : 0,
+	       twin_t.user_samples ? 100.0 * twin_t.complete / twin_t.user_samples : 0);
 	if (floor_link >= 0)
 		close(floor_link);
 	if (floor_prog >= 0)

@@ -845,6 +845,7 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 		bpf_program__set_autoload(s->skel->progs.oncpu_follow_exit, false);
 	}
 	s->skel->rodata->unwind_dwarf = s->opts.unwind == SAMPLER_UNWIND_DWARF;
+	s->skel->rodata->rcache_on = !(s->opts.caches_off & SAMPLER_CACHE_RULES);
 	if (s->opts.unwind != SAMPLER_UNWIND_DWARF) {
 		bpf_program__set_autoload(s->skel->progs.oncpu_exec, false);
 		bpf_program__set_autoload(s->skel->progs.oncpu_exit, false);

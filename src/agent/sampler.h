@@ -53,6 +53,7 @@ struct sampler_opts {
 };
 
 #define SAMPLER_CACHE_COUNTS 1 /* the counts cache in front of the counts map (profile.h) */
+#define SAMPLER_CACHE_RULES 2  /* the DWARF walk's rule cache (oncpu.bpf.c) */
 
 /* One aggregated key of one drain period. Pointers are valid during the callback only. */
 struct sample_rec {

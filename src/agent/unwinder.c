@@ -87,6 +87,7 @@ struct unwinder {
 	struct unwinder_alloc alloc;
 	struct unwinder_stats st;
 	int n_pending; /* objects with pending set: unwinder_build_pending() skips its scan at 0 */
+	uint64_t list_gen; /* the gen of the last mapping list written (struct unw_proc) */
 };
 
 static uint64_t unwinder_now_ns(void)
@@ -679,6 +680,7 @@ static int unwinder_scan_locked(struct unwinder *u, uint32_t pid, int flags, cha
 		p->unknown_backoff_ns = 0;
 		p->unknown_next_ns = 0;
 	}
+	list->gen = ++u->list_gen;
 	rc = bpf_map_update_elem(u->opts.procs_fd, &pid, list, BPF_ANY) ? -errno : 0;
 	free(list);
 	if (rc) {

@@ -24,6 +24,8 @@
  *
  * In front of each set's counts map sits a per-CPU counts cache (profile.h): a sample whose key
  * is cached costs one cache line of one page instead of the ustacks and counts map operations.
+ * The walk keeps a per-CPU rule cache (unw_rcache below): a return address seen before costs one
+ * line instead of the mapping list's and the table's lookups.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -48,6 +50,8 @@ const volatile __u32 follow_children = 0;
 
 /* 1: user stacks by the DWARF walk; 0: frame pointers (bpf_get_stack). Set before load. */
 const volatile __u32 unwind_dwarf = 0;
+/* 1: the DWARF walk looks return addresses up in the per-CPU rule cache first. Set before load. */
+const volatile __u32 rcache_on = 1;
 /* Minimum interval between two UNW_EVENT_UNKNOWN events of one process. */
 const volatile __u64 unknown_interval_ns = 200000000ull;
 /* ... in its first unknown_young_ns after exec (or fork): ld.so maps the libraries after the
@@ -286,10 +290,47 @@ static __always_inline __u64 stack_hash(const struct profile_stack *st, __u32 n)
 
 /* ---- DWARF walk (the BPF twin of src/agent/unwind.c's unw_step) ---------------------------- */
 
+/*
+ * The rule cache: per CPU, direct-mapped, what one step looked up for a pc — the mapping's bias
+ * and flags and the table row — so a return address seen before costs one line of one page
+ * instead of the mapping list's binary search and the table's header, bucket and row lines
+ * (scattered over a 32 MiB array). An entry is keyed by the list's gen and the pc (bit 63: the
+ * pc is exact, looked up without the -1). It cannot go stale: user space never changes a list
+ * in place; every write (scan, rescan after exec or dlopen, a table that became available) is a
+ * whole new list with a new gen from a 64-bit counter, and a process that exits, or a reused
+ * pid, gets its list deleted and any new one a new gen. A lookup in list gen G only ever hits
+ * entries that list G itself produced, and those hold copies of rows, not slot numbers, so
+ * slots freed and reused later do not reach them. A forked child walks with its parent's list
+ * (parent_proc), gen included: same list, same answers. gen 0 (no gen) bypasses the cache.
+ */
+#define UNW_RCACHE_ENTRIES 64 /* 64 × 40 bytes per CPU: within one 4 KiB page */
+
+struct unw_rcache_entry {
+	__u64 gen; /* 0: empty */
+	__u64 pc;  /* bit 63: exact */
+	__u64 bias;
+	struct unw_row row;
+	__u32 flags; /* unw_mapping.flags */
+	__u32 reserved;
+};
+
+struct unw_rcache {
+	struct unw_rcache_entry e[UNW_RCACHE_ENTRIES];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct unw_rcache);
+} unw_rcache SEC(".maps");
+
 struct unw_ctx {
 	struct unw_walk *w;
 	struct profile_stack *st;
 	struct unw_proc *proc;
+	struct unw_rcache *rc; /* NULL: no cache (list without gen) */
+	__u64 gen;
 };
 
 static __always_inline int slot_get(__u64 idx, __u64 *v)
@@ -411,10 +452,12 @@ static long unw_step_cb(__u32 i, void *arg)
 	struct unw_walk *w = c->w;
 	struct profile_stack *st = c->st;
 	struct unw_proc *proc = c->proc;
-	struct unw_mapping *m;
+	struct unw_rcache_entry *e = NULL;
+	struct unw_mapping *m = NULL;
 	struct unw_row row;
-	__u64 va, cfa, ra, pc, fr;
-	__u32 n;
+	__u64 va, cfa, ra, pc, fr, kpc, bias = 0;
+	__u32 n, flags = 0;
+	int cached = 0;
 
 	if (!w || !st || !proc)
 		return 1;
@@ -424,25 +467,39 @@ static long unw_step_cb(__u32 i, void *arg)
 		return 1;
 	}
 	pc = w->pc;
-	m = proc_find(proc, pc);
+	kpc = pc | (__u64)(w->exact != 0) << 63;
+	if (c->rc) {
+		e = &c->rc->e[hash_mix(c->gen, kpc) & (UNW_RCACHE_ENTRIES - 1)];
+		cached = e->gen == c->gen && e->pc == kpc;
+	}
+	if (cached) {
+		bias = e->bias;
+		flags = e->flags;
+		__builtin_memcpy(&row, &e->row, sizeof(row));
+	} else {
+		m = proc_find(proc, pc);
+		if (m) {
+			bias = m->bias;
+			flags = m->flags;
+		}
+	}
 	/* Object id + va where the object has a table (bias known), else the raw address. */
 	fr = pc;
-	if (m && !(m->flags & UNW_MAP_NO_TABLE) && (m->flags >> UNW_MAP_OBJ_SHIFT))
-		fr = UNW_FRAME_ENCODED |
-		     ((__u64)(m->flags >> UNW_MAP_OBJ_SHIFT) << UNW_FRAME_OBJ_SHIFT) |
-		     ((pc - m->bias) & UNW_FRAME_VA_MASK);
+	if ((cached || m) && !(flags & UNW_MAP_NO_TABLE) && (flags >> UNW_MAP_OBJ_SHIFT))
+		fr = UNW_FRAME_ENCODED | ((__u64)(flags >> UNW_MAP_OBJ_SHIFT) << UNW_FRAME_OBJ_SHIFT) |
+		     ((pc - bias) & UNW_FRAME_VA_MASK);
 	st->ips[n] = fr;
 	w->n = n + 1;
 	w->hash = hash_mix(w->hash, fr);
 
-	if (!m) {
+	if (!cached && !m) {
 		if (!w->miss_pc && !w->from_fp)
 			w->miss_pc = pc;
 		return fp_step(w, UNW_REASON_NO_MAPPING);
 	}
-	if (m->flags & UNW_MAP_NO_TABLE)
+	if (flags & UNW_MAP_NO_TABLE)
 		return fp_step(w, UNW_REASON_NO_ROW);
-	if (m->flags & UNW_MAP_FP) {
+	if (flags & UNW_MAP_FP) {
 		/* A saved rbp of 0 marks the outermost frame (Go's goexit, like glibc's _start). */
 		if (n > 0 && w->bp_known && w->bp == 0) {
 			w->reason = UNW_REASON_COMPLETE;
@@ -451,9 +508,18 @@ static long unw_step_cb(__u32 i, void *arg)
 		if (n > 0)
 			return fp_step(w, UNW_REASON_NO_ROW);
 	}
-	va = pc - m->bias - (w->exact ? 0 : 1);
-	if (find_row(m->table_base, va, &row) != 0)
-		row.kind = UNW_KIND_NONE;
+	if (!cached && m) {
+		va = pc - bias - (w->exact ? 0 : 1);
+		if (find_row(m->table_base, va, &row) != 0)
+			row.kind = UNW_KIND_NONE;
+		if (e) {
+			e->gen = c->gen;
+			e->pc = kpc;
+			e->bias = bias;
+			e->flags = flags;
+			__builtin_memcpy(&e->row, &row, sizeof(row));
+		}
+	}
 
 	switch (row.kind) {
 	case UNW_KIND_NONE:
@@ -657,6 +723,8 @@ static __always_inline struct profile_stack *record_ustack_dwarf(struct bpf_perf
 		c.w = w;
 		c.st = st;
 		c.proc = proc;
+		c.gen = proc->gen;
+		c.rc = rcache_on && c.gen ? bpf_map_lookup_elem(&unw_rcache, &zero) : NULL;
 		bpf_loop(UNW_MAX_FRAMES, unw_step_cb, &c, 0);
 	} else {
 		/* No mapping list yet: keep the leaf so the sample still says where it was. */

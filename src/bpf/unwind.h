@@ -104,6 +104,9 @@ struct unw_mapping {
 struct unw_proc {
 	__u32 n; /* mappings in use, sorted by start, non-overlapping */
 	__u32 reserved;
+	/* Unique per list written (a 64-bit counter of the writer, never 0): a list's contents
+	 * never change under one gen, so BPF may cache what it looked up in it by (gen, pc). */
+	__u64 gen;
 	struct unw_mapping maps[UNW_MAX_MAPPINGS];
 };
 

@@ -254,7 +254,7 @@ static void test_shared_by_identity(void **state)
 	struct maps m;
 	struct unwinder *u;
 	struct unwinder_stats st;
-	struct unw_proc pa, pb;
+	struct unw_proc pa, pb, pb2;
 	uint32_t pid_a = 1, pid_b = 2;
 	uint64_t pgoff = UINT64_MAX;
 
@@ -295,6 +295,10 @@ static void test_shared_by_identity(void **state)
 	assert_int_equal(unwinder_scan_process(u, pid_b, UNWINDER_SCAN_FORCE), 0);
 	unwinder_get_stats(u, &st);
 	assert_int_equal(st.objects_shared, 1);
+	/* Every list written has a gen of its own, never 0: BPF's rule cache is keyed by it. */
+	assert_int_equal(bpf_map_lookup_elem(m.procs, &pid_b, &pb2), 0);
+	assert_true(pa.gen && pb.gen && pb2.gen);
+	assert_true(pa.gen != pb.gen && pb2.gen != pa.gen && pb2.gen != pb.gen);
 	unwinder_close(u);
 	close(m.slots);
 	close(m.procs);
