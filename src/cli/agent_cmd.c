@@ -120,16 +120,6 @@ static int agent_flags_parse(int opt, const char *arg, struct agent_opts *o)
 	return -1;
 }
 
-static void block_signals(void)
-{
-	sigset_t set;
-
-	sigemptyset(&set);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGTERM);
-	pthread_sigmask(SIG_BLOCK, &set, NULL);
-}
-
 /* ember run: the server's /metrics also shows the in-process agent's counters. */
 static struct agent *run_agent;
 static pthread_mutex_t run_agent_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -200,7 +190,7 @@ static int agent_or_run(int argc, char **argv, int with_server)
 		fprintf(stderr, "ember agent: --server URL is required (e.g. http://127.0.0.1:20416)\n");
 		return 2;
 	}
-	block_signals();
+	cli_block_signals();
 	if (with_server) {
 		so.metrics_extra = run_metrics;
 		if (server_start(&so, &srv) < 0)

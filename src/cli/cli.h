@@ -21,6 +21,12 @@ int cli_parse_size(const char *text, uint64_t *bytes);
 /* Strict integer parse in [min, max]. */
 int cli_parse_int(const char *text, int64_t min, int64_t max, int64_t *out);
 
+/*
+ * Blocks SIGINT and SIGTERM in the calling thread and the threads it starts later: call it before
+ * starting any thread, so that a signal arriving before cli_wait_for_signal() waits for it
+ * (e.g. right after the server said it serves) is held, not fatal.
+ */
+void cli_block_signals(void);
 /* Blocks until SIGINT or SIGTERM. */
 void cli_wait_for_signal(void);
 

@@ -130,6 +130,7 @@ int cli_server(int argc, char **argv)
 		fprintf(stderr, "ember server: unexpected argument '%s'\n", argv[optind]);
 		return 2;
 	}
+	cli_block_signals();
 	if (server_start(&o, &srv) < 0)
 		return 1;
 	cli_wait_for_signal();

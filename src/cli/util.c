@@ -64,14 +64,24 @@ int cli_parse_size(const char *text, uint64_t *bytes)
 	return cli_parse_scaled(text, "kKmMgG", mult, bytes);
 }
 
-void cli_wait_for_signal(void)
+void cli_block_signals(void)
 {
 	sigset_t set;
-	int sig;
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+void cli_wait_for_signal(void)
+{
+	sigset_t set;
+	int sig;
+
+	cli_block_signals();
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
 	sigwait(&set, &sig);
 }
