@@ -19,7 +19,12 @@
  * bias cancels in the mean of (main - twin) over an -A and a -B run, the caches' effect per
  * sample (AB=MASK in bench/unwind.sh). The twin's table builds add to the CPU.
  *
+ * With -p PID it samples a process that runs already (until it exits) instead of CMD: two
+ * builds of unwind_run attached to one stopped process, then continued, compare any two versions
+ * of the program in the same run (bench/unwind_ab.sh).
+ *
  *   unwind_run [-F HZ] [-u dwarf|fp] [-A MASK|-B MASK] -- CMD ARGS...
+ *   unwind_run [-F HZ] [-u dwarf|fp] -p PID
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -95,6 +100,23 @@ static int floor_open(pid_t pid, int hz, int *prog_fd, int *link_fd)
 	return 0;
 }
 
+/* 1 while pid runs (not a zombie), for -p: pid is not our child. */
+static int process_alive(pid_t pid)
+{
+	char path[64], buf[256], *p;
+	FILE *f;
+	int alive = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return 0;
+	if (fgets(buf, sizeof(buf), f) && (p = strrchr(buf, ')')) && p[1] == ' ')
+		alive = p[2] != 'Z' && p[2] != 'X';
+	fclose(f);
+	return alive;
+}
+
 /* The same sampler without the caches in mask. */
 static int twin_open(const struct sampler_opts *so, int mask, struct sampler **twin)
 {
@@ -126,12 +148,14 @@ int main(int argc, char **argv)
 	int opt, gate[2], status, floor_prog = -1, floor_link = -1, want_twin = 0, twin_mask = 0;
 	double cpu0, floor_ns;
 	char go = 'g';
-	pid_t pid;
+	pid_t pid = 0;
 
-	while ((opt = getopt(argc, argv, "+F:u:A:B:")) != -1) {
+	while ((opt = getopt(argc, argv, "+F:u:A:B:p:")) != -1) {
 		if (opt == 'A' || opt == 'B') {
 			want_twin = opt == 'A' ? 1 : 2;
 			twin_mask = atoi(optarg);
+		} else if (opt == 'p') {
+			pid = atoi(optarg);
 		} else if (opt == 'F') {
 			so.frequency = atoi(optarg);
 		} else if (opt == 'u') {
@@ -140,28 +164,32 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (optind >= argc || pipe(gate))
+	if (pid > 0) {
+		status = 0;
+		gate[1] = -1;
+	} else if (optind >= argc || pipe(gate)) {
 		return 2;
-	pid = fork();
-	if (pid == 0) {
+	} else if ((pid = fork()) == 0) {
 		close(gate[1]);
 		if (read(gate[0], &go, 1) == 1)
 			execvp(argv[optind], argv + optind);
 		_exit(127);
 	}
-	close(gate[0]);
+	if (gate[1] >= 0)
+		close(gate[0]);
 	so.only_tgid = (uint32_t)pid;
 	cpu0 = cpu_ms();
 	if ((want_twin == 2 && twin_open(&so, twin_mask, &twin)) || sampler_open(&so, &s) ||
 	    (want_twin == 1 && twin_open(&so, twin_mask, &twin))) {
-		kill(pid, SIGKILL);
+		if (gate[1] >= 0)
+			kill(pid, SIGKILL);
 		return 1;
 	}
 	if (floor_open(pid, so.frequency, &floor_prog, &floor_link))
 		floor_prog = -1;
-	if (write(gate[1], &go, 1) != 1)
+	if (gate[1] >= 0 && write(gate[1], &go, 1) != 1)
 		return 1;
-	while (waitpid(pid, &status, WNOHANG) != pid) {
+	while (gate[1] >= 0 ? waitpid(pid, &status, WNOHANG) != pid : process_alive(pid)) {
 		nanosleep(&tick, NULL);
 		sampler_drain(s, tally_cb, &t);
 		if (twin)
