@@ -46,7 +46,6 @@
 #define EHTABLE_CACHE_MAX_FILES 4096 /* files considered when trimming the cache dir */
 #define EHTABLE_DEBUG_ROOT "/usr/lib/debug"
 #define EHTABLE_FILE_MAGIC "EMBEHTB1"
-#define EHTABLE_FILE_VERSION 1u
 
 #define REG_RBP 6
 #define REG_RSP 7
@@ -1037,7 +1036,7 @@ static int ehtable_cache_path(const char *dir, const uint8_t *id, uint32_t id_le
 	if (id_len == 0 || id_len > EHTABLE_ID_MAX)
 		return -EINVAL;
 	ehtable_hex(id, id_len, hex, sizeof(hex));
-	if ((size_t)snprintf(buf, size, "%s/%s.ehtab", dir, hex) >= size)
+	if ((size_t)snprintf(buf, size, "%s/v%u/%s.ehtab", dir, EHTABLE_FILE_VERSION, hex) >= size)
 		return -ENAMETOOLONG;
 	return 0;
 }
@@ -1068,7 +1067,7 @@ int ehtable_cache_get(const char *dir, const uint8_t *id, uint32_t id_len, struc
 }
 
 struct ehtable_cache_file {
-	char name[2 * EHTABLE_ID_MAX + 16];
+	char name[2 * EHTABLE_ID_MAX + 32]; /* relative to the cache dir: "vN/<hex>.ehtab" */
 	uint64_t bytes;
 	struct timespec mtime;
 };
@@ -1082,8 +1081,45 @@ static int ehtable_cmp_mtime(const void *a, const void *b)
 	return x->mtime.tv_nsec < y->mtime.tv_nsec ? -1 : x->mtime.tv_nsec > y->mtime.tv_nsec;
 }
 
+/* Adds the .ehtab files of dir/sub (sub "" for dir itself) to files[*n]; their bytes to *total. */
+static void ehtable_cache_list(int dir_fd, const char *sub, struct ehtable_cache_file *files,
+			       size_t *n, uint64_t *total)
+{
+	int fd = openat(dir_fd, sub[0] ? sub : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct dirent *de;
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	while (*n < EHTABLE_CACHE_MAX_FILES && (de = readdir(d))) {
+		size_t len = strlen(de->d_name);
+		struct ehtable_cache_file *f = &files[*n];
+		struct stat st;
+
+		if (len < 7 || strcmp(de->d_name + len - 6, ".ehtab") ||
+		    (size_t)snprintf(f->name, sizeof(f->name), "%s%s%s", sub, sub[0] ? "/" : "",
+				     de->d_name) >= sizeof(f->name) ||
+		    fstatat(dir_fd, f->name, &st, 0) != 0)
+			continue;
+		f->bytes = (uint64_t)st.st_size;
+		f->mtime = st.st_mtim;
+		*total += f->bytes;
+		(*n)++;
+	}
+	closedir(d);
+}
+
+/*
+ * Keeps dir (every version's subdirectory, and the files of agents from before them at its
+ * top) within max_bytes: the least recently used files go first, whatever their version; an
+ * emptied subdirectory of another version is removed.
+ */
 static void ehtable_cache_trim(const char *dir, uint64_t max_bytes)
 {
+	char cur[16];
 	struct ehtable_cache_file *files;
 	size_t n = 0;
 	uint64_t total = 0;
@@ -1092,27 +1128,30 @@ static void ehtable_cache_trim(const char *dir, uint64_t max_bytes)
 
 	if (!d)
 		return;
+	snprintf(cur, sizeof(cur), "v%u", EHTABLE_FILE_VERSION);
 	files = calloc(EHTABLE_CACHE_MAX_FILES, sizeof(*files));
-	while (files && n < EHTABLE_CACHE_MAX_FILES && (de = readdir(d))) {
-		size_t len = strlen(de->d_name);
-		struct stat st;
-
-		if (len < 7 || len >= sizeof(files[0].name) ||
-		    strcmp(de->d_name + len - 6, ".ehtab"))
-			continue;
-		if (fstatat(dirfd(d), de->d_name, &st, 0) != 0)
-			continue;
-		memcpy(files[n].name, de->d_name, len + 1);
-		files[n].bytes = (uint64_t)st.st_size;
-		files[n].mtime = st.st_mtim;
-		total += files[n].bytes;
-		n++;
+	if (files) {
+		ehtable_cache_list(dirfd(d), "", files, &n, &total);
+		while ((de = readdir(d)))
+			if (de->d_name[0] == 'v' && strspn(de->d_name + 1, "0123456789") > 0 &&
+			    de->d_name[1 + strspn(de->d_name + 1, "0123456789")] == '\0')
+				ehtable_cache_list(dirfd(d), de->d_name, files, &n, &total);
 	}
 	if (files && total > max_bytes) {
 		qsort(files, n, sizeof(*files), ehtable_cmp_mtime);
-		for (size_t i = 0; i < n && total > max_bytes; i++)
-			if (unlinkat(dirfd(d), files[i].name, 0) == 0)
-				total -= files[i].bytes;
+		for (size_t i = 0; i < n && total > max_bytes; i++) {
+			char *slash = strchr(files[i].name, '/');
+
+			if (unlinkat(dirfd(d), files[i].name, 0) != 0)
+				continue;
+			total -= files[i].bytes;
+			if (slash) {
+				*slash = '\0';
+				/* another version's subdirectory goes once empty */
+				if (strcmp(files[i].name, cur) != 0)
+					unlinkat(dirfd(d), files[i].name, AT_REMOVEDIR);
+			}
+		}
 	}
 	free(files);
 	closedir(d);
@@ -1126,6 +1165,9 @@ int ehtable_cache_put(const char *dir, const struct ehtable *t, uint64_t max_byt
 	if (rc)
 		return rc;
 	if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+		return -errno;
+	snprintf(tmp, sizeof(tmp), "%s/v%u", dir, EHTABLE_FILE_VERSION);
+	if (mkdir(tmp, 0700) != 0 && errno != EEXIST)
 		return -errno;
 	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
 	rc = ehtable_save(t, tmp);

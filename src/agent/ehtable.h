@@ -10,8 +10,9 @@
  * size, mtime), so one table serves every process that maps the object.
  *
  * Cache: ehtable_save/ehtable_load write and read one table file (checked by magic, version,
- * length and checksum); ehtable_cache_get/put keep them in a directory by identity, bounded by
- * a byte budget (oldest files removed first).
+ * length and checksum); ehtable_cache_get/put keep them in a directory by identity, one
+ * subdirectory per file format version, bounded by a byte budget over all versions (oldest files
+ * removed first).
  *
  * Threading: a table is read-only after build and may be shared between threads; building
  * takes no locks and uses no globals. The caller frees with ehtable_free.
@@ -27,6 +28,10 @@
 #define EHTABLE_MAX_ROWS (4u << 20)	    /* rows per object; libLLVM needs ~0.95 M */
 #define EHTABLE_ID_MAX 40		    /* identity bytes: build-id (≤ 40) or file facts */
 #define EHTABLE_CACHE_MAX_BYTES (64u << 20) /* default on-disk cache budget */
+/* Bump with any change of the file or slot layout: each version has its own cache subdirectory
+ * ("v2"), so agents of two versions on one host never read or remove each other's files (before
+ * the subdirectories they did: every start rebuilt 100+ tables, docs/benchmarks.md). */
+#define EHTABLE_FILE_VERSION 2u
 
 #define EHTABLE_MAX_LOADS 8 /* PT_LOAD segments remembered for load-bias lookups */
 
@@ -107,9 +112,11 @@ const char *ehtable_kind_name(unsigned kind);
 
 int ehtable_save(const struct ehtable *t, const char *path);
 int ehtable_load(const char *path, struct ehtable **out);
-/* Looks up dir/<hex id>.ehtab; -ENOENT when absent or unusable. */
+/* Looks up dir/v<file version>/<hex id>.ehtab; -ENOENT when absent or unusable. */
 int ehtable_cache_get(const char *dir, const uint8_t *id, uint32_t id_len, struct ehtable **out);
-/* Stores t in dir, then removes the oldest files until the directory holds ≤ max_bytes. */
+/* Stores t in dir/v<file version>, then removes the least recently used files (of any version,
+ * and those of agents from before the version subdirectories at dir's top) until dir holds
+ * ≤ max_bytes. */
 int ehtable_cache_put(const char *dir, const struct ehtable *t, uint64_t max_bytes);
 
 #endif

@@ -493,7 +493,7 @@ static void test_cache_budget(void **state)
 	assert_int_equal(ehtable_cache_put(dir, b, budget), 0);
 	/* make a the oldest: it goes first when c does not fit */
 	ehtable_id_hex(a, hex, sizeof(hex));
-	snprintf(path, sizeof(path), "%s/%s.ehtab", dir, hex);
+	snprintf(path, sizeof(path), "%s/v%u/%s.ehtab", dir, EHTABLE_FILE_VERSION, hex);
 	assert_int_equal(utimensat(AT_FDCWD, path, old, 0), 0);
 	assert_int_equal(ehtable_cache_put(dir, c, budget), 0);
 
@@ -507,7 +507,7 @@ static void test_cache_budget(void **state)
 
 	/* a corrupt cache file is removed and reported absent */
 	ehtable_id_hex(b, hex, sizeof(hex));
-	snprintf(path, sizeof(path), "%s/%s.ehtab", dir, hex);
+	snprintf(path, sizeof(path), "%s/v%u/%s.ehtab", dir, EHTABLE_FILE_VERSION, hex);
 	assert_int_equal(truncate(path, 100), 0);
 	assert_int_equal(ehtable_cache_get(dir, b->id, b->id_len, &got), -ENOENT);
 	assert_int_equal(access(path, F_OK), -1);
@@ -517,6 +517,71 @@ static void test_cache_budget(void **state)
 	ehtable_free(a);
 	ehtable_free(b);
 	ehtable_free(c);
+}
+
+/* Writes n bytes of junk at dir/name with mtime sec (a file of another agent version). */
+static void write_junk(const char *dir, const char *name, size_t n, time_t sec)
+{
+	struct timespec ts[2] = {{sec, 0}, {sec, 0}};
+	char path[512];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	for (size_t i = 0; i < n; i++)
+		fputc('x', f);
+	assert_int_equal(fclose(f), 0);
+	assert_int_equal(utimensat(AT_FDCWD, path, ts, 0), 0);
+}
+
+/*
+ * Files of other format versions (an old "v1" subdirectory, and the top-level files of agents
+ * from before the subdirectories) are never read as this version's, nor removed while the budget
+ * holds; past it they go oldest first, with any version's, and an emptied old subdirectory goes.
+ */
+static void test_cache_versions(void **state)
+{
+	struct ehtable *a = build_or_skip(LDSO), *got;
+	char dir[] = "/tmp/ember-ehcache-XXXXXX", path[512], hex[2 * EHTABLE_ID_MAX + 1], name[128];
+	uint64_t big = 64ull << 20;
+
+	if (!a)
+		return;
+	assert_non_null(mkdtemp(dir));
+	ehtable_id_hex(a, hex, sizeof(hex));
+	snprintf(path, sizeof(path), "%s/v1", dir);
+	assert_int_equal(mkdir(path, 0700), 0);
+	/* an old agent's file under this table's own name, at the top and in v1: not this format */
+	snprintf(name, sizeof(name), "%s.ehtab", hex);
+	write_junk(dir, name, 5000, 2000);
+	snprintf(name, sizeof(name), "v1/%s.ehtab", hex);
+	write_junk(dir, name, 5000, 1000);
+	assert_int_equal(ehtable_cache_get(dir, a->id, a->id_len, &got), -ENOENT);
+	assert_int_equal(ehtable_cache_put(dir, a, big), 0);
+	assert_int_equal(ehtable_cache_get(dir, a->id, a->id_len, &got), 0);
+	assert_int_equal(got->n_slots, a->n_slots);
+	ehtable_free(got);
+	/* within the budget the old files stay */
+	snprintf(path, sizeof(path), "%s/%s.ehtab", dir, hex);
+	assert_int_equal(access(path, F_OK), 0);
+	snprintf(path, sizeof(path), "%s/v1/%s.ehtab", dir, hex);
+	assert_int_equal(access(path, F_OK), 0);
+	/* past it the oldest (v1's, then the top one) go, v1 with its last file */
+	assert_int_equal(ehtable_cache_put(dir, a, ehtable_size_bytes(a) + 4096 + 6000), 0);
+	assert_int_equal(access(path, F_OK), -1);
+	snprintf(path, sizeof(path), "%s/v1", dir);
+	assert_int_equal(access(path, F_OK), -1);
+	snprintf(path, sizeof(path), "%s/%s.ehtab", dir, hex);
+	assert_int_equal(access(path, F_OK), 0);
+	assert_int_equal(ehtable_cache_put(dir, a, ehtable_size_bytes(a) + 4096), 0);
+	assert_int_equal(access(path, F_OK), -1);
+	assert_int_equal(ehtable_cache_get(dir, a->id, a->id_len, &got), 0);
+	ehtable_free(got);
+
+	snprintf(path, sizeof(path), "rm -rf %s", dir);
+	assert_int_equal(system(path), 0);
+	ehtable_free(a);
 }
 
 int main(void)
@@ -535,6 +600,7 @@ int main(void)
 	    cmocka_unit_test(test_debug_frame_fallback),
 	    cmocka_unit_test(test_save_load),
 	    cmocka_unit_test(test_cache_budget),
+	    cmocka_unit_test(test_cache_versions),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
