@@ -480,8 +480,10 @@ static int sampler_on_event(void *ctx, void *data, size_t size)
 	switch (ev->type) {
 	case UNW_EVENT_EXEC:
 		/* A new process: its list at once, small tables inline, big ones queued. */
-		unwinder_scan_process(s->unw, ev->pid, UNWINDER_SCAN_SMALL | UNWINDER_SCAN_EXEC);
-		/* ld.so maps the libraries after exec: look again shortly. */
+		unwinder_exec(s->unw, ev->pid);
+		unwinder_scan_process(s->unw, ev->pid, UNWINDER_SCAN_SMALL);
+		/* ld.so maps the libraries after exec: look again shortly, unless a sample's
+		 * unknown-address event has brought them by then. */
 		sampler_queue_rescan(s, ev->pid,
 				     sampler_now_ns(CLOCK_MONOTONIC) + SAMPLER_UNW_RESCAN_NS);
 		sampler_kick_builder(s);
@@ -662,7 +664,7 @@ static void *sampler_unw_main(void *arg)
 		for (uint32_t i = 0; i < s->n_pending; i++) {
 			if (s->pending[i].due_ns <= now + SAMPLER_UNW_RESCAN_EARLY_NS) {
 				unwinder_scan_process(s->unw, s->pending[i].pid,
-						      UNWINDER_SCAN_SMALL);
+						      UNWINDER_SCAN_SMALL | UNWINDER_SCAN_UNLOADED);
 				scanned = 1;
 			} else {
 				s->pending[keep++] = s->pending[i];

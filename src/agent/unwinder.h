@@ -70,6 +70,7 @@ struct unwinder_stats {
 	uint64_t tables_built, tables_from_cache, table_failures;
 	uint64_t build_ns;	   /* total wall time spent building tables */
 	uint64_t scans;		   /* /proc/PID/maps reads */
+	uint64_t scans_skipped;	   /* UNWINDER_SCAN_UNLOADED scans of a loaded process */
 	uint64_t scan_unchanged;   /* ... whose executable mappings had not changed */
 	uint64_t slots_full;	   /* tables that did not fit the slot array */
 	uint64_t procs_full;	   /* processes refused by the procs map */
@@ -95,13 +96,15 @@ void unwinder_close(struct unwinder *u);
  * object with the same identity or from the on-disk cache (a file read, whatever the size); the
  * others are queued for unwinder_build_pending() and the list is completed by
  * unwinder_rescan_incomplete() once they exist. An unchanged list is not stored again unless
- * UNWINDER_SCAN_FORCE. UNWINDER_SCAN_EXEC: a new image, young again (UNWINDER_YOUNG_NS).
+ * UNWINDER_SCAN_FORCE. UNWINDER_SCAN_UNLOADED leaves a process alone, without reading its maps,
+ * when its list (since its exec) already has libraries besides the executable, its interpreter
+ * and the vDSO: ld.so has mapped them (the rescan after exec).
  */
 #define UNWINDER_SCAN_BUILD 1
 #define UNWINDER_SCAN_FORCE 2
 #define UNWINDER_SCAN_SMALL 4
 #define UNWINDER_SCAN_SMALL_IF_KNOWN 8 /* SMALL for a process scanned before (dlopen) */
-#define UNWINDER_SCAN_EXEC 16
+#define UNWINDER_SCAN_UNLOADED 16
 int unwinder_scan_process(struct unwinder *u, uint32_t pid, int flags);
 /*
  * A sample of pid walked through a pc outside its mapping list (UNW_EVENT_UNKNOWN): rescans it
@@ -118,6 +121,12 @@ int unwinder_rescan_incomplete(struct unwinder *u);
 int unwinder_build_pending(struct unwinder *u);
 /* The process exited: drop its mapping list and its table references. */
 void unwinder_drop_process(struct unwinder *u, uint32_t pid);
+/*
+ * The process exec'ed a new image: it is young again (UNWINDER_YOUNG_NS), and its next scan,
+ * whatever starts it, stores the new image's list (small tables inline, as for any process
+ * known before), which replaces the old image's.
+ */
+void unwinder_exec(struct unwinder *u, uint32_t pid);
 /* Frees tables unused for UNWINDER_GRACE_NS; call now and then. */
 void unwinder_collect(struct unwinder *u);
 

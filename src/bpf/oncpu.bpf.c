@@ -912,7 +912,7 @@ int oncpu_exec(void *ctx)
 
 	if (!tgid_wanted(tgid))
 		return 0;
-	/* A new image: its first unknown address is reported at once, then young intervals. */
+	/* A new image: its first unknown address is reported at once, then at young intervals. */
 	bpf_map_update_elem(&unw_unknown_last, &tgid, &st, BPF_ANY);
 	send_event(UNW_EVENT_EXEC, tgid, 0);
 	return 0;

@@ -264,9 +264,10 @@ static void record_summary(const struct sampler_stats *st, int frequency, const 
 	fprintf(stderr,
 		"ember record: overflow %" PRIu64 " (lost %" PRIu64 "), lost %" PRIu64
 		", user stack errors %" PRIu64 ", drain mismatch %" PRIu64 "; unwind:%s;"
-		" unwind events %" PRIu64 " (lost %" PRIu64 ")\n",
+		" unwind events %" PRIu64 " (lost %" PRIu64 "), maps reads %" PRIu64 "\n",
 		st->overflow_samples, st->overflow_lost, st->lost, st->ustack_errors,
-		st->drain_mismatch, reasons, st->unwind_events, st->unwind_events_lost);
+		st->drain_mismatch, reasons, st->unwind_events, st->unwind_events_lost,
+		st->unwind_scans);
 }
 
 /* Starts CMD held at a pipe until sampling runs; returns its pid or -errno. */
