@@ -6,7 +6,7 @@
  * list; a slot array too small
  * for every table counts the misses instead of failing; two copies of one library (another
  * inode, same build-id) share one table and object id; unknown-address rescans that find
- * nothing new back off.
+ * nothing new back off (briefly in a young process); cached tables are taken without builds.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -317,6 +317,87 @@ static void test_shared_by_identity(void **state)
 	rmdir(dir);
 }
 
+/* Where this function is in pid's stored list: 1 with a table, 0 without, -1 not listed. */
+static int self_mapping_has_table(const struct maps *m, uint32_t pid)
+{
+	uintptr_t here = (uintptr_t)&self_mapping_has_table;
+	struct unw_proc p;
+
+	if (bpf_map_lookup_elem(m->procs, &pid, &p))
+		return -1;
+	for (uint32_t i = 0; i < p.n; i++)
+		if (here >= p.maps[i].start && here < p.maps[i].end)
+			return !(p.maps[i].flags & UNW_MAP_NO_TABLE);
+	return -1;
+}
+
+/*
+ * A scan without builds (an unknown-address event of a process not scanned before) takes the
+ * tables in the on-disk cache at once, whatever their size, and queues only what needs libdw;
+ * a process seen exec'ing is young again, so a rescan that finds nothing new backs off briefly.
+ */
+static void test_cached_tables_inline(void **state)
+{
+	char dir[] = "/tmp/ember-unwcache-XXXXXX", cmd[64];
+	uint32_t pid = (uint32_t)getpid();
+	struct unwinder_stats st;
+	struct unwinder *u;
+	struct maps m;
+
+	if (open_maps(&m, 1u << 20))
+		skip();
+	assert_non_null(mkdtemp(dir));
+	/* Fill the cache: every table built once. */
+	assert_int_equal(unwinder_open(&(struct unwinder_opts){.slots_fd = m.slots,
+							       .max_slots = 1u << 20,
+							       .procs_fd = m.procs,
+							       .max_procs = 16,
+							       .cache_dir = dir},
+				       &u),
+			 0);
+	assert_int_equal(unwinder_scan_process(u, pid, UNWINDER_SCAN_BUILD), 0);
+	unwinder_close(u);
+	close(m.slots);
+	close(m.procs);
+
+	/* A fresh unwinder: flags 0 used to queue every table for the builder thread. */
+	assert_int_equal(open_maps(&m, 1u << 20), 0);
+	assert_int_equal(unwinder_open(&(struct unwinder_opts){.slots_fd = m.slots,
+							       .max_slots = 1u << 20,
+							       .procs_fd = m.procs,
+							       .max_procs = 16,
+							       .cache_dir = dir},
+				       &u),
+			 0);
+	assert_int_equal(unwinder_scan_process(u, pid, 0), 0);
+	unwinder_get_stats(u, &st);
+	assert_true(st.tables_from_cache >= 3); /* this test, libc, ld.so ... */
+	assert_int_equal(st.tables_built, 0);
+	assert_true(st.pending <= 1); /* the vDSO is never cached */
+	assert_int_equal(self_mapping_has_table(&m, pid), 1);
+
+	/* Young after an exec: the first back-off is UNWINDER_UNKNOWN_BACKOFF_YOUNG_NS. The vDSO's
+	 * table first, so that the list is complete (an incomplete one is never "unchanged"). */
+	while (unwinder_build_pending(u))
+		;
+	unwinder_exec(u, pid);
+	assert_int_equal(unwinder_scan_process(u, pid, 0), 0);
+	assert_int_equal(unwinder_scan_unknown(u, pid), 0); /* unchanged: backs off */
+	assert_int_equal(unwinder_scan_unknown(u, pid), 0); /* within the back-off: skipped */
+	unwinder_get_stats(u, &st);
+	assert_int_equal(st.unknown_skipped, 1);
+	usleep(2 * UNWINDER_UNKNOWN_BACKOFF_YOUNG_NS / 1000);
+	assert_int_equal(unwinder_scan_unknown(u, pid), 0); /* 5 ms later: rescanned, not 200 */
+	unwinder_get_stats(u, &st);
+	assert_int_equal(st.unknown_skipped, 1);
+
+	unwinder_close(u);
+	close(m.slots);
+	close(m.procs);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -325,6 +406,7 @@ int main(void)
 	    cmocka_unit_test(test_slots_full),
 	    cmocka_unit_test(test_unknown_backoff),
 	    cmocka_unit_test(test_shared_by_identity),
+	    cmocka_unit_test(test_cached_tables_inline),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
