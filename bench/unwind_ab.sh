@@ -15,26 +15,8 @@ for b in "$OLD" "$NEW"; do [ -x "$b" ] || { echo "build $b first"; exit 1; }; do
 T=$(mktemp -d /tmp/ember-bench-unwind-ab.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 
-cat > "$T/w.pl" <<'PL'
-sub fib { my $n = shift; return $n < 2 ? $n : fib($n - 1) + fib($n - 2); }
-my %h; for my $i (1 .. 400000) { $h{"k$i"} = $i * 7 % 1013; }
-my @s = sort { $h{$a} <=> $h{$b} } keys %h; print fib(27), "\n";
-PL
-cat > "$T/w.py" <<'PY'
-import json
-def fib(n): return n if n < 2 else fib(n - 1) + fib(n - 2)
-d = {str(i): [i, {"x": i}] for i in range(200000)}
-print(fib(27), len(json.loads(json.dumps(d))))
-PY
-for i in 1 2 3 4; do cat /usr/bin/perl /usr/lib/x86_64-linux-gnu/libc.so.6; done > "$T/in.bin"
-declare -A CMD=(
-	[perl]="perl $T/w.pl"
-	[python3.11]="/usr/bin/python3.11 $T/w.py"
-	[xz-T2]="xz -6 -T2 -c $T/in.bin"
-	[gzip]="gzip -6 -c $T/in.bin"
-	[dd]="dd if=/dev/zero of=/dev/null bs=512 count=3000000"
-)
-ORDER=${ONLY:-"perl python3.11 xz-T2 gzip dd"}
+DEFAULT_ORDER="perl python3.11 xz-T2 gzip dd"
+. "$(dirname "${BASH_SOURCE[0]}")/unwind_workloads.sh"
 val() { sed -n "s/.*[ :]$1=\([^ ]*\).*/\1/p" "$2"; }
 
 # Starts the workload stopped, attaches $1 then $2, lets it run; prints "ns1 ns2".

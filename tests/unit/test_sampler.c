@@ -163,10 +163,9 @@ static void seen_cb(void *arg, const struct sample_rec *rec)
 		sn->kernel_samples += rec->count;
 }
 
-static struct sampler *open_unwind_or_skip(uint32_t only_tgid, enum sampler_unwind unwind)
+/* A sampler opened with o, or the test skipped when this host cannot load BPF. */
+static struct sampler *open_opts_or_skip(const struct sampler_opts *o)
 {
-	struct sampler_opts o = {
-	    .frequency = 99, .unwind = unwind, .only_tgid = only_tgid, .flush_seconds = 1};
 	struct sampler *s = NULL;
 	int ret;
 
@@ -174,7 +173,7 @@ static struct sampler *open_unwind_or_skip(uint32_t only_tgid, enum sampler_unwi
 		fprintf(stderr, "not root: cannot load BPF\n");
 		skip();
 	}
-	ret = sampler_open(&o, &s);
+	ret = sampler_open(o, &s);
 	if (ret == -EPERM || ret == -EACCES || ret == -ENOSYS || ret == -EOPNOTSUPP) {
 		fprintf(stderr, "BPF unavailable: %s\n", strerror(-ret));
 		skip();
@@ -182,6 +181,14 @@ static struct sampler *open_unwind_or_skip(uint32_t only_tgid, enum sampler_unwi
 	assert_int_equal(ret, 0);
 	assert_non_null(s);
 	return s;
+}
+
+static struct sampler *open_unwind_or_skip(uint32_t only_tgid, enum sampler_unwind unwind)
+{
+	struct sampler_opts o = {
+	    .frequency = 99, .unwind = unwind, .only_tgid = only_tgid, .flush_seconds = 1};
+
+	return open_opts_or_skip(&o);
 }
 
 static struct sampler *open_or_skip(uint32_t only_tgid)
@@ -276,15 +283,8 @@ static void test_sampler_counts_map_full(void **state)
 				 .counts_entries = 2};
 	struct seen sn = {.tgid = (uint32_t)getpid()};
 	struct sampler_stats st;
-	struct sampler *s = NULL;
-	int ret;
+	struct sampler *s = open_opts_or_skip(&o);
 
-	if (geteuid() != 0)
-		skip();
-	ret = sampler_open(&o, &s);
-	if (ret == -EPERM || ret == -EACCES || ret == -ENOSYS)
-		skip();
-	assert_int_equal(ret, 0);
 	/* Distinct keys: the busy loop and the syscall loop, main and a kernel stack each. */
 	for (int round = 0; round < BUSY_ROUNDS_MAX; round++) {
 		busy_spin(BUSY_ROUND_NS / 3);
@@ -324,15 +324,8 @@ static void test_sampler_counts_cache_evictions(void **state)
 				 .counts_entries = 8};
 	struct seen sn = {.tgid = (uint32_t)getpid()};
 	struct sampler_stats st;
-	struct sampler *s = NULL;
-	int ret;
+	struct sampler *s = open_opts_or_skip(&o);
 
-	if (geteuid() != 0)
-		skip();
-	ret = sampler_open(&o, &s);
-	if (ret == -EPERM || ret == -EACCES || ret == -ENOSYS)
-		skip();
-	assert_int_equal(ret, 0);
 	for (int round = 0; round < BUSY_ROUNDS_MAX; round++) {
 		busy_spin(BUSY_ROUND_NS / 2);
 		syscall_spin(BUSY_ROUND_NS / 2);

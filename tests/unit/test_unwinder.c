@@ -77,8 +77,12 @@ static int open_maps(struct maps *m, uint32_t n_slots)
 	return 0;
 }
 
-/* An unwinder over the maps of m (n_slots as open_maps was given); proc_root NULL = /proc. */
-static struct unwinder *open_unwinder(const struct maps *m, uint32_t n_slots, const char *proc_root)
+/*
+ * An unwinder over the maps of m (n_slots as open_maps was given); proc_root NULL = /proc,
+ * cache_dir NULL = no on-disk table cache.
+ */
+static struct unwinder *open_unwinder(const struct maps *m, uint32_t n_slots, const char *proc_root,
+				      const char *cache_dir)
 {
 	struct unwinder *u = NULL;
 
@@ -86,7 +90,8 @@ static struct unwinder *open_unwinder(const struct maps *m, uint32_t n_slots, co
 							       .max_slots = n_slots,
 							       .procs_fd = m->procs,
 							       .max_procs = 16,
-							       .proc_root = proc_root},
+							       .proc_root = proc_root,
+							       .cache_dir = cache_dir},
 				       &u),
 			 0);
 	return u;
@@ -105,7 +110,7 @@ static void test_scan_self(void **state)
 
 	if (open_maps(&m, 1u << 20))
 		skip();
-	u = open_unwinder(&m, 1u << 20, NULL);
+	u = open_unwinder(&m, 1u << 20, NULL, NULL);
 	assert_int_equal(unwinder_scan_process(u, pid, UNWINDER_SCAN_BUILD), 0);
 	assert_int_equal(bpf_map_lookup_elem(m.procs, &pid, &p), 0);
 	assert_true(p.n >= 3); /* this test, libc, ld.so (and the vDSO) */
@@ -170,7 +175,7 @@ static void test_slots_full(void **state)
 
 	if (open_maps(&m, 4096))
 		skip();
-	u = open_unwinder(&m, 4096, NULL);
+	u = open_unwinder(&m, 4096, NULL, NULL);
 	assert_int_equal(unwinder_scan_process(u, pid, UNWINDER_SCAN_BUILD), 0);
 	unwinder_get_stats(u, &st);
 	assert_true(st.slots_full >= 1); /* libc alone needs ~28 k slots */
@@ -194,7 +199,7 @@ static void test_unknown_backoff(void **state)
 
 	if (open_maps(&m, 1u << 20))
 		skip();
-	u = open_unwinder(&m, 1u << 20, NULL);
+	u = open_unwinder(&m, 1u << 20, NULL, NULL);
 	assert_int_equal(unwinder_scan_process(u, pid, UNWINDER_SCAN_BUILD), 0);
 	assert_int_equal(unwinder_scan_unknown(u, pid), 0); /* stored again, found unchanged */
 	unwinder_get_stats(u, &st);
@@ -277,7 +282,7 @@ static void test_shared_by_identity(void **state)
 	fake_proc(dir, pid_a, a, pgoff);
 	fake_proc(dir, pid_b, b, pgoff);
 
-	u = open_unwinder(&m, 1u << 20, p);
+	u = open_unwinder(&m, 1u << 20, p, NULL);
 	assert_int_equal(unwinder_scan_process(u, pid_a, UNWINDER_SCAN_BUILD), 0);
 	assert_int_equal(unwinder_scan_process(u, pid_b, UNWINDER_SCAN_BUILD), 0);
 	unwinder_get_stats(u, &st);
@@ -348,13 +353,7 @@ static void test_cached_tables_inline(void **state)
 		skip();
 	assert_non_null(mkdtemp(dir));
 	/* Fill the cache: every table built once. */
-	assert_int_equal(unwinder_open(&(struct unwinder_opts){.slots_fd = m.slots,
-							       .max_slots = 1u << 20,
-							       .procs_fd = m.procs,
-							       .max_procs = 16,
-							       .cache_dir = dir},
-				       &u),
-			 0);
+	u = open_unwinder(&m, 1u << 20, NULL, dir);
 	assert_int_equal(unwinder_scan_process(u, pid, UNWINDER_SCAN_BUILD), 0);
 	unwinder_close(u);
 	close(m.slots);
@@ -362,13 +361,7 @@ static void test_cached_tables_inline(void **state)
 
 	/* A fresh unwinder: flags 0 used to queue every table for the builder thread. */
 	assert_int_equal(open_maps(&m, 1u << 20), 0);
-	assert_int_equal(unwinder_open(&(struct unwinder_opts){.slots_fd = m.slots,
-							       .max_slots = 1u << 20,
-							       .procs_fd = m.procs,
-							       .max_procs = 16,
-							       .cache_dir = dir},
-				       &u),
-			 0);
+	u = open_unwinder(&m, 1u << 20, NULL, dir);
 	assert_int_equal(unwinder_scan_process(u, pid, 0), 0);
 	unwinder_get_stats(u, &st);
 	assert_true(st.tables_from_cache >= 3); /* this test, libc, ld.so ... */
