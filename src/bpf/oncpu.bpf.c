@@ -24,8 +24,9 @@
  *
  * In front of each set's counts map sits a per-CPU counts cache (profile.h): a sample whose key
  * is cached costs one cache line of one page instead of the ustacks and counts map operations.
- * The walk keeps a per-CPU rule cache (unw_rcache below): a return address seen before costs one
- * line instead of the mapping list's and the table's lookups.
+ * The walk keeps a per-CPU rule cache (unw_rcache below): a return address seen before, or a leaf
+ * inside the row of the last leaf, costs one line instead of the mapping list's and the table's
+ * lookups.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -291,30 +292,41 @@ static __always_inline __u64 stack_hash(const struct profile_stack *st, __u32 n)
 /* ---- DWARF walk (the BPF twin of src/agent/unwind.c's unw_step) ---------------------------- */
 
 /*
- * The rule cache: per CPU, direct-mapped, what one step looked up for a pc — the mapping's bias
- * and flags and the table row — so a return address seen before costs one line of one page
- * instead of the mapping list's binary search and the table's header, bucket and row lines
- * (scattered over a 32 MiB array). An entry is keyed by the list's gen and the pc (bit 63: the
- * pc is exact, looked up without the -1). It cannot go stale: user space never changes a list
- * in place; every write (scan, rescan after exec or dlopen, a table that became available) is a
- * whole new list with a new gen from a 64-bit counter, and a process that exits, or a reused
- * pid, gets its list deleted and any new one a new gen. A lookup in list gen G only ever hits
- * entries that list G itself produced, and those hold copies of rows, not slot numbers, so
- * slots freed and reused later do not reach them. A forked child walks with its parent's list
- * (parent_proc), gen included: same list, same answers. gen 0 (no gen) bypasses the cache.
+ * The rule cache: per CPU, what one step looked up for a pc — the mapping's bias and flags and
+ * the table row — together with the range of pcs that row covers, so a return address seen
+ * before, or a leaf pc anywhere inside a row already looked up (a hot loop), costs one line of
+ * one page instead of the mapping list's binary search and the table's header, bucket, row and
+ * next-row lines (scattered over a 32 MiB array). The leaf has one entry of its own, the last
+ * leaf's (its pc moves inside a hot loop, and there it stays in one row); a return address finds
+ * its entry by a hash of (list gen, pc >> UNW_RCACHE_GRANULE_SHIFT, exact), only from the
+ * granule of the pc that filled it, which is enough for a cache. An entry hits when gen and
+ * exact match and start <= pc < end. [start, end) is
+ * the row's [row.pc, next row.pc) moved to process addresses (+ bias, + 1 for a return address,
+ * looked up at pc - 1) and cut to the mapping, so any pc in it gets the same mapping and row
+ * from the lists and tables as the pc that filled it.
+ *
+ * It cannot go stale: user space never changes a list in place; every write (scan, rescan after
+ * exec or dlopen, a table that became available) is a whole new list with a new gen from a
+ * 64-bit counter, and a process that exits, or a reused pid, gets its list deleted and any new
+ * one a new gen. A lookup in list gen G only ever hits entries that list G itself produced, and
+ * those hold copies of rows and ranges, not slot numbers, so slots freed and reused later do not
+ * reach them. A forked child walks with its parent's list (parent_proc), gen included: same
+ * list, same answers. gen 0 (no gen, or rcache_on 0) never hits: entries are filled with gen 0.
  */
-#define UNW_RCACHE_ENTRIES 64 /* 64 × 40 bytes per CPU: within one 4 KiB page */
+#define UNW_RCACHE_ENTRIES 64	   /* 1 + 64 × 48 bytes per CPU: within one 4 KiB page */
+#define UNW_RCACHE_GRANULE_SHIFT 4 /* pcs of one 16-byte granule share an entry */
 
 struct unw_rcache_entry {
-	__u64 gen; /* 0: empty */
-	__u64 pc;  /* bit 63: exact */
+	__u64 gen;	  /* 0: empty */
+	__u64 start, end; /* the pcs [start, end) this entry answers */
 	__u64 bias;
 	struct unw_row row;
 	__u32 flags; /* unw_mapping.flags */
-	__u32 reserved;
+	__u32 exact; /* filled by an exact (leaf or signal) lookup: answers only those */
 };
 
 struct unw_rcache {
+	struct unw_rcache_entry leaf;
 	struct unw_rcache_entry e[UNW_RCACHE_ENTRIES];
 };
 
@@ -329,8 +341,8 @@ struct unw_ctx {
 	struct unw_walk *w;
 	struct profile_stack *st;
 	struct unw_proc *proc;
-	struct unw_rcache *rc; /* NULL: no cache (list without gen) */
-	__u64 gen;
+	struct unw_rcache *rc;
+	__u64 gen; /* 0: the cache never hits */
 };
 
 static __always_inline int slot_get(__u64 idx, __u64 *v)
@@ -377,8 +389,11 @@ static __always_inline struct unw_mapping *proc_find(struct unw_proc *p, __u64 p
 	return NULL;
 }
 
-/* The row for va in the table at base: 0 found, -1 none. */
-static __always_inline int find_row(__u32 base, __u64 va, struct unw_row *row)
+/*
+ * The row for va in the table at base, and in *end the va where the next row (or the table)
+ * begins, so the row holds for every va in [row->pc, *end): 0 found, -1 none.
+ */
+static __always_inline int find_row(__u32 base, __u64 va, struct unw_row *row, __u64 *end)
 {
 	__u64 w0, w1, idx, rows;
 	__u32 first_va, n_buckets, n_rows, lo, hi;
@@ -416,7 +431,57 @@ static __always_inline int find_row(__u32 base, __u64 va, struct unw_row *row)
 			hi = mid;
 		}
 	}
-	return lo + 1 < hi ? -1 : 0;
+	if (lo + 1 < hi)
+		return -1;
+	*end = (__u64)first_va + ((__u64)n_buckets << UNW_BUCKET_SHIFT);
+	if (lo + 1 < n_rows) {
+		if (slot_get(rows + lo + 1, &w0))
+			return -1;
+		*end = (__u32)w0;
+	}
+	return 0;
+}
+
+/*
+ * What a step needs for pc (exact: looked up at pc, else at pc - 1), into *out without its gen:
+ * the mapping's bias and flags, and unless the step will not use it (no table, or a
+ * frame-pointer object's non-leaf frame) the row and the pcs [start, end) it answers for (just
+ * pc when no row covers it). Returns -1 when pc is in no mapping, 1 when out has no row (not to
+ * be cached), 0 when out may be cached.
+ *
+ * A global function, verified once on its own: inlined into the walk's bpf_loop callback, the
+ * binary searches multiply the callback's verifier states past the 1,000,000-instruction limit.
+ */
+__noinline int unw_rule_lookup(struct unw_proc *proc, __u64 pc, __u32 exact, __u32 leaf,
+			       struct unw_rcache_entry *out)
+{
+	struct unw_mapping *m;
+	__u64 va, end, adj = exact ? 0 : 1;
+
+	if (!proc || !out)
+		return -1;
+	m = proc_find(proc, pc);
+	if (!m)
+		return -1;
+	out->bias = m->bias;
+	out->flags = m->flags;
+	out->exact = exact;
+	if ((m->flags & UNW_MAP_NO_TABLE) || ((m->flags & UNW_MAP_FP) && !leaf))
+		return 1;
+	va = pc - m->bias - adj;
+	if (find_row(m->table_base, va, &out->row, &end) != 0) {
+		out->row.kind = UNW_KIND_NONE;
+		out->start = pc;
+		out->end = pc + 1;
+		return 0;
+	}
+	out->start = out->row.pc + m->bias + adj;
+	out->end = end + m->bias + adj;
+	if (out->start < m->start)
+		out->start = m->start;
+	if (out->end > m->end)
+		out->end = m->end;
+	return 0;
 }
 
 /* One frame-pointer step; returns 1 (walk ends with `why`) or 0. */
@@ -451,15 +516,13 @@ static long unw_step_cb(__u32 i, void *arg)
 	struct unw_ctx *c = arg;
 	struct unw_walk *w = c->w;
 	struct profile_stack *st = c->st;
-	struct unw_proc *proc = c->proc;
-	struct unw_rcache_entry *e = NULL;
-	struct unw_mapping *m = NULL;
+	struct unw_rcache_entry *e;
 	struct unw_row row;
-	__u64 va, cfa, ra, pc, fr, kpc, bias = 0;
-	__u32 n, flags = 0;
-	int cached = 0;
+	__u64 cfa, ra, pc, fr, bias, idx;
+	__u32 n, flags, exact;
+	int found = 0;
 
-	if (!w || !st || !proc)
+	if (!w || !st || !c->proc || !c->rc)
 		return 1;
 	n = w->n;
 	if (n >= PROFILE_MAX_STACK_DEPTH) {
@@ -467,32 +530,28 @@ static long unw_step_cb(__u32 i, void *arg)
 		return 1;
 	}
 	pc = w->pc;
-	kpc = pc | (__u64)(w->exact != 0) << 63;
-	if (c->rc) {
-		e = &c->rc->e[hash_mix(c->gen, kpc) & (UNW_RCACHE_ENTRIES - 1)];
-		cached = e->gen == c->gen && e->pc == kpc;
+	exact = w->exact != 0;
+	idx = hash_mix(c->gen, pc >> UNW_RCACHE_GRANULE_SHIFT | (__u64)exact << 63);
+	e = n == 0 ? &c->rc->leaf : &c->rc->e[idx & (UNW_RCACHE_ENTRIES - 1)];
+	if (!c->gen || e->gen != c->gen || e->exact != exact || pc < e->start || pc >= e->end) {
+		e->gen = 0;
+		found = unw_rule_lookup(c->proc, pc, exact, n == 0, e);
+		if (found == 0)
+			e->gen = c->gen;
 	}
-	if (cached) {
-		bias = e->bias;
-		flags = e->flags;
-		__builtin_memcpy(&row, &e->row, sizeof(row));
-	} else {
-		m = proc_find(proc, pc);
-		if (m) {
-			bias = m->bias;
-			flags = m->flags;
-		}
-	}
+	bias = e->bias;
+	flags = e->flags;
+	__builtin_memcpy(&row, &e->row, sizeof(row));
 	/* Object id + va where the object has a table (bias known), else the raw address. */
 	fr = pc;
-	if ((cached || m) && !(flags & UNW_MAP_NO_TABLE) && (flags >> UNW_MAP_OBJ_SHIFT))
+	if (found >= 0 && !(flags & UNW_MAP_NO_TABLE) && (flags >> UNW_MAP_OBJ_SHIFT))
 		fr = UNW_FRAME_ENCODED | ((__u64)(flags >> UNW_MAP_OBJ_SHIFT) << UNW_FRAME_OBJ_SHIFT) |
 		     ((pc - bias) & UNW_FRAME_VA_MASK);
 	st->ips[n] = fr;
 	w->n = n + 1;
 	w->hash = hash_mix(w->hash, fr);
 
-	if (!cached && !m) {
+	if (found < 0) {
 		if (!w->miss_pc && !w->from_fp)
 			w->miss_pc = pc;
 		return fp_step(w, UNW_REASON_NO_MAPPING);
@@ -507,18 +566,6 @@ static long unw_step_cb(__u32 i, void *arg)
 		}
 		if (n > 0)
 			return fp_step(w, UNW_REASON_NO_ROW);
-	}
-	if (!cached && m) {
-		va = pc - bias - (w->exact ? 0 : 1);
-		if (find_row(m->table_base, va, &row) != 0)
-			row.kind = UNW_KIND_NONE;
-		if (e) {
-			e->gen = c->gen;
-			e->pc = kpc;
-			e->bias = bias;
-			e->flags = flags;
-			__builtin_memcpy(&e->row, &row, sizeof(row));
-		}
 	}
 
 	switch (row.kind) {
@@ -696,10 +743,11 @@ static __always_inline struct profile_stack *record_ustack_dwarf(struct bpf_perf
 	__u32 zero = 0, reason;
 	struct profile_stack *st = bpf_map_lookup_elem(&ustack_scratch, &zero);
 	struct unw_walk *w = bpf_map_lookup_elem(&unw_walk_scratch, &zero);
+	struct unw_rcache *rc = bpf_map_lookup_elem(&unw_rcache, &zero);
 	struct unw_proc *proc;
 	struct unw_ctx c;
 
-	if (!st || !w) {
+	if (!st || !w || !rc) {
 		key->ustack_kind = PROFILE_USTACK_ERROR;
 		key->ustack = ENOMEM;
 		counter_inc(PROFILE_CNT_USTACK_ERR);
@@ -723,8 +771,8 @@ static __always_inline struct profile_stack *record_ustack_dwarf(struct bpf_perf
 		c.w = w;
 		c.st = st;
 		c.proc = proc;
-		c.gen = proc->gen;
-		c.rc = rcache_on && c.gen ? bpf_map_lookup_elem(&unw_rcache, &zero) : NULL;
+		c.rc = rc;
+		c.gen = rcache_on ? proc->gen : 0;
 		bpf_loop(UNW_MAX_FRAMES, unw_step_cb, &c, 0);
 	} else {
 		/* No mapping list yet: keep the leaf so the sample still says where it was. */
