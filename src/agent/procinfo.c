@@ -3,9 +3,9 @@
  *
  * Facts live in a hash table keyed by pid with an LRU list; when the table holds max_entries
  * the least recently used entry is dropped. A cached entry is re-validated against
- * /proc/PID/stat at most once per recheck interval (PROCINFO_RECHECK_MS by default): a different start time means the pid was
- * reused, so comm and container id are read again; a missing /proc/PID only clears `alive`, and
- * the last known facts stay until procinfo_forget().
+ * /proc/PID/stat at most once per recheck interval (PROCINFO_RECHECK_MS by default): a
+ * different start time means the pid was reused, so comm and container id are read again; a
+ * missing /proc/PID only clears `alive`, and the last known facts stay until procinfo_forget().
  *
  * Boot time: the start time in /proc/PID/stat counts clock ticks since boot. The wall-clock boot
  * time comes from "btime" in /proc/stat (whole seconds), read once per cache and kept for the

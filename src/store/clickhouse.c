@@ -1048,9 +1048,9 @@ static int ch_cmp_row(const void *a, const void *b, void *arg)
 
 /*
  * Which hours of the batch are already stored (an earlier attempt wrote them): present[g] = 1
- * for hour group g, whose rows are idx[first[g] .. first[g + 1]). Each hour was one atomic INSERT, so one row of it tells about all of it;
- * the probe looks for the batch id at the exact sort key of the group's first row, which the
- * primary key narrows to a granule or two per part.
+ * for hour group g, whose rows are idx[first[g] .. first[g + 1]). Each hour was one atomic
+ * INSERT, so one row of it tells about all of it; the probe looks for the batch id at the exact
+ * sort key of the group's first row, which the primary key narrows to a granule or two per part.
  */
 static int ch_probe_hours(struct ch_store *s, const char *db, const char *batch_id,
 			  const struct profile_row *rows, const size_t *idx, const size_t *first,

@@ -20,9 +20,10 @@
  * table plus covering index. A query first picks the matching contexts (a few hundred rows,
  * where the tag filter's json_each() is cheap) and then reads the time range of samples, keeping
  * the rows of those contexts; only a filter on a per-row column (time, value, the stack text) is
- * evaluated on the full view. Retention deletes a time range of the same b-tree. compression_algo belongs to the stored stack text, so it
- * lives in stacks; rows are written plain (""), and a stack stored as 'zstd' (imported data) is
- * decompressed before it reaches a caller. tag_names/tag_values are JSON arrays of strings.
+ * evaluated on the full view. Retention deletes a time range of the same b-tree.
+ * compression_algo belongs to the stored stack text, so it lives in stacks; rows are written
+ * plain (""), and a stack stored as 'zstd' (imported data) is decompressed before it reaches a
+ * caller. tag_names/tag_values are JSON arrays of strings.
  *
  * Ids: a 128-bit hash of the text (of the context key) is computed in one pass (two 64-bit
  * lanes). The first lane is the preferred id; if that id holds a different text, id+1, id+2 ...
