@@ -4,6 +4,11 @@
  * the host is (proportion checks need the samples; a loaded host only makes it last longer).
  * hot_a does 70 % of the work and hot_b 30 %: both run the same loop, hot_a 7 rounds for every
  * 3 of hot_b, so the split holds whatever the CPU speed.
+ *
+ * A round's length varies pseudo-randomly (0.5–1.5 × ROUND_ITERS, the same for hot_a and hot_b
+ * within one pass), so that work() has no period: with a fixed one (2.0 ms on one development
+ * machine, a fifth of the 10.1 ms between two samples at 99 Hz) every sample of a run can land
+ * at the same phase of the loop, and test_sampler once saw 96 samples in hot_a and 106 in hot_b.
  */
 #include <stdio.h>
 
@@ -11,23 +16,30 @@
 
 #define ROUND_ITERS 200000
 
-__attribute__((noinline)) uint64_t hot_a(uint64_t x)
+__attribute__((noinline)) uint64_t hot_a(uint64_t x, long round)
 {
-	return burn_iters(x, 7 * ROUND_ITERS);
+	return burn_iters(x, 7 * round);
 }
 
-__attribute__((noinline)) uint64_t hot_b(uint64_t x)
+__attribute__((noinline)) uint64_t hot_b(uint64_t x, long round)
 {
-	return burn_iters(x ^ 0x9e3779b97f4a7c15ull, 3 * ROUND_ITERS);
+	return burn_iters(x ^ 0x9e3779b97f4a7c15ull, 3 * round);
 }
 
 __attribute__((noinline)) uint64_t work(double seconds)
 {
 	uint64_t end = burn_cpu_ns() + (uint64_t)(seconds * 1e9), x = 88172645463325252ull;
+	uint64_t r = 0x2545f4914f6cdd1dull;
 
 	while (burn_cpu_ns() < end) {
-		x = hot_a(x);
-		x = hot_b(x);
+		long round;
+
+		r ^= r << 13;
+		r ^= r >> 7;
+		r ^= r << 17;
+		round = ROUND_ITERS / 2 + (long)(r % ROUND_ITERS);
+		x = hot_a(x, round);
+		x = hot_b(x, round);
 	}
 	return x;
 }
