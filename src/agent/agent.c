@@ -99,6 +99,13 @@ static void agent_summary(struct agent *a)
 		 us.queued_bytes + us.spooled_bytes, us.server_ok ? "ok" : "unreachable",
 		 ys.files_loaded, ys.frames_unknown, ys.frames,
 		 ss.bpf_run_cnt ? (double)ss.bpf_run_ns / (double)ss.bpf_run_cnt / 1000.0 : 0.0);
+	if (a->opts.off_cpu)
+		log_info("off-CPU: %" PRIu64 " blocks counted (%" PRIu64 " without stacks: capture "
+			 "budget), %" PRIu64 " not followed; bpf %.2f us per context switch",
+			 ss.offcpu_blocks, ss.offcpu_skipped, ss.offcpu_nostore,
+			 ss.offcpu_bpf_run_cnt
+			     ? (double)ss.offcpu_bpf_run_ns / (double)ss.offcpu_bpf_run_cnt / 1000.0
+			     : 0.0);
 	agent_summary_unwind(&ss);
 }
 
@@ -195,6 +202,9 @@ int agent_start(const struct agent_opts *opts, struct agent **out)
 	so.frequency = a->opts.frequency;
 	so.unwind = opts->unwind;
 	so.flush_seconds = 1;
+	so.events = SAMPLER_EVENT_ON_CPU | (opts->off_cpu ? SAMPLER_EVENT_OFF_CPU : 0);
+	so.off_cpu_min_us = opts->off_cpu_min_us;
+	so.off_cpu_captures = opts->off_cpu_captures;
 	rc = sampler_open(&so, &a->sampler);
 	if (rc < 0) {
 		log_error("cannot start sampling: %s (ember needs root and a kernel with BPF, BTF "
@@ -207,8 +217,9 @@ int agent_start(const struct agent_opts *opts, struct agent **out)
 		goto fail;
 	}
 	pthread_setname_np(a->thread, "ember-drain");
-	log_info("profiling this host at %d Hz (%s unwinding), sending to %s", a->opts.frequency,
-		 opts->unwind == SAMPLER_UNWIND_DWARF ? "dwarf" : "frame-pointer", opts->server_url);
+	log_info("profiling this host at %d Hz (%s unwinding)%s, sending to %s", a->opts.frequency,
+		 opts->unwind == SAMPLER_UNWIND_DWARF ? "dwarf" : "frame-pointer",
+		 opts->off_cpu ? " and off-CPU" : "", opts->server_url);
 	*out = a;
 	return 0;
 fail:
@@ -255,7 +266,8 @@ void agent_write_metrics(struct agent *a, struct strbuf *out)
 		  "# HELP ember_agent_samples_dropped_total Samples lost, by reason.\n"
 		  "# TYPE ember_agent_samples_dropped_total counter\n"
 		  "ember_agent_samples_dropped_total %" PRIu64 "\n"
-		  "# HELP ember_agent_samples_overflow_total Samples sent via the overflow ring (not lost).\n"
+		  "# HELP ember_agent_samples_overflow_total Samples sent via the overflow ring "
+		  "(not lost).\n"
 		  "ember_agent_samples_overflow_total %" PRIu64 "\n"
 		  "ember_agent_stack_collisions_total %" PRIu64 "\n"
 		  "# HELP ember_agent_bpf_run_seconds_total BPF program run time (bpf_stats).\n"
@@ -266,8 +278,17 @@ void agent_write_metrics(struct agent *a, struct strbuf *out)
 		  "ember_agent_rows_dropped_total %" PRIu64 "\n"
 		  "ember_agent_upload_retries_total %" PRIu64 "\n"
 		  "ember_agent_spool_bytes %" PRIu64 "\n"
-		  "ember_agent_server_up %d\n",
+		  "ember_agent_server_up %d\n"
+		  "# HELP ember_agent_offcpu_blocks_total Off-CPU blocks counted.\n"
+		  "# TYPE ember_agent_offcpu_blocks_total counter\n"
+		  "ember_agent_offcpu_blocks_total %" PRIu64 "\n"
+		  "# HELP ember_agent_offcpu_blocks_unstacked_total Off-CPU blocks counted without "
+		  "stacks (capture budget).\n"
+		  "ember_agent_offcpu_blocks_unstacked_total %" PRIu64 "\n"
+		  "ember_agent_offcpu_bpf_run_seconds_total %.9f\n"
+		  "ember_agent_offcpu_bpf_runs_total %" PRIu64 "\n",
 		  ss.samples, ss.lost, ss.overflow_samples, ss.stack_collisions,
 		  (double)ss.bpf_run_ns / 1e9, ss.bpf_run_cnt, us.rows_sent, us.rows_dropped,
-		  us.retries, us.queued_bytes + us.spooled_bytes, us.server_ok);
+		  us.retries, us.queued_bytes + us.spooled_bytes, us.server_ok, ss.offcpu_blocks,
+		  ss.offcpu_skipped, (double)ss.offcpu_bpf_run_ns / 1e9, ss.offcpu_bpf_run_cnt);
 }

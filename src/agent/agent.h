@@ -29,6 +29,9 @@ struct agent_opts {
 	size_t spool_bytes;        /* default 256 MiB */
 	size_t mem_bytes;          /* default 16 MiB */
 	int summary_interval_s;    /* default 60 */
+	int off_cpu;               /* also off-CPU rows: blocked time per stack (sampler.h) */
+	uint32_t off_cpu_min_us;   /* shortest block counted; 0 = SAMPLER_OFF_CPU_MIN_US */
+	uint32_t off_cpu_captures; /* per CPU and second; 0 = SAMPLER_OFF_CPU_CAPTURES */
 };
 
 struct agent;

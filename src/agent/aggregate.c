@@ -37,7 +37,9 @@ struct agg_entry {
 	struct agg_entry *next;
 	uint64_t hash;
 	uint32_t tgid; /* 0 for Total */
-	uint64_t samples;
+	enum sample_event event;
+	uint32_t ago;	  /* off-CPU: seconds before the window the row's time is (a long block) */
+	uint64_t samples; /* on-CPU: samples; off-CPU: µs */
 	int64_t start_ms;
 	char app[16];
 	const char *container;
@@ -45,11 +47,12 @@ struct agg_entry {
 	size_t stack_len;
 };
 
-/* DWARF walks of one process in the window (window arena). */
+/* DWARF walks of one process and event in the window (window arena). */
 struct agg_unw {
 	struct agg_unw *next;
 	uint32_t tgid;
-	uint64_t walked, complete; /* samples */
+	enum sample_event event;
+	uint64_t walked, complete; /* samples (off-CPU: µs) */
 	const char **value;	   /* the tag value, made at flush */
 };
 
@@ -126,9 +129,9 @@ static void agg_copy_str(char *dst, const char *src, size_t size)
 	dst[n] = '\0';
 }
 
-static uint64_t agg_hash(uint32_t tgid, const char *s, size_t len)
+static uint64_t agg_hash(uint32_t tgid, uint32_t slot, const char *s, size_t len)
 {
-	uint64_t h = 0xcbf29ce484222325ull ^ tgid;
+	uint64_t h = (0xcbf29ce484222325ull ^ tgid) * 0x100000001b3ull ^ slot;
 
 	for (size_t i = 0; i < len; i++) {
 		h ^= (unsigned char)s[i];
@@ -229,16 +232,24 @@ static void agg_grow(struct aggregate *agg)
 	agg->n_buckets = n;
 }
 
-/* Adds samples to the row (tgid, stack), creating it unless the window is full. */
-static void agg_insert(struct aggregate *agg, uint32_t tgid, const char *stack, size_t len,
-		       const char *app, int64_t start_ms, const char *container, uint64_t samples)
+/* The identity of a row besides its process and stack. */
+struct agg_slot {
+	enum sample_event event;
+	uint32_t ago;
+};
+
+/* Adds samples to the row (tgid, event, ago, stack), creating it unless the window is full. */
+static void agg_insert(struct aggregate *agg, uint32_t tgid, struct agg_slot slot,
+		       const char *stack, size_t len, const char *app, int64_t start_ms,
+		       const char *container, uint64_t samples)
 {
-	uint64_t h = agg_hash(tgid, stack, len);
+	uint64_t h = agg_hash(tgid, slot.ago << 1 | slot.event, stack, len);
 	struct agg_arena *arena = &agg->arenas[agg->cur];
 	struct agg_entry *e;
 
 	for (e = agg->buckets[h & (agg->n_buckets - 1)]; e; e = e->next) {
-		if (e->hash == h && e->tgid == tgid && e->stack_len == len &&
+		if (e->hash == h && e->tgid == tgid && e->event == slot.event &&
+		    e->ago == slot.ago && e->stack_len == len &&
 		    memcmp(e->stack, stack, len) == 0) {
 			e->samples += samples;
 			return;
@@ -256,6 +267,8 @@ static void agg_insert(struct aggregate *agg, uint32_t tgid, const char *stack, 
 	e = agg_arena_alloc(arena, sizeof(*e));
 	e->hash = h;
 	e->tgid = tgid;
+	e->event = slot.event;
+	e->ago = slot.ago;
 	e->samples = samples;
 	e->start_ms = start_ms;
 	agg_copy_str(e->app, app, sizeof(e->app));
@@ -311,6 +324,10 @@ void aggregate_build_stack(struct aggregate *agg, const struct sample_rec *rec, 
 	int uerr = rec->ustack_error != 0;
 
 	agg_put_comm(out, rec->tid == rec->tgid ? "[p] " : "[t] ", rec->comm);
+	if (rec->stacks_skipped) {
+		sb_puts(out, ";" AGGREGATE_FRAME_NOT_CAPTURED);
+		return;
+	}
 	if (uerr && rec->kstack_error) {
 		sb_puts(out, ";[stack trace lost]");
 		return;
@@ -324,15 +341,17 @@ void aggregate_build_stack(struct aggregate *agg, const struct sample_rec *rec, 
 		sym_append_user(agg->sym, rec->tgid, rec->uframes, rec->n_uframes, out);
 	if (rec->kstack_error)
 		sb_puts(out, ";[kernel stack trace error]");
+	else if (rec->n_kframes && rec->event == SAMPLE_OFF_CPU)
+		sym_append_kernel_blocked(agg->sym, rec->kframes, rec->n_kframes, out);
 	else if (rec->n_kframes)
 		sym_append_kernel(agg->sym, rec->kframes, rec->n_kframes, out);
 }
 
-static struct agg_unw *agg_unw_find(struct aggregate *agg, uint32_t tgid)
+static struct agg_unw *agg_unw_find(struct aggregate *agg, uint32_t tgid, enum sample_event ev)
 {
 	struct agg_unw *u = agg->unw[tgid % AGG_UNW_BUCKETS];
 
-	while (u && u->tgid != tgid)
+	while (u && (u->tgid != tgid || u->event != ev))
 		u = u->next;
 	return u;
 }
@@ -344,11 +363,12 @@ static void agg_unw_count(struct aggregate *agg, const struct sample_rec *rec)
 
 	if (!rec->ustack_reason)
 		return;
-	u = agg_unw_find(agg, rec->tgid);
+	u = agg_unw_find(agg, rec->tgid, rec->event);
 	if (!u) {
 		u = agg_arena_alloc(&agg->arenas[agg->cur], sizeof(*u));
 		memset(u, 0, sizeof(*u));
 		u->tgid = rec->tgid;
+		u->event = rec->event;
 		u->next = agg->unw[rec->tgid % AGG_UNW_BUCKETS];
 		agg->unw[rec->tgid % AGG_UNW_BUCKETS] = u;
 	}
@@ -361,9 +381,9 @@ static void agg_unw_count(struct aggregate *agg, const struct sample_rec *rec)
  * The row's unwind tag: ⌊100 × complete / walked⌋ of its process in this window, three digits
  * ("007", "100") so that the server's string comparisons order it (>= '090').
  */
-static void agg_unw_tag(struct aggregate *agg, struct profile_row *r)
+static void agg_unw_tag(struct aggregate *agg, struct profile_row *r, enum sample_event ev)
 {
-	struct agg_unw *u = r->process_id ? agg_unw_find(agg, (uint32_t)r->process_id) : NULL;
+	struct agg_unw *u = r->process_id ? agg_unw_find(agg, (uint32_t)r->process_id, ev) : NULL;
 
 	if (!u || !u->walked)
 		return;
@@ -377,6 +397,37 @@ static void agg_unw_tag(struct aggregate *agg, struct profile_row *r)
 	r->n_tags = 1;
 	r->tag_names = agg_unw_tag_names;
 	r->tag_values = u->value;
+}
+
+/*
+ * An off-CPU record: no Total (as DeepFlow, whose off-CPU has none); the thread's blocked µs
+ * under its stack, cut into one-second pieces going back from the window when a block reached
+ * further back than the window (DeepFlow's ingester does the same to every row over 1 s; done
+ * here, per thread, before threads of one name merge, a piece is real time of one thread).
+ */
+static void agg_add_blocked(struct aggregate *agg, const struct sample_rec *rec, const char *pcomm,
+			    int64_t start_ms, const char *container)
+{
+	struct strbuf *sb = &agg->scratch;
+	uint64_t left = rec->count;
+	uint32_t ago = 0;
+
+	if (agg->has_regex && regexec(&agg->regex, pcomm, 0, NULL, 0) != 0)
+		return;
+	agg_unw_count(agg, rec);
+	sb_reset(sb);
+	aggregate_build_stack(agg, rec, sb);
+	while (left) {
+		uint64_t piece =
+		    left > AGGREGATE_OFFCPU_SPLIT_US && ago + 1 < AGGREGATE_OFFCPU_MAX_SPLITS
+			? AGGREGATE_OFFCPU_SPLIT_US
+			: left;
+
+		agg_insert(agg, rec->tgid, (struct agg_slot){SAMPLE_OFF_CPU, ago}, sb->buf, sb->len,
+			   pcomm, start_ms, container, piece);
+		left -= piece;
+		ago++;
+	}
 }
 
 void aggregate_add(void *arg, const struct sample_rec *rec)
@@ -394,6 +445,10 @@ void aggregate_add(void *arg, const struct sample_rec *rec)
 		agg->stats.kstack_errors += rec->count;
 
 	known = agg_process_facts(agg, rec, pcomm, &start_ms, container);
+	if (rec->event == SAMPLE_OFF_CPU) {
+		agg_add_blocked(agg, rec, pcomm, start_ms, container);
+		return;
+	}
 
 	/* Total: every process, two levels at most; a vanished process keeps only its thread. */
 	sb_reset(sb);
@@ -405,14 +460,16 @@ void aggregate_add(void *arg, const struct sample_rec *rec)
 	} else {
 		agg_put_comm(sb, "[t] ", rec->comm);
 	}
-	agg_insert(agg, 0, sb->buf, sb->len, "Total", 0, "", rec->count);
+	agg_insert(agg, 0, (struct agg_slot){SAMPLE_ON_CPU, 0}, sb->buf, sb->len, "Total", 0, "",
+		   rec->count);
 
 	if (agg->has_regex && regexec(&agg->regex, pcomm, 0, NULL, 0) != 0)
 		return;
 	agg_unw_count(agg, rec);
 	sb_reset(sb);
 	aggregate_build_stack(agg, rec, sb);
-	agg_insert(agg, rec->tgid, sb->buf, sb->len, pcomm, start_ms, container, rec->count);
+	agg_insert(agg, rec->tgid, (struct agg_slot){SAMPLE_ON_CPU, 0}, sb->buf, sb->len, pcomm,
+		   start_ms, container, rec->count);
 }
 
 static int agg_cmp_u32(const void *a, const void *b)
@@ -485,13 +542,15 @@ int aggregate_flush(struct aggregate *agg, int64_t window_start, aggregate_sink_
 			struct profile_row *r = &rows[n++];
 
 			memset(r, 0, sizeof(*r));
-			r->time = window_start;
 			r->app_service = e->app;
 			r->app_instance = e->app;
 			r->profile_location_str = e->stack;
-			r->profile_value = (int64_t)e->samples * agg->us_per_sample;
+			r->time = window_start - (int64_t)e->ago;
+			r->profile_value = e->event == SAMPLE_OFF_CPU
+					       ? (int64_t)e->samples
+					       : (int64_t)e->samples * agg->us_per_sample;
 			r->profile_value_unit = "microseconds";
-			r->profile_event_type = "on-cpu";
+			r->profile_event_type = e->event == SAMPLE_OFF_CPU ? "off-cpu" : "on-cpu";
 			r->profile_language_type = "eBPF";
 			r->profile_create_timestamp = now_us;
 			r->process_id = e->tgid;
@@ -503,7 +562,7 @@ int aggregate_flush(struct aggregate *agg, int64_t window_start, aggregate_sink_
 			r->pod_cluster = r->pod_ns = r->pod_node = r->pod = r->pod_group = "";
 			r->trace_id = r->span_name = r->profile_id = "";
 			r->compression_algo = "";
-			agg_unw_tag(agg, r);
+			agg_unw_tag(agg, r, e->event);
 		}
 	}
 	ret = sink(arg, rows, n);
@@ -525,6 +584,8 @@ static int agg_cmp_entry(const void *a, const void *b)
 	const struct agg_entry *y = *(const struct agg_entry *const *)b;
 	int c = strcmp(x->app, y->app);
 
+	if (!c && x->event != y->event)
+		return x->event < y->event ? -1 : 1;
 	return c ? c : strcmp(x->stack, y->stack);
 }
 
@@ -550,7 +611,8 @@ int aggregate_write_folded(struct aggregate *agg, FILE *out, enum aggregate_valu
 		/* Processes of one name merge here, as they do under one app_service in the API. */
 		while (i + 1 < n && agg_cmp_entry(&v[i], &v[i + 1]) == 0)
 			value += v[++i]->samples;
-		if (unit == AGGREGATE_VALUE_US)
+		/* Off-CPU values are µs already. */
+		if (unit == AGGREGATE_VALUE_US && v[i]->event == SAMPLE_ON_CPU)
 			value *= (uint64_t)agg->us_per_sample;
 		/* The process name is the root, as in the API's tree (app_service above the stack).
 		 */

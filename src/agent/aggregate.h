@@ -11,6 +11,10 @@
  *    thread) or "[p] <process comm>;[t] <thread comm>", process_id 0; equal Total strings of
  *    different processes merge (process_id is 0 anyway);
  *  - value = samples × ⌊10⁶ / frequency⌋ µs (10101 at 99 Hz);
+ *  - off-CPU records (sample_rec.event) become "off-cpu" rows the same way, value = µs blocked,
+ *    without Total rows; a thread's µs beyond one second are cut into one-second rows going
+ *    back in time (time - 1, time - 2, ...: a long block's time where it was spent, as
+ *    DeepFlow's ingester splits off-CPU rows); their kernel frames start at the scheduler;
  *  - with DWARF unwinding, every stack row of a process carries the custom tag
  *    AGGREGATE_TAG_UNWIND_COMPLETE = "000".."100": ⌊100 × complete walks / walks⌋ of that
  *    process in the window, three digits so string comparisons order it ("100" only when
@@ -44,6 +48,11 @@
 
 #define AGGREGATE_DEFAULT_MAX_ROWS 100000
 #define AGGREGATE_TAG_UNWIND_COMPLETE "ember.unwind.complete_pct"
+/* Off-CPU rows are cut into pieces of at most this (one second), at most this many. */
+#define AGGREGATE_OFFCPU_SPLIT_US 1000000u
+#define AGGREGATE_OFFCPU_MAX_SPLITS 4000u
+/* The frame of an off-CPU row whose stacks were not captured (the per-CPU capture budget). */
+#define AGGREGATE_FRAME_NOT_CAPTURED "[stacks not captured]"
 
 struct aggregate_opts {
 	int frequency;		   /* Hz the sampler runs at; sets the µs per sample */

@@ -107,6 +107,7 @@ struct sampler {
 	struct ring_buffer *overflow;  /* samples whose counts map was full */
 	struct bpf_link *unw_links[2]; /* exec and exit tracepoints */
 	struct bpf_link *follow_links[2]; /* follow_children: fork and exit tracepoints */
+	struct bpf_link *switch_link;	  /* off-CPU: the sched_switch tracepoint */
 	pthread_t unw_thread;	       /* events: exec, exit, unknown addresses */
 	pthread_t scan_thread;	       /* the first scan of every process */
 	int unw_thread_started, scan_thread_started;
@@ -420,7 +421,8 @@ static void sampler_size_maps(struct sampler *s, int ncpu)
 	       (uint64_t)s->ccache_entries * s->n_possible_cpus * SAMPLER_CCACHE_SHARE > s->counts_max)
 		s->ccache_entries /= 2;
 	s->skel->rodata->ccache_entries = s->ccache_entries;
-	s->used_uhash_max = s->counts_max + s->ccache_entries * (uint32_t)s->n_possible_cpus;
+	/* Two hashes per off-CPU key (user and kernel frames), one per on-CPU key. */
+	s->used_uhash_max = 2 * (s->counts_max + s->ccache_entries * (uint32_t)s->n_possible_cpus);
 	if (s->opts.unwind == SAMPLER_UNWIND_DWARF) {
 		bpf_map__set_max_entries(s->skel->maps.unw_slots, SAMPLER_UNW_SLOTS);
 		bpf_map__set_max_entries(s->skel->maps.unw_procs, SAMPLER_UNW_PROCS);
@@ -806,10 +808,12 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 	*out = NULL;
 	if ((opts->unwind != SAMPLER_UNWIND_FP && opts->unwind != SAMPLER_UNWIND_DWARF) ||
 	    opts->frequency < 0 || opts->frequency > SAMPLER_MAX_FREQUENCY ||
-	    opts->flush_seconds < 0 || opts->counts_entries > SAMPLER_COUNTS_MAX) {
-		log_error("bad options: frequency %d Hz (1..%d), flush %.3f s, counts %u (max %u)",
+	    opts->flush_seconds < 0 || opts->counts_entries > SAMPLER_COUNTS_MAX ||
+	    (opts->events & ~(unsigned)(SAMPLER_EVENT_ON_CPU | SAMPLER_EVENT_OFF_CPU))) {
+		log_error("bad options: frequency %d Hz (1..%d), flush %.3f s, counts %u (max %u), "
+			  "events %#x",
 			  opts->frequency, SAMPLER_MAX_FREQUENCY, opts->flush_seconds,
-			  opts->counts_entries, SAMPLER_COUNTS_MAX);
+			  opts->counts_entries, SAMPLER_COUNTS_MAX, opts->events);
 		return -EINVAL;
 	}
 	ncpu = sampler_read_online(online, sizeof(online));
@@ -824,6 +828,12 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 		s->opts.frequency = SAMPLER_DEFAULT_FREQUENCY;
 	if (s->opts.flush_seconds == 0)
 		s->opts.flush_seconds = SAMPLER_DEFAULT_FLUSH_SECONDS;
+	if (!s->opts.events)
+		s->opts.events = SAMPLER_EVENT_ON_CPU;
+	if (!s->opts.off_cpu_min_us)
+		s->opts.off_cpu_min_us = SAMPLER_OFF_CPU_MIN_US;
+	if (!s->opts.off_cpu_captures)
+		s->opts.off_cpu_captures = SAMPLER_OFF_CPU_CAPTURES;
 	s->barrier_inner_fd = s->barrier_outer_fd = s->stats_fd = -1;
 	s->unw_epoll_fd = s->unw_wake_fd = -1;
 
@@ -852,6 +862,10 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 		bpf_program__set_autoload(s->skel->progs.oncpu_exec, false);
 		bpf_program__set_autoload(s->skel->progs.oncpu_exit, false);
 	}
+	s->skel->rodata->offcpu_min_ns = (uint64_t)s->opts.off_cpu_min_us * 1000;
+	s->skel->rodata->offcpu_captures_per_sec = s->opts.off_cpu_captures;
+	if (!(s->opts.events & SAMPLER_EVENT_OFF_CPU))
+		bpf_program__set_autoload(s->skel->progs.oncpu_switch, false);
 	sampler_size_maps(s, ncpu);
 
 	ret = oncpu_bpf__load(s->skel);
@@ -917,6 +931,28 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 			goto cleanup;
 		}
 	}
+	if (s->opts.events & SAMPLER_EVENT_OFF_CPU) {
+		s->switch_link = bpf_program__attach(s->skel->progs.oncpu_switch);
+		if (!s->switch_link) {
+			ret = -errno;
+			log_error("attach the sched_switch tracepoint (off-CPU): %s",
+				  strerror(-ret));
+			goto cleanup;
+		}
+		log_info("off-CPU: blocks of %u µs or more, stacks of at most %u blocks per second "
+			 "per CPU",
+			 s->opts.off_cpu_min_us, s->opts.off_cpu_captures);
+	}
+	if (!(s->opts.events & SAMPLER_EVENT_ON_CPU)) {
+		log_info("off-CPU only%s, %s unwinding; user stacks %u, counts %u entries",
+			 !s->opts.only_tgid	   ? ""
+			 : s->opts.follow_children ? " (one process and its children)"
+						   : " (one process)",
+			 s->opts.unwind == SAMPLER_UNWIND_DWARF ? "DWARF" : "frame-pointer",
+			 s->ustacks_max, s->counts_max);
+		*out = s;
+		return 0;
+	}
 	ret = sampler_attach_events(s);
 	if (ret)
 		goto cleanup;
@@ -968,6 +1004,9 @@ static void sampler_emit(struct sampler *s, const struct sampler_set *set,
 	memcpy(rec.comm, key->comm, sizeof(rec.comm));
 	rec.comm[sizeof(rec.comm) - 1] = '\0';
 	rec.count = count;
+	rec.event = (key->ustack_kind >> PROFILE_EVENT_SHIFT) == PROFILE_EVENT_OFF_CPU
+			? SAMPLE_OFF_CPU
+			: SAMPLE_ON_CPU;
 
 	if (key->kstack_id >= 0) {
 		uint32_t id = (uint32_t)key->kstack_id;
@@ -978,13 +1017,26 @@ static void sampler_emit(struct sampler *s, const struct sampler_set *set,
 		} else {
 			rec.kstack_error = -ENOENT;
 		}
+	} else if (key->kstack_id == PROFILE_KSTACK_HASHED) {
+		uint64_t hash = key->kstack;
+
+		if (bpf_map_lookup_elem(set->ustacks_fd, &hash, s->kframes) == 0) {
+			rec.n_kframes = sampler_count_frames(s->kframes);
+			rec.kframes = s->kframes;
+		} else {
+			rec.kstack_error = -ENOENT;
+		}
+	} else if (key->kstack_id == PROFILE_KSTACK_NOT_CAPTURED) {
+		rec.stacks_skipped = 1;
 	} else if (key->kstack_id != -EFAULT) {
 		rec.kstack_error = key->kstack_id;
 	}
 
 	switch (key->ustack_kind & PROFILE_USTACK_KIND_MASK) {
 	case PROFILE_USTACK_DWARF_HASH:
-		rec.ustack_reason = (key->ustack_kind >> PROFILE_USTACK_REASON_SHIFT) + 1;
+		rec.ustack_reason = ((key->ustack_kind >> PROFILE_USTACK_REASON_SHIFT) &
+				     PROFILE_USTACK_REASON_MASK) +
+				    1;
 		rec.uframes_encoded = 1;
 		rec.resolve_object = sampler_resolve_object;
 		rec.resolve_arg = s;
@@ -1075,6 +1127,12 @@ static void sampler_note_used(struct sampler *s, const struct profile_key *key)
 	if (kind == PROFILE_USTACK_FP_HASH || kind == PROFILE_USTACK_DWARF_HASH) {
 		if (s->n_used_uhash < s->used_uhash_max)
 			s->used_uhash[s->n_used_uhash++] = key->ustack;
+		else
+			s->full_clears = 2;
+	}
+	if (key->kstack_id == PROFILE_KSTACK_HASHED) {
+		if (s->n_used_uhash < s->used_uhash_max)
+			s->used_uhash[s->n_used_uhash++] = key->kstack;
 		else
 			s->full_clears = 2;
 	}
@@ -1258,6 +1316,9 @@ void sampler_get_stats(struct sampler *s, struct sampler_stats *st)
 		st->unwind_reasons[r] = sampler_sum_counter(s, PROFILE_CNT_UNW_REASON + r, 0);
 	st->unwind_events = sampler_sum_counter(s, PROFILE_CNT_UNW_EVENTS, 0);
 	st->unwind_events_lost = sampler_sum_counter(s, PROFILE_CNT_UNW_EVENT_LOST, 0);
+	st->offcpu_blocks = sampler_sum_counter(s, PROFILE_CNT_OFFCPU_BLOCKS, 0);
+	st->offcpu_skipped = sampler_sum_counter(s, PROFILE_CNT_OFFCPU_SKIPPED, 0);
+	st->offcpu_nostore = sampler_sum_counter(s, PROFILE_CNT_OFFCPU_NOSTORE, 0);
 	if (s->unw) {
 		struct unwinder_stats us;
 
@@ -1282,6 +1343,13 @@ void sampler_get_stats(struct sampler *s, struct sampler_stats *st)
 		st->bpf_run_ns = info.run_time_ns;
 		st->bpf_run_cnt = info.run_cnt;
 	}
+	memset(&info, 0, sizeof(info));
+	len = sizeof(info);
+	if (s->switch_link && bpf_obj_get_info_by_fd(bpf_program__fd(s->skel->progs.oncpu_switch),
+						     &info, &len) == 0) {
+		st->offcpu_bpf_run_ns = info.run_time_ns;
+		st->offcpu_bpf_run_cnt = info.run_cnt;
+	}
 }
 
 int64_t sampler_boot_offset_ns(void)
@@ -1299,6 +1367,7 @@ void sampler_close(struct sampler *s)
 	if (!s)
 		return;
 	sampler_detach_all(s);
+	bpf_link__destroy(s->switch_link);
 	__atomic_store_n(&s->unw_stop, 1, __ATOMIC_RELEASE);
 	if (s->unw_thread_started) {
 		sampler_wake_events(s);

@@ -24,6 +24,11 @@
  * from BPF. Both sleep until there is work (epoll / a condvar), never poll. When a counts map is
  * full the sample goes through an overflow ring buffer and is delivered by the next drain.
  *
+ * Off-CPU (events with SAMPLER_EVENT_OFF_CPU): a program on every context switch captures the
+ * stacks of a thread that blocks and, when it runs again, counts the microseconds it was blocked
+ * under them (src/bpf/oncpu.bpf.c); those keys come through the same drain with event
+ * SAMPLE_OFF_CPU and count = µs. Without SAMPLER_EVENT_ON_CPU no perf event is opened.
+ *
  * Threading: one thread owns a sampler (the event thread is internal). Map sizes are set from
  * frequency × CPUs before load.
  */
@@ -50,19 +55,32 @@ struct sampler_opts {
 				       * CPUs × flush_seconds (samples beyond are counted, lost) */
 	int caches_off;               /* SAMPLER_CACHE_* bits: per-CPU caches the BPF program goes
 				       * without, for same-run comparisons (bench/unwind_run) */
+	unsigned events;              /* SAMPLER_EVENT_* bits; 0 = on-CPU only */
+	uint32_t off_cpu_min_us;      /* shortest block counted off-CPU; 0 = 50 µs */
+	uint32_t off_cpu_captures;    /* blocks whose stacks one CPU captures per second; 0 = 1000 */
 };
+
+#define SAMPLER_EVENT_ON_CPU 1  /* cpu-clock samples */
+#define SAMPLER_EVENT_OFF_CPU 2 /* blocked time at context switches */
+#define SAMPLER_OFF_CPU_MIN_US 50
+#define SAMPLER_OFF_CPU_CAPTURES 1000
 
 #define SAMPLER_CACHE_COUNTS 1 /* the counts cache in front of the counts map (profile.h) */
 #define SAMPLER_CACHE_RULES 2  /* the DWARF walk's rule cache (oncpu.bpf.c) */
+
+enum sample_event { SAMPLE_ON_CPU = 0, SAMPLE_OFF_CPU = 1 };
 
 /* One aggregated key of one drain period. Pointers are valid during the callback only. */
 struct sample_rec {
 	uint32_t tgid;
 	uint32_t tid;
 	char comm[16];        /* the sampled thread's comm */
-	uint64_t count;       /* samples */
+	enum sample_event event;
+	uint64_t count;       /* on-CPU: samples; off-CPU: microseconds blocked */
+	int stacks_skipped;   /* off-CPU: no stacks were captured (the per-CPU budget) */
 	uint32_t n_kframes;   /* 0 when the sample had no kernel stack */
-	const uint64_t *kframes; /* innermost first */
+	const uint64_t *kframes; /* innermost first; off-CPU: from inside the scheduler's
+				  * tracepoint (sym_append_kernel_blocked() trims it) */
 	uint32_t n_uframes;   /* 0 for kernel threads */
 	const uint64_t *uframes; /* leaf first */
 	int uframes_encoded;  /* 0: raw addresses; 1: UNW_FRAME_ENCODED frames possible */
@@ -99,6 +117,12 @@ struct sampler_stats {
 	uint64_t unwind_slots_used, unwind_slots_max; /* 8-byte table slots */
 	uint64_t unwind_tables_built, unwind_table_failures, unwind_build_ns, unwind_scans;
 	uint64_t unwind_slots_full, unwind_procs_full;
+	/* off-CPU (all 0 without SAMPLER_EVENT_OFF_CPU) */
+	uint64_t offcpu_blocks;	      /* blocks counted */
+	uint64_t offcpu_skipped;      /* ... of which without stacks (capture budget) */
+	uint64_t offcpu_nostore;      /* blocks not followed: no task storage */
+	uint64_t offcpu_bpf_run_ns;   /* the context-switch program's bpf_stats */
+	uint64_t offcpu_bpf_run_cnt;
 };
 
 struct sampler;

@@ -342,11 +342,13 @@ static const char *sym_kernel_lookup(struct symbolizer *sym, uint64_t addr)
 	return name;
 }
 
-int sym_append_kernel(struct symbolizer *sym, const uint64_t *ips, size_t n, struct strbuf *out)
+/* Appends ips[first..n) outermost first; ips[first] is exact unless all are return addresses. */
+static int sym_append_kernel_from(struct symbolizer *sym, const uint64_t *ips, size_t first,
+				  size_t n, int all_return, struct strbuf *out)
 {
 	int count = 0;
 
-	for (size_t i = n; i-- > 0;) {
+	for (size_t i = n; i-- > first;) {
 		uint64_t ip = ips[i];
 		const char *name;
 
@@ -354,7 +356,7 @@ int sym_append_kernel(struct symbolizer *sym, const uint64_t *ips, size_t n, str
 			continue;
 		if (out->len)
 			sb_putc(out, ';');
-		name = sym_kernel_lookup(sym, i ? ip - 1 : ip);
+		name = sym_kernel_lookup(sym, i > first || all_return ? ip - 1 : ip);
 		sym->stats.frames++;
 		if (name) {
 			sb_puts(out, "[k] ");
@@ -366,6 +368,27 @@ int sym_append_kernel(struct symbolizer *sym, const uint64_t *ips, size_t n, str
 		count++;
 	}
 	return count;
+}
+
+int sym_append_kernel(struct symbolizer *sym, const uint64_t *ips, size_t n, struct strbuf *out)
+{
+	return sym_append_kernel_from(sym, ips, 0, n, 0, out);
+}
+
+int sym_append_kernel_blocked(struct symbolizer *sym, const uint64_t *ips, size_t n,
+			      struct strbuf *out)
+{
+	size_t first = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		const char *name = ips[i] ? sym_kernel_lookup(sym, ips[i] - 1) : NULL;
+
+		if (name && strcmp(name, "__schedule") == 0) {
+			first = i;
+			break;
+		}
+	}
+	return sym_append_kernel_from(sym, ips, first, n, 1, out);
 }
 
 /* ---- ELF files --------------------------------------------------------------------------- */

@@ -73,6 +73,13 @@ int sym_append_user_encoded(struct symbolizer *sym, uint32_t tgid, const uint64_
 			    size_t n, sym_object_fn resolve, void *arg, struct strbuf *out);
 /* Same for kernel addresses, innermost first in ips, appended outermost first as "[k] name". */
 int sym_append_kernel(struct symbolizer *sym, const uint64_t *ips, size_t n, struct strbuf *out);
+/*
+ * sym_append_kernel() for the kernel stack of a thread that blocked, taken at the sched_switch
+ * tracepoint: the frames inside the scheduler's __schedule (the tracepoint and the BPF program)
+ * are left out, and every frame is a return address. Without a __schedule frame all are kept.
+ */
+int sym_append_kernel_blocked(struct symbolizer *sym, const uint64_t *ips, size_t n,
+			      struct strbuf *out);
 
 /* The process's mappings changed (exec, dlopen) or it is new: re-read /proc/PID/maps lazily. */
 void sym_process_invalidate(struct symbolizer *sym, uint32_t tgid);

@@ -36,10 +36,13 @@
 #include "profile.h"
 #include "unwind.h"
 
+#define ENOENT 2
 #define E2BIG 7
 #define ENOMEM 12
 #define EFAULT 14
 #define EEXIST 17
+#define TASK_INTERRUPTIBLE 0x1
+#define TASK_UNINTERRUPTIBLE 0x2
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -226,7 +229,8 @@ static __always_inline void overflow_sample(struct profile_key *key, __u64 n, __
 	}
 	__builtin_memcpy(&o->key, key, sizeof(*key));
 	o->set = counted_idx == PROFILE_CNT_COUNTED_B;
-	o->count = (__u32)n;
+	o->reserved = 0;
+	o->count = n;
 	bpf_ringbuf_submit(o, 0);
 	counter_add(PROFILE_CNT_OVERFLOW, n);
 }
@@ -681,6 +685,26 @@ static __always_inline void send_unknown(__u32 tgid, __u64 pc)
 }
 
 /*
+ * The current task's user registers as saved at its entry into the kernel (a sample in kernel
+ * mode, a thread that blocks). 0 when the task has no user side (kernel thread, exiting).
+ */
+static __always_inline int task_user_regs(struct unw_walk *w)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct pt_regs *regs;
+
+	if (!task->mm)
+		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (!regs || (regs->csx & 3) != 3)
+		return 0;
+	w->pc = regs->ip;
+	w->sp = regs->sp;
+	w->bp = regs->bp;
+	return w->pc != 0;
+}
+
+/*
  * The user registers of this sample: from the sample itself when it hit user mode, else the
  * ones saved at kernel entry. 0 when the task has no user side (kernel thread, exiting).
  */
@@ -688,25 +712,11 @@ static __always_inline int user_regs(struct bpf_perf_event_data *ctx, struct unw
 {
 	/* All loads first, and csx (8 bytes): a 2-byte cs load is not a valid ctx access. */
 	__u64 ip = ctx->regs.ip, sp = ctx->regs.sp, bp = ctx->regs.bp, cs = ctx->regs.csx;
-	struct task_struct *task;
-	struct pt_regs *regs;
 
 	/* Keeps clang from sinking the loads into the branches as ctx pointer + offset. */
 	asm volatile("" : "+r"(ip), "+r"(sp), "+r"(bp), "+r"(cs));
-	if ((cs & 3) != 3) {
-		task = bpf_get_current_task_btf();
-		if (!task->mm)
-			return 0;
-		regs = (struct pt_regs *)bpf_task_pt_regs(task);
-		if (!regs)
-			return 0;
-		ip = regs->ip;
-		sp = regs->sp;
-		bp = regs->bp;
-		cs = regs->csx;
-		if ((cs & 3) != 3)
-			return 0;
-	}
+	if ((cs & 3) != 3)
+		return task_user_regs(w);
 	w->pc = ip;
 	w->sp = sp;
 	w->bp = bp;
@@ -733,28 +743,22 @@ static __always_inline struct unw_proc *parent_proc(void)
 }
 
 /*
- * Fills key->ustack_kind and key->ustack from a DWARF walk of this sample's user stack. Returns
- * the walked frames, which the caller stores under key->ustack (store_ustack), or NULL when the
- * key names no stored stack.
+ * Fills key->ustack_kind and key->ustack from a DWARF walk of the current task's user stack
+ * into st, from the registers in *w (pc, sp, bp). Returns st, which the caller stores under
+ * key->ustack (store_ustack), or NULL when the key names no stored stack.
  */
-static __always_inline struct profile_stack *record_ustack_dwarf(struct bpf_perf_event_data *ctx,
-								  struct profile_key *key)
+static __always_inline struct profile_stack *
+walk_ustack_dwarf(struct unw_walk *w, struct profile_stack *st, struct profile_key *key)
 {
 	__u32 zero = 0, reason;
-	struct profile_stack *st = bpf_map_lookup_elem(&ustack_scratch, &zero);
-	struct unw_walk *w = bpf_map_lookup_elem(&unw_walk_scratch, &zero);
 	struct unw_rcache *rc = bpf_map_lookup_elem(&unw_rcache, &zero);
 	struct unw_proc *proc;
 	struct unw_ctx c;
 
-	if (!st || !w || !rc) {
+	if (!rc) {
 		key->ustack_kind = PROFILE_USTACK_ERROR;
 		key->ustack = ENOMEM;
 		counter_inc(PROFILE_CNT_USTACK_ERR);
-		return NULL;
-	}
-	if (!user_regs(ctx, w)) {
-		key->ustack_kind = PROFILE_USTACK_NONE;
 		return NULL;
 	}
 	w->hash = 0;
@@ -795,12 +799,32 @@ static __always_inline struct profile_stack *record_ustack_dwarf(struct bpf_perf
 	return st;
 }
 
-/* record_ustack_dwarf() for frame pointers: the kernel's walker (bpf_get_stack). */
-static __always_inline struct profile_stack *record_ustack(struct bpf_perf_event_data *ctx,
-							    struct profile_key *key)
+/* walk_ustack_dwarf() of this sample (perf_event ctx: its registers) or of the current task
+ * (ctx NULL: the registers it entered the kernel with), into st. */
+static __always_inline struct profile_stack *record_ustack_dwarf(struct bpf_perf_event_data *ctx,
+								 struct profile_stack *st,
+								 struct profile_key *key)
 {
 	__u32 zero = 0;
-	struct profile_stack *st = bpf_map_lookup_elem(&ustack_scratch, &zero);
+	struct unw_walk *w = bpf_map_lookup_elem(&unw_walk_scratch, &zero);
+
+	if (!st || !w) {
+		key->ustack_kind = PROFILE_USTACK_ERROR;
+		key->ustack = ENOMEM;
+		counter_inc(PROFILE_CNT_USTACK_ERR);
+		return NULL;
+	}
+	if (!(ctx ? user_regs(ctx, w) : task_user_regs(w))) {
+		key->ustack_kind = PROFILE_USTACK_NONE;
+		return NULL;
+	}
+	return walk_ustack_dwarf(w, st, key);
+}
+
+/* record_ustack_dwarf() for frame pointers: the kernel's walker (bpf_get_stack), any ctx. */
+static __always_inline struct profile_stack *record_ustack(void *ctx, struct profile_stack *st,
+							   struct profile_key *key)
+{
 	long len;
 
 	if (!st) {
@@ -826,65 +850,86 @@ static __always_inline struct profile_stack *record_ustack(struct bpf_perf_event
 	return st;
 }
 
-/* Stores st under key->ustack; when the map refuses it, the key says so (kind ERROR). */
-static __always_inline void store_ustack(void *ustacks, struct profile_key *key,
-					 struct profile_stack *st)
+/* Stores st under hash in ustacks: 0, or the positive errno when the map refuses it. */
+static __always_inline long store_stack(void *ustacks, __u64 *hash, struct profile_stack *st)
 {
-	long err = bpf_map_update_elem(ustacks, &key->ustack, st, BPF_NOEXIST);
+	long err = bpf_map_update_elem(ustacks, hash, st, BPF_NOEXIST);
 
 	if (err && err != -EEXIST) {
-		key->ustack_kind = PROFILE_USTACK_ERROR;
-		key->ustack = -err;
 		counter_inc(PROFILE_CNT_USTACK_ERR);
+		return -err;
 	}
+	return 0;
+}
+
+/*
+ * Stores the key's stacks not stored yet — the user stack st under key->ustack and, for an
+ * off-CPU key, the kernel stack kst under key->kstack; a stack the map refuses turns into its
+ * errno in the key (kind ERROR, or a plain kstack_id). Returns 1 when the key still names a
+ * stored user stack or none, 0 when it now holds an error.
+ */
+static __always_inline int store_stacks(void *ustacks, struct profile_key *key,
+					struct profile_stack *st, struct profile_stack *kst)
+{
+	long err;
+
+	if (kst && (err = store_stack(ustacks, &key->kstack, kst))) {
+		key->kstack_id = -err;
+		key->kstack = 0;
+	}
+	if (st && (err = store_stack(ustacks, &key->ustack, st))) {
+		key->ustack_kind =
+		    PROFILE_USTACK_ERROR | (key->ustack_kind & ~PROFILE_USTACK_KIND_MASK);
+		key->ustack = err;
+		return 0;
+	}
+	return 1;
 }
 
 static __always_inline int key_equal(const struct profile_key *a, const struct profile_key *b)
 {
 	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
 
-	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4] &&
+	       x[5] == y[5];
 }
 
 /*
- * Counts one sample of key, whose user stack (st, NULL if none) is not stored yet: through this
- * CPU's counts cache when there is one (profile.h), else straight into the counts map.
+ * Counts value (1 sample, or µs off-CPU) of key, whose stacks (st, kst: NULL if none) are not
+ * stored yet: through this CPU's counts cache when there is one (profile.h), else straight into
+ * the counts map.
  */
 static __always_inline void count_sample(void *ccache, void *counts, void *ustacks,
 					 struct profile_key *key, struct profile_stack *st,
-					 __u32 counted_idx)
+					 struct profile_stack *kst, __u64 value, __u32 counted_idx)
 {
 	struct profile_ccache_entry *e;
 	struct profile_ccache *cc;
 	__u32 zero = 0, idx;
 
-	counter_inc(counted_idx);
+	counter_add(counted_idx, value);
 	cc = ccache_entries ? bpf_map_lookup_elem(ccache, &zero) : NULL;
 	if (!cc) {
-		if (st)
-			store_ustack(ustacks, key, st);
-		count_add(counts, key, 1, counted_idx);
+		store_stacks(ustacks, key, st, kst);
+		count_add(counts, key, value, counted_idx);
 		return;
 	}
-	idx = (__u32)hash_mix(key->ustack ^ ((__u64)key->tgid << 32 | key->tid),
+	idx = (__u32)hash_mix(key->ustack ^ key->kstack ^ ((__u64)key->tgid << 32 | key->tid),
 			      (__u64)(__u32)key->kstack_id << 32 | key->ustack_kind);
 	e = &cc->e[idx & (ccache_entries - 1) & (PROFILE_CCACHE_ENTRIES - 1)];
 	if (e->count && key_equal(&e->key, key)) {
-		e->count++; /* its first sample stored the stack in this set */
+		e->count += value; /* its first sample stored the stacks in this set */
 		return;
 	}
-	if (st) {
-		store_ustack(ustacks, key, st);
-		if ((key->ustack_kind & PROFILE_USTACK_KIND_MASK) == PROFILE_USTACK_ERROR) {
-			count_add(counts, key, 1, counted_idx);
-			return;
-		}
+	if (!store_stacks(ustacks, key, st, kst)) {
+		count_add(counts, key, value, counted_idx);
+		return;
 	}
 	/* The slot's old key leaves with its count; never lost (count_add's fallbacks). */
 	if (e->count)
 		count_add(counts, &e->key, e->count, counted_idx);
 	__builtin_memcpy(&e->key, key, sizeof(*key));
-	e->count = 1;
+	e->count = value;
 }
 
 static __always_inline void record_sample(struct bpf_perf_event_data *ctx, struct profile_key *key,
@@ -909,11 +954,12 @@ static __always_inline void record_sample(struct bpf_perf_event_data *ctx, struc
 		counter_inc(PROFILE_CNT_KSTACK_ERR);
 	key->kstack_id = kid;
 
+	st = bpf_map_lookup_elem(&ustack_scratch, &(__u32){0});
 	if (unwind_dwarf)
-		st = record_ustack_dwarf(ctx, key);
+		st = record_ustack_dwarf(ctx, st, key);
 	else
-		st = record_ustack(ctx, key);
-	count_sample(ccache, counts, ustacks, key, st, counted_idx);
+		st = record_ustack(ctx, st, key);
+	count_sample(ccache, counts, ustacks, key, st, NULL, 1, counted_idx);
 }
 
 SEC("perf_event")
@@ -947,6 +993,163 @@ int oncpu_sample(struct bpf_perf_event_data *ctx)
 	else
 		record_sample(ctx, &key, &kstacks_a, &ustacks_a, &counts_a, &ccache_a,
 			      PROFILE_CNT_COUNTED_A);
+	return 0;
+}
+
+/* ---- off-CPU: time threads spend blocked, per (thread, stacks) ------------------------------ */
+
+/*
+ * A thread that leaves the CPU blocked (sleeping, waiting for I/O or a lock: TASK_INTERRUPTIBLE
+ * or TASK_UNINTERRUPTIBLE, not preempted) gets its stacks captured at once — its user stack is
+ * only readable while it is the current task — into its task storage, with the time. When it
+ * is switched in again, a block of offcpu_min_ns to offcpu_max_ns counts: its stacks are stored
+ * in the active set and the microseconds added to its key (event PROFILE_EVENT_OFF_CPU), as a
+ * sample is. Blocks span drains, so the stacks wait in the task storage, not in a set.
+ *
+ * Captures cost a kernel and a user stack walk each, at the thread's every block, so each CPU
+ * captures at most offcpu_captures_per_sec per second: a block beyond that still counts, under
+ * a key without stacks (PROFILE_KSTACK_NOT_CAPTURED), so a thread's blocked time stays whole.
+ * Kernel threads are left out (no user stack), as is everything targ_tgid does not want.
+ */
+const volatile __u64 offcpu_min_ns = 50000ull;
+const volatile __u64 offcpu_max_ns = 3600000000000ull;
+const volatile __u32 offcpu_captures_per_sec = 1000;
+
+struct offcpu_task {
+	__u64 start_ns; /* when it blocked; 0: not blocked (or switched in since) */
+	struct profile_key key;
+	struct profile_stack ustack;
+	struct profile_stack kstack;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct offcpu_task);
+} offcpu_tasks SEC(".maps");
+
+struct offcpu_budget {
+	__u64 window_ns; /* start of the current second */
+	__u64 used;	 /* captures in it */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct offcpu_budget);
+} offcpu_budgets SEC(".maps");
+
+/* 1 when this CPU may capture one more block's stacks this second. */
+static __always_inline int offcpu_budget_take(__u64 now)
+{
+	__u32 zero = 0;
+	struct offcpu_budget *b = bpf_map_lookup_elem(&offcpu_budgets, &zero);
+
+	if (!b)
+		return 0;
+	if (now - b->window_ns >= 1000000000ull) {
+		b->window_ns = now;
+		b->used = 0;
+	}
+	if (b->used >= offcpu_captures_per_sec)
+		return 0;
+	b->used++;
+	return 1;
+}
+
+/* prev, the current task, blocks: its key, stacks and the time into its task storage. */
+static __always_inline void offcpu_start(void *ctx, struct task_struct *prev, __u64 now)
+{
+	struct offcpu_task *t;
+	struct profile_key *key;
+	long n;
+
+	t = bpf_task_storage_get(&offcpu_tasks, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!t) {
+		counter_inc(PROFILE_CNT_OFFCPU_NOSTORE);
+		return;
+	}
+	key = &t->key;
+	__builtin_memset(key, 0, sizeof(*key));
+	key->tgid = prev->tgid;
+	key->tid = prev->pid;
+	bpf_get_current_comm(key->comm, sizeof(key->comm));
+	t->start_ns = now;
+	if (!offcpu_budget_take(now)) {
+		key->kstack_id = PROFILE_KSTACK_NOT_CAPTURED;
+		key->ustack_kind =
+		    PROFILE_USTACK_NONE | (PROFILE_EVENT_OFF_CPU << PROFILE_EVENT_SHIFT);
+		counter_inc(PROFILE_CNT_OFFCPU_SKIPPED);
+		return;
+	}
+	/* The kernel stack from here, the scheduler: user space drops the frames of this
+	 * program and the tracepoint, inside __schedule. */
+	n = bpf_get_stack(ctx, &t->kstack, sizeof(t->kstack), 0);
+	if (n > 0) {
+		key->kstack = stack_hash(&t->kstack, (__u32)n / sizeof(__u64));
+		key->kstack_id = PROFILE_KSTACK_HASHED;
+	} else {
+		key->kstack_id = n < 0 ? (__s32)n : -ENOENT;
+	}
+	if (unwind_dwarf)
+		record_ustack_dwarf(NULL, &t->ustack, key);
+	else
+		record_ustack(ctx, &t->ustack, key);
+	key->ustack_kind |= PROFILE_EVENT_OFF_CPU << PROFILE_EVENT_SHIFT;
+}
+
+/* next comes back on the CPU: a block it started long enough ago counts. */
+static __always_inline void offcpu_end(struct task_struct *next, __u64 now)
+{
+	struct offcpu_task *t = bpf_task_storage_get(&offcpu_tasks, next, 0, 0);
+	struct profile_stack *st = NULL, *kst = NULL;
+	struct profile_key key;
+	__u32 kind;
+	__u64 d;
+
+	if (!t || !t->start_ns)
+		return;
+	d = now - t->start_ns;
+	t->start_ns = 0;
+	if (d < offcpu_min_ns || d > offcpu_max_ns)
+		return;
+	counter_inc(PROFILE_CNT_OFFCPU_BLOCKS);
+	__builtin_memcpy(&key, &t->key, sizeof(key));
+	kind = key.ustack_kind & PROFILE_USTACK_KIND_MASK;
+	if (kind == PROFILE_USTACK_DWARF_HASH || kind == PROFILE_USTACK_FP_HASH)
+		st = &t->ustack;
+	if (key.kstack_id == PROFILE_KSTACK_HASHED)
+		kst = &t->kstack;
+	/* Keeps clang from testing kstack_id again instead of the pointers: the verifier
+	 * knows a NULL test, not that kst is set exactly when kstack_id says so. */
+	asm volatile("" : "+r"(st), "+r"(kst));
+	if (*(volatile __u32 *)&active_set & 1)
+		count_sample(&ccache_b, &counts_b, &ustacks_b, &key, st, kst, d / 1000,
+			     PROFILE_CNT_COUNTED_B);
+	else
+		count_sample(&ccache_a, &counts_a, &ustacks_a, &key, st, kst, d / 1000,
+			     PROFILE_CNT_COUNTED_A);
+}
+
+/*
+ * Every context switch of the host (attached only with off-CPU profiling on). Runs with the
+ * runqueue locked and interrupts off, so it never nests with the sampling program on a CPU and
+ * shares its per-CPU scratch; the drain's RCU barrier covers it like the sampling program.
+ */
+SEC("tp_btf/sched_switch")
+int BPF_PROG(oncpu_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
+	     unsigned int prev_state)
+{
+	__u64 now = bpf_ktime_get_ns();
+
+	offcpu_end(next, now);
+	if (preempt || !(prev_state & (TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE)))
+		return 0;
+	if (!prev->pid || !prev->mm || !tgid_wanted(prev->tgid))
+		return 0;
+	offcpu_start(ctx, prev, now);
 	return 0;
 }
 

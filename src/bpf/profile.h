@@ -10,6 +10,11 @@
  * both, and no bucket collisions. (A STACK_TRACE map holds one stack per bucket, so with
  * non-frame-pointer binaries every sample is a distinct stack and 4 % of host-wide samples
  * collided at 8 buckets per sample on the development VM.)
+ *
+ * Off-CPU keys share the maps: their value is microseconds of blocked time instead of samples,
+ * and their kernel frames are stored like user stacks, in ustacks_<set> under a hash
+ * (PROFILE_KSTACK_HASHED), because they are captured when a thread blocks and stored only when
+ * it wakes, in whichever set is active then.
  */
 #ifndef EMBER_BPF_PROFILE_H
 #define EMBER_BPF_PROFILE_H
@@ -34,9 +39,23 @@ enum profile_ustack_kind {
 	PROFILE_USTACK_DWARF_HASH = 3, /* ustack: hash of DWARF-walked frames in ustacks_<set> */
 };
 /* profile_key.ustack_kind: the kind in the low byte; for DWARF, the walk's enum unw_reason
- * (src/bpf/unwind.h) above it, so user space knows which stacks are complete. */
+ * (src/bpf/unwind.h) above it, so user space knows which stacks are complete; the event
+ * (enum profile_event) above that. */
 #define PROFILE_USTACK_KIND_MASK 0xffu
 #define PROFILE_USTACK_REASON_SHIFT 8
+#define PROFILE_USTACK_REASON_MASK 0xffu
+#define PROFILE_EVENT_SHIFT 16
+
+/* What a key counts: on-CPU samples, or microseconds a thread spent blocked (off-CPU). */
+enum profile_event {
+	PROFILE_EVENT_ON_CPU = 0,
+	PROFILE_EVENT_OFF_CPU = 1,
+};
+
+/* profile_key.kstack_id of off-CPU keys: the kernel frames are in ustacks_<set> under
+ * profile_key.kstack; or no stack was captured for this block (the per-CPU capture budget). */
+#define PROFILE_KSTACK_HASHED (-1000)
+#define PROFILE_KSTACK_NOT_CAPTURED (-1001)
 
 /* Value of every stack map: leaf (innermost) first, zero-filled after the last frame. */
 struct profile_stack {
@@ -45,8 +64,9 @@ struct profile_stack {
 
 /*
  * Key of the counts maps. kstack_id >= 0 is an id in kstacks_<set>; a negative value is the
- * errno bpf_get_stackid() returned (-EFAULT: the sample hit user mode, no kernel stack).
- * 40 bytes, no padding: the BPF side zeroes it before filling it anyway.
+ * errno bpf_get_stackid() returned (-EFAULT: the sample hit user mode, no kernel stack), or one
+ * of the PROFILE_KSTACK_* markers of off-CPU keys. 48 bytes, no padding: the BPF side zeroes it
+ * before filling it anyway.
  */
 struct profile_key {
 	__u32 tgid;
@@ -55,6 +75,7 @@ struct profile_key {
 	__s32 kstack_id;
 	__u32 ustack_kind;
 	__u64 ustack;
+	__u64 kstack; /* PROFILE_KSTACK_HASHED: hash of the kernel frames (in ustacks_<set>) */
 };
 
 /* Indices of the per-CPU counters array. */
@@ -72,6 +93,9 @@ enum profile_counter {
 	PROFILE_CNT_OVERFLOW_LOST,  /* ... and that ring buffer was full too: lost */
 	PROFILE_CNT_UNW_EVENTS,	    /* unw_event records sent */
 	PROFILE_CNT_UNW_EVENT_LOST, /* unw_event ring buffer full */
+	PROFILE_CNT_OFFCPU_BLOCKS,  /* off-CPU blocks counted (long enough, stacks or not) */
+	PROFILE_CNT_OFFCPU_SKIPPED, /* ... whose stacks were not captured: the capture budget */
+	PROFILE_CNT_OFFCPU_NOSTORE, /* blocks not followed: no task storage for the thread */
 	PROFILE_CNT_UNW_REASON,	    /* DWARF walks ended by enum unw_reason r: index this + r */
 	PROFILE_CNT_MAX = PROFILE_CNT_UNW_REASON + 8,
 };
@@ -79,8 +103,9 @@ enum profile_counter {
 /* Samples whose counts map was full, sent through the overflow ring buffer. */
 struct profile_overflow {
 	struct profile_key key;
-	__u32 set;   /* map set (0 A, 1 B) whose stack maps hold key's stacks */
-	__u32 count; /* samples of key: 1, or what an evicted counts-cache entry held */
+	__u32 set; /* map set (0 A, 1 B) whose stack maps hold key's stacks */
+	__u32 reserved;
+	__u64 count; /* samples (off-CPU: µs) of key: one sample's, or an evicted cache entry's */
 };
 
 /*
@@ -98,7 +123,7 @@ struct profile_overflow {
 struct profile_ccache_entry {
 	struct profile_key key;
 	__u64 count; /* 0: empty */
-	__u64 pad[2];
+	__u64 pad;
 };
 
 struct profile_ccache {

@@ -39,6 +39,9 @@ enum agent_flag {
 	AF_SPOOL_SIZE,
 	AF_HOST,
 	AF_ORG,
+	AF_OFF_CPU,
+	AF_OFF_CPU_MIN,
+	AF_OFF_CPU_CAPTURES,
 };
 
 static const struct option agent_options[] = {
@@ -50,6 +53,9 @@ static const struct option agent_options[] = {
 	{"spool-size", required_argument, NULL, AF_SPOOL_SIZE},
 	{"host", required_argument, NULL, AF_HOST},
 	{"org", required_argument, NULL, AF_ORG},
+	{"off-cpu", no_argument, NULL, AF_OFF_CPU},
+	{"off-cpu-min", required_argument, NULL, AF_OFF_CPU_MIN},
+	{"off-cpu-captures", required_argument, NULL, AF_OFF_CPU_CAPTURES},
 };
 #define N_AGENT_OPTIONS (sizeof(agent_options) / sizeof(agent_options[0]))
 
@@ -66,7 +72,13 @@ static void agent_flags_usage(FILE *f, int with_server)
 		"  --spool-dir DIR        keep undelivered rows on disk while the server is down\n"
 		"  --spool-size SIZE      spool bound, oldest dropped beyond it (default 256M)\n"
 		"  --host NAME            host label (default: hostname)\n"
-		"  --org N                X-Org-Id to send with (default 1)\n");
+		"  --org N                X-Org-Id to send with (default 1)\n"
+		"  --off-cpu              also profile blocked time: off-cpu rows, µs each thread\n"
+		"                         spent sleeping or waiting, by stack (a capture at every\n"
+		"                         context switch: see docs/benchmarks.md for its cost)\n"
+		"  --off-cpu-min US       shortest block counted, in µs (default 50)\n"
+		"  --off-cpu-captures N   blocks per second and CPU whose stacks are captured\n"
+		"                         (default 1000); more still count, as [stacks not captured]\n");
 }
 
 static int parse_unwind(const char *arg, enum sampler_unwind *out)
@@ -109,6 +121,17 @@ static int agent_flags_parse(int opt, const char *arg, struct agent_opts *o)
 		if (cli_parse_int(arg, 1, 9999, &v) < 0)
 			break;
 		o->org = (int)v;
+		return 0;
+	case AF_OFF_CPU: o->off_cpu = 1; return 0;
+	case AF_OFF_CPU_MIN:
+		if (cli_parse_int(arg, 1, 60000000, &v) < 0)
+			break;
+		o->off_cpu_min_us = (uint32_t)v;
+		return 0;
+	case AF_OFF_CPU_CAPTURES:
+		if (cli_parse_int(arg, 1, 1000000, &v) < 0)
+			break;
+		o->off_cpu_captures = (uint32_t)v;
 		return 0;
 	default:
 		return 1;
@@ -236,9 +259,12 @@ static void record_usage(FILE *f)
 		"usage: ember record [-F HZ] [-d SECONDS] [-p PID | -- CMD ARGS...] [-o FILE]\n"
 		"                    [--format folded|svg|speedscope|pprof]\n"
 		"                    [--value samples|us] [--unwind dwarf|fp (default dwarf)]\n"
-		"                    [--max-keys N]\n"
+		"                    [--max-keys N] [--off-cpu [--off-cpu-min US]]\n"
 		"Profiles one process (or runs CMD and profiles it) and writes folded stacks\n"
-		"('comm;frame;...;frame VALUE' lines, flamegraph.pl's input). Without -d it stops\n"
+		"('comm;frame;...;frame VALUE' lines, flamegraph.pl's input). With --off-cpu it\n"
+		"records where the threads were blocked instead of where they ran: the µs each\n"
+		"stack spent sleeping or waiting, blocks of at least --off-cpu-min µs (default 50),\n"
+		"kernel frames from the scheduler out. Without -d it stops\n"
 		"when the process exits or on Ctrl-C. --format (default: from the -o name: .svg,\n"
 		".json = speedscope, .pb.gz/.pprof = pprof; else folded) picks another output.\n"
 		"--max-keys N bounds the in-kernel counts map (distinct stacks per 0.2 s drain,\n"
@@ -268,6 +294,24 @@ static void record_summary(const struct sampler_stats *st, int frequency, const 
 		st->overflow_samples, st->overflow_lost, st->lost, st->ustack_errors,
 		st->drain_mismatch, reasons, st->unwind_events, st->unwind_events_lost,
 		st->unwind_scans);
+}
+
+/* The closing summary of --off-cpu: blocks, those without stacks, the switch program's cost. */
+static void record_summary_offcpu(const struct sampler_stats *st, const char *output)
+{
+	fprintf(stderr,
+		"ember record: %" PRIu64 " off-CPU blocks (%" PRIu64 " without stacks: capture "
+		"budget; %" PRIu64 " not followed)%s%s\n",
+		st->offcpu_blocks, st->offcpu_skipped, st->offcpu_nostore,
+		output ? ", written to " : "", output ? output : "");
+	fprintf(stderr,
+		"ember record: %" PRIu64 " context switches seen, BPF %.2f µs each; user stack "
+		"errors %" PRIu64 ", lost %" PRIu64 ", drain mismatch %" PRIu64 "\n",
+		st->offcpu_bpf_run_cnt,
+		st->offcpu_bpf_run_cnt ? (double)st->offcpu_bpf_run_ns / 1000.0 /
+					     (double)st->offcpu_bpf_run_cnt
+				       : 0.0,
+		st->ustack_errors, st->lost, st->drain_mismatch);
 }
 
 /* Starts CMD held at a pipe until sampling runs; returns its pid or -errno. */
@@ -355,6 +399,8 @@ int cli_record(int argc, char **argv)
 		{"unwind", required_argument, NULL, 'u'},
 		{"format", required_argument, NULL, 'f'},
 		{"max-keys", required_argument, NULL, 'k'},
+		{"off-cpu", no_argument, NULL, 'O'},
+		{"off-cpu-min", required_argument, NULL, 'M'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -373,7 +419,7 @@ int cli_record(int argc, char **argv)
 	pid_t child = 0;
 	FILE *out = stdout;
 	enum export_format fmt = EXPORT_FOLDED;
-	int fmt_given = 0;
+	int fmt_given = 0, value_given = 0;
 
 	while ((opt = getopt_long(argc, argv, "+F:d:p:o:h", longopts, NULL)) != -1) {
 		switch (opt) {
@@ -404,6 +450,15 @@ int cli_record(int argc, char **argv)
 				fprintf(stderr, "ember record: --value is samples or us\n");
 				return 2;
 			}
+			value_given = unit == AGGREGATE_VALUE_SAMPLES;
+			break;
+		case 'O': so.events = SAMPLER_EVENT_OFF_CPU; break;
+		case 'M':
+			if (cli_parse_int(optarg, 1, 60000000, &v) < 0) {
+				fprintf(stderr, "ember record: --off-cpu-min wants µs, 1..60000000\n");
+				return 2;
+			}
+			so.off_cpu_min_us = (uint32_t)v;
 			break;
 		case 'u':
 			if (parse_unwind(optarg, &so.unwind) < 0) {
@@ -432,6 +487,13 @@ int cli_record(int argc, char **argv)
 	}
 	if (!fmt_given && output)
 		fmt = record_format_from_name(output);
+	if (so.events == SAMPLER_EVENT_OFF_CPU) {
+		if (value_given) {
+			fprintf(stderr, "ember record: --off-cpu counts µs blocked, not samples\n");
+			return 2;
+		}
+		unit = AGGREGATE_VALUE_US;
+	}
 	if ((pid != 0) == (optind < argc)) {
 		fprintf(stderr, "ember record: give either -p PID or -- CMD ARGS...\n");
 		record_usage(stderr);
@@ -494,7 +556,10 @@ int cli_record(int argc, char **argv)
 		struct sampler_stats st;
 
 		sampler_get_stats(sampler, &st);
-		record_summary(&st, so.frequency, output);
+		if (so.events == SAMPLER_EVENT_OFF_CPU)
+			record_summary_offcpu(&st, output);
+		else
+			record_summary(&st, so.frequency, output);
 	}
 	ret = 0;
 out:

@@ -585,6 +585,134 @@ static int setup_cap3(void **state)
 	return setup_opts(state, NULL, 3);
 }
 
+/* Off-CPU records: their own rows (event off-cpu, value µs as counted), no Total. */
+static void test_aggregate_offcpu_rows(void **state)
+{
+	struct fixture *fx = *state;
+	struct sample_rec on = own_rec(fx, (uint32_t)getpid(), fx->comm, 3);
+	struct sample_rec off = own_rec(fx, (uint32_t)getpid(), fx->comm, 250000);
+	struct sink_rows sr = {0};
+	const struct profile_row *row;
+	char want[256];
+	int offcpu_rows = 0;
+
+	off.event = SAMPLE_OFF_CPU;
+	aggregate_add(fx->agg, &on);
+	aggregate_add(fx->agg, &off);
+	aggregate_flush(fx->agg, 1700000000, sink_keep, &sr);
+	/* on-CPU stack, on-CPU Total, off-CPU stack: same stack string, two rows. */
+	assert_int_equal(sr.n, 3);
+	snprintf(want, sizeof(want), "[p] %s;agg_test_root;agg_test_mid;agg_test_leaf", fx->comm);
+	for (size_t i = 0; i < sr.n; i++) {
+		row = &sr.rows[i];
+		if (strcmp(row->profile_event_type, "off-cpu") != 0)
+			continue;
+		offcpu_rows++;
+		assert_string_equal(row->app_service, fx->comm);
+		assert_string_equal(row->profile_location_str, want);
+		assert_int_equal(row->profile_value, 250000);
+		assert_string_equal(row->profile_value_unit, "microseconds");
+		assert_int_equal(row->time, 1700000000);
+		assert_int_equal(row->process_id, getpid());
+	}
+	assert_int_equal(offcpu_rows, 1);
+	row = find_row(&sr, fx->comm, want);
+	assert_non_null(row);
+	snprintf(want, sizeof(want), "[p] %s", fx->comm);
+	row = find_row(&sr, "Total", want);
+	assert_non_null(row);
+	assert_string_equal(row->profile_event_type, "on-cpu");
+	assert_int_equal(row->profile_value, 3 * 10101);
+}
+
+/*
+ * A thread blocked 2.5 s, counted in one window: rows of 1 s at the window's time and the
+ * second before, the rest two seconds before. Threads of one name each get their own pieces
+ * before they merge, so two threads' 0.6 s stay 1.2 s at the window's time.
+ */
+static void test_aggregate_offcpu_split(void **state)
+{
+	struct fixture *fx = *state;
+	struct sample_rec a = own_rec(fx, 4000001, "pool", 2500000);
+	struct sample_rec b = own_rec(fx, 4000002, "pool", 600000);
+	struct sample_rec c = own_rec(fx, 4000003, "pool", 600000);
+	struct sink_rows sr = {0};
+	int64_t at[3] = {0};
+	int64_t sum = 0;
+
+	a.event = b.event = c.event = SAMPLE_OFF_CPU;
+	aggregate_add(fx->agg, &a);
+	aggregate_add(fx->agg, &b);
+	aggregate_add(fx->agg, &c);
+	aggregate_flush(fx->agg, 1000, sink_keep, &sr);
+	assert_int_equal(sr.n, 3);
+	for (size_t i = 0; i < sr.n; i++) {
+		assert_string_equal(sr.rows[i].profile_event_type, "off-cpu");
+		assert_true(sr.rows[i].time <= 1000 && sr.rows[i].time >= 998);
+		at[1000 - sr.rows[i].time] += sr.rows[i].profile_value;
+		sum += sr.rows[i].profile_value;
+	}
+	assert_int_equal(at[0], 1000000 + 1200000);
+	assert_int_equal(at[1], 1000000);
+	assert_int_equal(at[2], 500000);
+	assert_int_equal(sum, 2500000 + 1200000);
+}
+
+/* Kernel frames of a blocked thread start at __schedule; no stacks: one label. */
+static void test_aggregate_offcpu_kernel_and_not_captured(void **state)
+{
+	struct fixture *fx = *state;
+	struct sample_rec r = own_rec(fx, (uint32_t)getpid(), fx->comm, 70000);
+	struct sample_rec none = own_rec(fx, 4000009, "idle-one", 90000);
+	uint64_t k[3];
+	struct sink_rows sr = {0};
+	char want[512];
+
+	k[0] = kallsyms_addr("bpf_trace_run4"); /* inside the tracepoint: left out */
+	k[1] = kallsyms_addr("__schedule");
+	k[2] = kallsyms_addr("schedule");
+	if (!k[0] || !k[1] || !k[2]) {
+		fprintf(stderr, "kallsyms hides addresses\n");
+		skip();
+	}
+	for (int i = 0; i < 3; i++)
+		k[i] += 16; /* return addresses inside each function */
+	r.event = none.event = SAMPLE_OFF_CPU;
+	r.n_kframes = 3;
+	r.kframes = k;
+	none.n_uframes = 0;
+	none.stacks_skipped = 1;
+	aggregate_add(fx->agg, &r);
+	aggregate_add(fx->agg, &none);
+	aggregate_flush(fx->agg, 1, sink_keep, &sr);
+	assert_int_equal(sr.n, 2);
+	snprintf(want, sizeof(want),
+		 "[p] %s;agg_test_root;agg_test_mid;agg_test_leaf;[k] schedule;[k] __schedule",
+		 fx->comm);
+	assert_non_null(find_row(&sr, fx->comm, want));
+	assert_non_null(find_row(&sr, fx->comm, "[t] idle-one;" AGGREGATE_FRAME_NOT_CAPTURED));
+}
+
+/* ember record --off-cpu: folded values are µs, whatever unit is asked. */
+static void test_aggregate_offcpu_folded(void **state)
+{
+	struct fixture *fx = *state;
+	struct sample_rec r = own_rec(fx, (uint32_t)getpid(), fx->comm, 1500000);
+	char *buf = NULL, want[256];
+	size_t len = 0;
+	FILE *mem = open_memstream(&buf, &len);
+
+	r.event = SAMPLE_OFF_CPU;
+	aggregate_add(fx->agg, &r);
+	assert_int_equal(aggregate_write_folded(fx->agg, mem, AGGREGATE_VALUE_US), 0);
+	fclose(mem);
+	/* 1.5 s: two pieces (1 s and 0.5 s back in time) that folded output adds up again. */
+	snprintf(want, sizeof(want), "%s;[p] %s;agg_test_root;agg_test_mid;agg_test_leaf 1500000\n",
+		 fx->comm, fx->comm);
+	assert_string_equal(buf, want);
+	free(buf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -606,6 +734,11 @@ int main(void)
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_aggregate_unwind_tag, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_aggregate_bad_options, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_offcpu_rows, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_offcpu_split, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_offcpu_kernel_and_not_captured, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_offcpu_folded, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

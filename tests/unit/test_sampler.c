@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <libgen.h>
 #include <limits.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -716,6 +717,175 @@ static void test_workload_forkstorm_dwarf(void **state)
 	free(t);
 }
 
+/* ---- off-CPU ----------------------------------------------------------------------------- */
+
+/* The napping function lives alone in this section too, for its exact range. */
+__attribute__((noinline, section("ember_nap"))) void offcpu_test_nap(int rounds)
+{
+	struct timespec ts = {0, 3000000};
+
+	for (int i = 0; i < rounds; i++)
+		nanosleep(&ts, NULL);
+}
+extern const char __start_ember_nap[], __stop_ember_nap[];
+
+struct nap {
+	pid_t tid;
+	uint64_t wall_ns;
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void *nap_thread(void *arg)
+{
+	struct nap *n = arg;
+	uint64_t t0 = now_ns();
+
+	n->tid = gettid();
+	offcpu_test_nap(100);
+	n->wall_ns = now_ns() - t0;
+	return NULL;
+}
+
+struct offcpu_seen {
+	uint32_t tgid, tid;
+	uint64_t on_cpu;      /* on-CPU samples: none expected */
+	uint64_t us_thread;   /* blocked µs of the napping thread */
+	uint64_t us_in_nap;   /* ... under offcpu_test_nap */
+	uint64_t us_kernel;   /* ... with a kernel stack */
+	uint64_t us_complete; /* ... whose DWARF walk was complete */
+};
+
+/* Frame i of an encoded DWARF stack as an address of this executable, or 0. */
+static uint64_t own_frame(const struct sample_rec *rec, uint32_t i)
+{
+	uint64_t fr = rec->uframes[i];
+	struct sym_object obj;
+	struct stat st;
+	uint32_t id;
+
+	if (!(fr & UNW_FRAME_ENCODED))
+		return fr;
+	id = (uint32_t)((fr >> UNW_FRAME_OBJ_SHIFT) & UNW_FRAME_OBJ_MASK);
+	if (!rec->resolve_object || rec->resolve_object(rec->resolve_arg, id, &obj) ||
+	    stat("/proc/self/exe", &st) || obj.ino != (uint64_t)st.st_ino)
+		return 0;
+	return (fr & UNW_FRAME_VA_MASK) + exe_bias();
+}
+
+static void offcpu_cb(void *arg, const struct sample_rec *rec)
+{
+	struct offcpu_seen *os = arg;
+
+	if (rec->event != SAMPLE_OFF_CPU) {
+		os->on_cpu += rec->count;
+		return;
+	}
+	if (rec->tgid != os->tgid || rec->tid != os->tid)
+		return;
+	os->us_thread += rec->count;
+	if (rec->n_kframes && rec->kframes[0] >= 0xffff800000000000ull)
+		os->us_kernel += rec->count;
+	if (rec->ustack_reason == 1)
+		os->us_complete += rec->count;
+	for (uint32_t i = 0; i < rec->n_uframes; i++) {
+		uint64_t a = own_frame(rec, i);
+
+		if (a > (uintptr_t)__start_ember_nap && a <= (uintptr_t)__stop_ember_nap) {
+			os->us_in_nap += rec->count;
+			break;
+		}
+	}
+}
+
+/*
+ * Off-CPU only, this process: a thread that naps 100 x 3 ms shows its blocked time under
+ * offcpu_test_nap with kernel frames, and nothing is sampled on-CPU (no perf event is open).
+ * Blocked time is at most the thread's wall time and at least half of it (a woken thread that
+ * waits for a CPU on a loaded host is not blocked).
+ */
+static void test_sampler_offcpu_own_process(void **state)
+{
+	struct sampler_opts o = {.frequency = 99,
+				 .unwind = SAMPLER_UNWIND_DWARF,
+				 .only_tgid = (uint32_t)getpid(),
+				 .flush_seconds = 1,
+				 .events = SAMPLER_EVENT_OFF_CPU};
+	struct offcpu_seen os = {.tgid = (uint32_t)getpid()};
+	struct sampler_stats st;
+	struct sampler *s = open_opts_or_skip(&o);
+	struct nap n = {0};
+	pthread_t t;
+
+	assert_int_equal(pthread_create(&t, NULL, nap_thread, &n), 0);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	os.tid = (uint32_t)n.tid;
+	assert_int_equal(sampler_drain(s, offcpu_cb, &os), 0);
+	assert_int_equal(sampler_drain(s, offcpu_cb, &os), 0);
+	sampler_get_stats(s, &st);
+	fprintf(stderr,
+		"off-CPU: thread %u napped %.1f ms of wall time: blocked %.1f ms, %.1f under "
+		"offcpu_test_nap, %.1f with kernel frames, %.1f complete; %llu blocks, BPF %.0f ns "
+		"per switch over %llu\n",
+		os.tid, n.wall_ns / 1e6, os.us_thread / 1e3, os.us_in_nap / 1e3, os.us_kernel / 1e3,
+		os.us_complete / 1e3, (unsigned long long)st.offcpu_blocks,
+		st.offcpu_bpf_run_cnt ? (double)st.offcpu_bpf_run_ns / st.offcpu_bpf_run_cnt : 0,
+		(unsigned long long)st.offcpu_bpf_run_cnt);
+	assert_int_equal(os.on_cpu, 0);
+	assert_int_equal(st.samples, 0);
+	assert_true(st.offcpu_blocks >= 50);
+	assert_int_equal(st.offcpu_skipped, 0);
+	assert_int_equal(st.drain_mismatch, 0);
+	assert_int_equal(st.lost, 0);
+	assert_true(os.us_thread * 1000 <= n.wall_ns);
+	assert_true(os.us_thread * 1000 * 2 >= n.wall_ns);
+	/* The first nap may come before the table of this executable: allow a few. */
+	assert_true(os.us_in_nap * 10 >= os.us_thread * 9);
+	assert_true(os.us_complete * 10 >= os.us_thread * 9);
+	assert_int_equal(os.us_kernel, os.us_thread);
+	assert_true(st.offcpu_bpf_run_cnt > 0);
+	sampler_close(s);
+}
+
+/* A capture budget of 1 per second and CPU: the blocks still count, mostly without stacks. */
+static void test_sampler_offcpu_budget(void **state)
+{
+	struct sampler_opts o = {.frequency = 99,
+				 .unwind = SAMPLER_UNWIND_FP,
+				 .only_tgid = (uint32_t)getpid(),
+				 .flush_seconds = 1,
+				 .events = SAMPLER_EVENT_OFF_CPU,
+				 .off_cpu_captures = 1};
+	struct offcpu_seen os = {.tgid = (uint32_t)getpid()};
+	struct sampler_stats st;
+	struct sampler *s = open_opts_or_skip(&o);
+	struct nap n = {0};
+	pthread_t t;
+
+	assert_int_equal(pthread_create(&t, NULL, nap_thread, &n), 0);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	os.tid = (uint32_t)n.tid;
+	assert_int_equal(sampler_drain(s, offcpu_cb, &os), 0);
+	assert_int_equal(sampler_drain(s, offcpu_cb, &os), 0);
+	sampler_get_stats(s, &st);
+	fprintf(stderr, "off-CPU budget 1/s: %llu blocks, %llu without stacks; blocked %.1f ms\n",
+		(unsigned long long)st.offcpu_blocks, (unsigned long long)st.offcpu_skipped,
+		os.us_thread / 1e3);
+	assert_true(st.offcpu_blocks >= 50);
+	/* At most one capture per CPU and second, over a few seconds. */
+	assert_true(st.offcpu_skipped + 16 >= st.offcpu_blocks);
+	assert_true(os.us_thread * 1000 * 2 >= n.wall_ns);
+	assert_true(os.us_thread * 1000 <= n.wall_ns);
+	assert_int_equal(st.drain_mismatch, 0);
+	sampler_close(s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -723,6 +893,8 @@ int main(void)
 	    cmocka_unit_test(test_sampler_boot_offset),
 	    cmocka_unit_test(test_sampler_dwarf_own_process),
 	    cmocka_unit_test(test_sampler_bad_unwind),
+	    cmocka_unit_test(test_sampler_offcpu_own_process),
+	    cmocka_unit_test(test_sampler_offcpu_budget),
 	    cmocka_unit_test(test_sampler_own_process),
 	    cmocka_unit_test(test_sampler_all_processes),
 	    cmocka_unit_test(test_sampler_counts_map_full),

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Off-CPU profiling end to end: `ember record --off-cpu` of a workload whose three threads block
+# in known places (a nanosleep loop, a pipe read, the pacing loop), DWARF and frame pointers;
+# then `ember run --off-cpu` and the API: off-cpu rows of the process, none under Total, the
+# on-CPU rows still there, the counters in /metrics; and bad flag values.
+. "$(dirname "$0")/../lib/e2e.sh"
+[ "$(id -u)" -eq 0 ] || { echo "needs root for BPF"; exit 77; }
+W=${EMBER_BUILD:?}/workloads
+[ -x "$W/offcpu" ] || fail "workload offcpu not built"
+
+sum() { # file pattern → total value of the lines containing pattern
+	awk -v p="$2" 'index($0, p) {m += $NF} END {printf "%d", m}' "$1"
+}
+# A thread that blocked nearly all of a run of SECS seconds: more than half of it (on a loaded
+# host a woken thread also waits for a CPU, which is not blocked time), never more than the
+# wall time the record took.
+blocked_ok() { # µs wall_ms
+	[ "$1" -ge $((SECS * 500000)) ] && [ "$1" -le $(($2 * 1000)) ]
+}
+SECS=2
+
+t0=$(date +%s%N)
+"$EMBER_BIN" record --off-cpu -o "$E2E_TMP/off.folded" -- "$W/offcpu" $SECS >/dev/null \
+	2>"$E2E_TMP/off.err" || { cat "$E2E_TMP/off.err"; fail "record --off-cpu"; }
+wall=$((($(date +%s%N) - t0) / 1000000))
+nap=$(sum "$E2E_TMP/off.folded" ";[t] napper;[l] clone3;[l] start_thread;napper;nap;")
+wait_=$(sum "$E2E_TMP/off.folded" ";[t] waiter;[l] clone3;[l] start_thread;waiter;wait_pipe;[l] read")
+pace=$(sum "$E2E_TMP/off.folded" ";[p] offcpu;_start;")
+pace_fn=$(sum "$E2E_TMP/off.folded" ";main;pace;")
+echo "record --off-cpu ($wall ms): nap ${nap} µs, wait_pipe ${wait_} µs, main ${pace} µs (pace ${pace_fn})"
+tail -n 2 "$E2E_TMP/off.err"
+check "napper: blocked time under nap (> half the run, < the wall time)" blocked_ok "$nap" "$wall"
+check "waiter: blocked time under wait_pipe;[l] read" blocked_ok "$wait_" "$wall"
+check "main: blocked time under _start ... main;pace" blocked_ok "$pace_fn" "$wall"
+check "kernel frames of a nanosleep, from the syscall to __schedule" grep -qE ';nap;.*;\[k\] entry_SYSCALL_64[^;]*;.*nanosleep.*;\[k\] schedule;\[k\] __schedule [0-9]+$' "$E2E_TMP/off.folded"
+check "kernel frames of the pipe read" grep -qE ';wait_pipe;\[l\] read;.*\[k\] (vfs_read|ksys_read).*;\[k\] __schedule [0-9]+$' "$E2E_TMP/off.folded"
+check "no frame of the tracepoint or the BPF program" bash -c "! grep -qE '\\[k\\] (bpf_|__bpf_|__traceiter_|trace_)' '$E2E_TMP/off.folded'"
+check "values are µs (integers > 0)" bash -c "awk '\$NF !~ /^[1-9][0-9]*$/ {bad=1} END {exit bad}' '$E2E_TMP/off.folded'"
+check "the summary counts the blocks" grep -qE '^ember record: [1-9][0-9]* off-CPU blocks \(0 without stacks' "$E2E_TMP/off.err"
+
+"$EMBER_BIN" record --off-cpu --unwind fp -o "$E2E_TMP/offfp.folded" -- "$W/offcpu" 1 >/dev/null 2>&1 || fail "record --off-cpu --unwind fp"
+check "--unwind fp: napper blocked in a nanosleep" grep -qE '^offcpu;\[t\] napper;.*\[k\] [^;]*nanosleep' "$E2E_TMP/offfp.folded"
+
+"$EMBER_BIN" record --off-cpu --value samples -- true >/dev/null 2>"$E2E_TMP/bad.err"
+rc=$?
+check "--off-cpu with --value samples: refused (exit 2) with a reason" bash -c "[ $rc -eq 2 ] && grep -q 'µs blocked' '$E2E_TMP/bad.err'"
+"$EMBER_BIN" record --off-cpu --off-cpu-min 0 -- true >/dev/null 2>"$E2E_TMP/bad2.err"
+rc=$?
+check "--off-cpu-min 0: refused (exit 2)" bash -c "[ $rc -eq 2 ] && grep -q 'off-cpu-min' '$E2E_TMP/bad2.err'"
+"$EMBER_BIN" agent --server http://127.0.0.1:1 --off-cpu-captures x >/dev/null 2>"$E2E_TMP/bad3.err"
+rc=$?
+check "agent --off-cpu-captures x: refused (exit 2), the flag named" bash -c "[ $rc -eq 2 ] && grep -q \"invalid value 'x' for --off-cpu-captures\" '$E2E_TMP/bad3.err'"
+
+# ember run --off-cpu: the agent's rows through the API.
+ember_start run "profiling this host" run --off-cpu --store "sqlite:$E2E_TMP/run.db"
+"$W/offcpu" $SECS >/dev/null
+tree() { # app event → HTTP status; body in resp.json
+	local now; now=$(date +%s)
+	api "$SRV_URL_run" "{\"app_service\":\"$1\",\"profile_language_type\":\"eBPF\",\"profile_event_type\":\"$2\",\"time_start\":$((now - 60)),\"time_end\":$((now + 1))}"
+}
+root=0
+for _ in $(seq 1 100); do
+	[ "$(tree offcpu off-cpu)" = 200 ] && root=$(jqr '.result[0].total_value // 0')
+	# more than half of three threads of SECS seconds each, and a node of each thread
+	[ "$root" -ge $((SECS * 3 * 500000)) ] && jqr '.result[].profile_location_str' | grep -qx 'wait_pipe' && break
+	sleep 0.2
+done
+echo "API off-cpu root of offcpu: $root µs"
+check "API: off-cpu tree of the process, blocked time of its three threads" [ "$root" -ge $((SECS * 3 * 500000)) ]
+check "API: nap and wait_pipe nodes" bash -c "jq -r '.result[].profile_location_str' '$E2E_TMP/resp.json' | grep -qx nap && jq -r '.result[].profile_location_str' '$E2E_TMP/resp.json' | grep -qx wait_pipe"
+check "API: the kernel frames end at [k] __schedule" bash -c "jq -r '.result[].profile_location_str' '$E2E_TMP/resp.json' | grep -qx '\\[k\\] __schedule'"
+tree Total off-cpu >/dev/null
+check "API: no off-cpu rows under Total (as DeepFlow)" [ "$(jqr '.result | length')" = 0 ]
+tree Total on-cpu >/dev/null
+check "API: the on-CPU Total is still there" bash -c "[ \$(jq -r '.result[0].total_value // 0' '$E2E_TMP/resp.json') -gt 0 ]"
+blocks=$(curl -s "$SRV_URL_run/metrics" | sed -n 's/^ember_agent_offcpu_blocks_total \([0-9]*\)$/\1/p')
+check "/metrics: ember_agent_offcpu_blocks_total counts blocks" [ "${blocks:-0}" -gt 0 ]
+server_stop run
+check "the agent's summary names its off-CPU blocks" grep -qE 'off-CPU: [1-9][0-9]* blocks counted' "$E2E_TMP/run.log"
+e2e_done
