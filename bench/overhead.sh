@@ -34,7 +34,8 @@
 # apart from the default cache that agents of other versions on this host may rewrite).
 #
 # Usage: bench/overhead.sh [BUILD_DIR]      (root; default build dir: build)
-# Environment: DURATION (30) WARMUP (3) FREQS ("99 999") UNWINDS ("fp dwarf")
+# Environment: DURATION (30) WARMUP (3) FREQS ("99 999") UNWINDS ("fp dwarf"; "dwarf+offcpu"
+#              adds --off-cpu)
 #              TOOLS ("ember perf bpftrace") OUT (results dir, default a new /tmp dir)
 #              BASELINE (another ember binary) UNWIND_CACHE (see above; "" for none)
 # Output: a markdown table on stdout (also $OUT/table.md), raw logs in $OUT.
@@ -180,12 +181,13 @@ server_start() {
 }
 
 # run_ember UNWIND HZ [BIN NAME] → $OUT/NAME.{win,time,log} (NAME: ember-UNWIND-HZ); returns 1
-# if the agent cannot start
+# if the agent cannot start. UNWIND "dwarf+offcpu" (or "fp+offcpu"): that unwinding and --off-cpu.
 run_ember() {
-	local name=${4:-ember-$1-$2} tp pid
+	local name=${4:-ember-$1-$2} tp pid extra=()
+	[ "$1" = "${1%+offcpu}" ] || extra=(--off-cpu)
 	/usr/bin/time -f '%e %U %S %M' -o "$OUT/$name.time" \
-		"${3:-$EMBER}" agent --server "http://127.0.0.1:$PORT" --frequency "$2" --unwind "$1" \
-		>"$OUT/$name.log" 2>&1 &
+		"${3:-$EMBER}" agent --server "http://127.0.0.1:$PORT" --frequency "$2" --unwind "${1%+offcpu}" \
+		"${extra[@]}" >"$OUT/$name.log" 2>&1 &
 	tp=$!
 	pid=$(child_of "$tp") || { wait "$tp"; return 1; } # exited at once
 	for _ in $(seq 1 200); do

@@ -1007,9 +1007,12 @@ int oncpu_sample(struct bpf_perf_event_data *ctx)
  * sample is. Blocks span drains, so the stacks wait in the task storage, not in a set.
  *
  * Captures cost a kernel and a user stack walk each, at the thread's every block, so each CPU
- * captures at most offcpu_captures_per_sec per second: a block beyond that still counts, under
- * a key without stacks (PROFILE_KSTACK_NOT_CAPTURED), so a thread's blocked time stays whole.
- * Kernel threads are left out (no user stack), as is everything targ_tgid does not want.
+ * captures at most offcpu_captures_per_sec per second. Beyond that, a thread that blocks again
+ * from where its last capture was taken — the same registers at its entry into the kernel (ip,
+ * sp, bp) and the same system call — keeps that capture's stacks (a loop waiting at one call
+ * site: the usual way to block thousands of times a second); any other block still counts,
+ * under a key without stacks (PROFILE_KSTACK_NOT_CAPTURED), so a thread's blocked time stays
+ * whole. Kernel threads are left out (no user stack), as is everything targ_tgid does not want.
  */
 const volatile __u64 offcpu_min_ns = 50000ull;
 const volatile __u64 offcpu_max_ns = 3600000000000ull;
@@ -1017,6 +1020,11 @@ const volatile __u32 offcpu_captures_per_sec = 1000;
 
 struct offcpu_task {
 	__u64 start_ns; /* when it blocked; 0: not blocked (or switched in since) */
+	/* Where the last capture was taken: kernel entry registers, system call (orig_ax) and
+	 * address space (an exec'ed image's frames are not the old image's). */
+	__u64 at_ip, at_sp, at_bp, at_nr, at_mm;
+	__u32 captured; /* key and stacks hold a capture taken there */
+	__u32 nocap;	/* this block has no capture: it counts under a key without stacks */
 	struct profile_key key;
 	struct profile_stack ustack;
 	struct profile_stack kstack;
@@ -1062,8 +1070,10 @@ static __always_inline int offcpu_budget_take(__u64 now)
 /* prev, the current task, blocks: its key, stacks and the time into its task storage. */
 static __always_inline void offcpu_start(void *ctx, struct task_struct *prev, __u64 now)
 {
+	__u64 ip = 0, sp = 0, bp = 0, nr = 0;
 	struct offcpu_task *t;
 	struct profile_key *key;
+	struct pt_regs *regs;
 	long n;
 
 	t = bpf_task_storage_get(&offcpu_tasks, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -1071,19 +1081,36 @@ static __always_inline void offcpu_start(void *ctx, struct task_struct *prev, __
 		counter_inc(PROFILE_CNT_OFFCPU_NOSTORE);
 		return;
 	}
+	regs = (struct pt_regs *)bpf_task_pt_regs(prev);
+	if (regs) {
+		ip = regs->ip;
+		sp = regs->sp;
+		bp = regs->bp;
+		nr = regs->orig_ax;
+	}
+	t->start_ns = now;
 	key = &t->key;
+	if (!offcpu_budget_take(now)) {
+		/* The thread's last capture, if it blocks from the same place again. */
+		t->nocap = !(t->captured && t->at_mm == (__u64)prev->mm && t->at_ip == ip &&
+			     t->at_sp == sp && t->at_bp == bp && t->at_nr == nr);
+		/* The capture stays for a later block from its place; the thread is named. */
+		key->tgid = prev->tgid;
+		key->tid = prev->pid;
+		bpf_get_current_comm(key->comm, sizeof(key->comm));
+		return;
+	}
+	t->nocap = 0;
 	__builtin_memset(key, 0, sizeof(*key));
 	key->tgid = prev->tgid;
 	key->tid = prev->pid;
 	bpf_get_current_comm(key->comm, sizeof(key->comm));
-	t->start_ns = now;
-	if (!offcpu_budget_take(now)) {
-		key->kstack_id = PROFILE_KSTACK_NOT_CAPTURED;
-		key->ustack_kind =
-		    PROFILE_USTACK_NONE | (PROFILE_EVENT_OFF_CPU << PROFILE_EVENT_SHIFT);
-		counter_inc(PROFILE_CNT_OFFCPU_SKIPPED);
-		return;
-	}
+	t->at_ip = ip;
+	t->at_sp = sp;
+	t->at_bp = bp;
+	t->at_nr = nr;
+	t->at_mm = (__u64)prev->mm;
+	t->captured = 1;
 	/* The kernel stack from here, the scheduler: user space drops the frames of this
 	 * program and the tracepoint, inside __schedule. */
 	n = bpf_get_stack(ctx, &t->kstack, sizeof(t->kstack), 0);
@@ -1117,6 +1144,14 @@ static __always_inline void offcpu_end(struct task_struct *next, __u64 now)
 		return;
 	counter_inc(PROFILE_CNT_OFFCPU_BLOCKS);
 	__builtin_memcpy(&key, &t->key, sizeof(key));
+	if (t->nocap) {
+		key.kstack_id = PROFILE_KSTACK_NOT_CAPTURED;
+		key.kstack = 0;
+		key.ustack_kind =
+		    PROFILE_USTACK_NONE | (PROFILE_EVENT_OFF_CPU << PROFILE_EVENT_SHIFT);
+		key.ustack = 0;
+		counter_inc(PROFILE_CNT_OFFCPU_SKIPPED);
+	}
 	kind = key.ustack_kind & PROFILE_USTACK_KIND_MASK;
 	if (kind == PROFILE_USTACK_DWARF_HASH || kind == PROFILE_USTACK_FP_HASH)
 		st = &t->ustack;

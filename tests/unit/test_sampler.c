@@ -853,7 +853,38 @@ static void test_sampler_offcpu_own_process(void **state)
 	sampler_close(s);
 }
 
-/* A capture budget of 1 per second and CPU: the blocks still count, mostly without stacks. */
+/* Like offcpu_test_nap, with a frame of another size: it blocks from another stack depth. */
+__attribute__((noinline)) void offcpu_test_nap_deep(void)
+{
+	volatile char pad[256];
+	struct timespec ts = {0, 3000000};
+
+	pad[0] = 1;
+	nanosleep(&ts, NULL);
+	pad[255] = pad[0];
+}
+
+static void *nap_alternating_thread(void *arg)
+{
+	struct nap *n = arg;
+	uint64_t t0 = now_ns();
+
+	n->tid = gettid();
+	for (int i = 0; i < 50; i++) {
+		offcpu_test_nap(1);
+		offcpu_test_nap_deep();
+	}
+	n->wall_ns = now_ns() - t0;
+	return NULL;
+}
+
+/*
+ * A capture budget of 5 per second and CPU: enough for the first blocks of this process's
+ * threads, far from the 100 blocks of a napping thread. A thread napping in a loop blocks from
+ * the same place every time: its blocks beyond the budget keep the stacks of its last capture.
+ * A thread alternating between two places (two stack depths) blocks half the time from
+ * elsewhere: those blocks count without stacks, their time still there.
+ */
 static void test_sampler_offcpu_budget(void **state)
 {
 	struct sampler_opts o = {.frequency = 99,
@@ -861,11 +892,12 @@ static void test_sampler_offcpu_budget(void **state)
 				 .only_tgid = (uint32_t)getpid(),
 				 .flush_seconds = 1,
 				 .events = SAMPLER_EVENT_OFF_CPU,
-				 .off_cpu_captures = 1};
-	struct offcpu_seen os = {.tgid = (uint32_t)getpid()};
+				 .off_cpu_captures = 5};
+	struct offcpu_seen os = {.tgid = (uint32_t)getpid()}, alt = {.tgid = (uint32_t)getpid()};
 	struct sampler_stats st;
 	struct sampler *s = open_opts_or_skip(&o);
-	struct nap n = {0};
+	struct nap n = {0}, m = {0};
+	uint64_t skipped;
 	pthread_t t;
 
 	assert_int_equal(pthread_create(&t, NULL, nap_thread, &n), 0);
@@ -874,14 +906,35 @@ static void test_sampler_offcpu_budget(void **state)
 	assert_int_equal(sampler_drain(s, offcpu_cb, &os), 0);
 	assert_int_equal(sampler_drain(s, offcpu_cb, &os), 0);
 	sampler_get_stats(s, &st);
-	fprintf(stderr, "off-CPU budget 1/s: %llu blocks, %llu without stacks; blocked %.1f ms\n",
-		(unsigned long long)st.offcpu_blocks, (unsigned long long)st.offcpu_skipped,
-		os.us_thread / 1e3);
+	skipped = st.offcpu_skipped;
+	fprintf(stderr,
+		"off-CPU budget 5/s, one place: %llu blocks, %llu without stacks; "
+		"blocked %.1f ms, %.1f with stacks\n",
+		(unsigned long long)st.offcpu_blocks, (unsigned long long)skipped,
+		os.us_thread / 1e3, os.us_kernel / 1e3);
 	assert_true(st.offcpu_blocks >= 50);
-	/* At most one capture per CPU and second, over a few seconds. */
-	assert_true(st.offcpu_skipped + 16 >= st.offcpu_blocks);
+	assert_true(skipped <= 10);
 	assert_true(os.us_thread * 1000 * 2 >= n.wall_ns);
 	assert_true(os.us_thread * 1000 <= n.wall_ns);
+	/* Frame pointers: gcc keeps none in offcpu_test_nap, so the kernel stack tells. */
+	assert_true(os.us_kernel * 10 >= os.us_thread * 9);
+
+	assert_int_equal(pthread_create(&t, NULL, nap_alternating_thread, &m), 0);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	alt.tid = (uint32_t)m.tid;
+	assert_int_equal(sampler_drain(s, offcpu_cb, &alt), 0);
+	assert_int_equal(sampler_drain(s, offcpu_cb, &alt), 0);
+	sampler_get_stats(s, &st);
+	fprintf(stderr,
+		"off-CPU budget 5/s, two places: %llu more blocks without stacks; "
+		"blocked %.1f ms of %.1f, %.1f with stacks\n",
+		(unsigned long long)(st.offcpu_skipped - skipped), alt.us_thread / 1e3,
+		m.wall_ns / 1e6, alt.us_kernel / 1e3);
+	/* 100 blocks, at most 5 captures per CPU and second; then half from the last place. */
+	assert_true(st.offcpu_skipped - skipped >= 30);
+	assert_true(alt.us_kernel * 10 <= alt.us_thread * 8);
+	assert_true(alt.us_thread * 1000 * 2 >= m.wall_ns);
+	assert_true(alt.us_thread * 1000 <= m.wall_ns);
 	assert_int_equal(st.drain_mismatch, 0);
 	sampler_close(s);
 }
