@@ -1,5 +1,5 @@
 #!/bin/bash
-# bench/run-all.sh BUILD_DIR — runs every bench/*.sh (but itself) in turn with BUILD_DIR, as
+# bench/run-all.sh BUILD_DIR — runs every benchmark bench/*.sh in turn with BUILD_DIR, as
 # `make bench` does. A benchmark prints its numbers and ratios; it fails only when something
 # does not work. Exit status: the number of benchmarks that failed (0 = all ran).
 set -u
@@ -7,7 +7,10 @@ BUILD=${1:-build}
 DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 failed=0
 for b in "$DIR"/*.sh; do
-	[ "$(basename "$b")" = run-all.sh ] && continue
+	# Not a benchmark of one build: this script, helpers that are sourced (not executable),
+	# and unwind_ab.sh, which compares two builds (bench/unwind_ab.sh OLD NEW).
+	case $(basename "$b") in run-all.sh | unwind_ab.sh) continue ;; esac
+	[ -x "$b" ] || continue
 	echo "=== $(basename "$b" .sh)"
 	if ! bash "$b" "$BUILD"; then
 		echo "=== $(basename "$b" .sh): FAILED" >&2
