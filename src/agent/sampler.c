@@ -993,6 +993,17 @@ static int sampler_resolve_object(void *arg, uint32_t obj_id, struct sym_object 
 				    &obj->ino, &obj->pid);
 }
 
+/* The frames stored under hash in the set's ustacks map, into buf: 0, or -ENOENT. */
+static int sampler_stack_by_hash(const struct sampler_set *set, uint64_t hash, uint64_t *buf,
+				 uint32_t *n, const uint64_t **frames)
+{
+	if (bpf_map_lookup_elem(set->ustacks_fd, &hash, buf))
+		return -ENOENT;
+	*n = sampler_count_frames(buf);
+	*frames = buf;
+	return 0;
+}
+
 static void sampler_emit(struct sampler *s, const struct sampler_set *set,
 			 const struct profile_key *key, uint64_t count, sampler_cb cb, void *arg)
 {
@@ -1018,14 +1029,8 @@ static void sampler_emit(struct sampler *s, const struct sampler_set *set,
 			rec.kstack_error = -ENOENT;
 		}
 	} else if (key->kstack_id == PROFILE_KSTACK_HASHED) {
-		uint64_t hash = key->kstack;
-
-		if (bpf_map_lookup_elem(set->ustacks_fd, &hash, s->kframes) == 0) {
-			rec.n_kframes = sampler_count_frames(s->kframes);
-			rec.kframes = s->kframes;
-		} else {
-			rec.kstack_error = -ENOENT;
-		}
+		rec.kstack_error = sampler_stack_by_hash(set, key->kstack, s->kframes, &rec.n_kframes,
+							 &rec.kframes);
 	} else if (key->kstack_id == PROFILE_KSTACK_NOT_CAPTURED) {
 		rec.stacks_skipped = 1;
 	} else if (key->kstack_id != -EFAULT) {
@@ -1042,17 +1047,10 @@ static void sampler_emit(struct sampler *s, const struct sampler_set *set,
 		rec.resolve_arg = s;
 		/* the frames are stored the same way */
 		__attribute__((fallthrough));
-	case PROFILE_USTACK_FP_HASH: {
-		uint64_t hash = key->ustack;
-
-		if (bpf_map_lookup_elem(set->ustacks_fd, &hash, s->uframes) == 0) {
-			rec.n_uframes = sampler_count_frames(s->uframes);
-			rec.uframes = s->uframes;
-		} else {
-			rec.ustack_error = -ENOENT;
-		}
+	case PROFILE_USTACK_FP_HASH:
+		rec.ustack_error = sampler_stack_by_hash(set, key->ustack, s->uframes, &rec.n_uframes,
+							 &rec.uframes);
 		break;
-	}
 	case PROFILE_USTACK_ERROR:
 		rec.ustack_error = -(int)key->ustack;
 		break;

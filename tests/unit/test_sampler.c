@@ -804,6 +804,20 @@ static void offcpu_cb(void *arg, const struct sample_rec *rec)
 	}
 }
 
+/* Runs fn in a thread of its own, then drains its blocks into os (two drains: the second
+ * collects what landed after the first flip). */
+static void run_and_drain(struct sampler *s, void *(*fn)(void *), struct nap *n,
+			  struct offcpu_seen *os)
+{
+	pthread_t t;
+
+	assert_int_equal(pthread_create(&t, NULL, fn, n), 0);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	os->tid = (uint32_t)n->tid;
+	assert_int_equal(sampler_drain(s, offcpu_cb, os), 0);
+	assert_int_equal(sampler_drain(s, offcpu_cb, os), 0);
+}
+
 /*
  * Off-CPU only, this process: a thread that naps 100 x 3 ms shows its blocked time under
  * offcpu_test_nap with kernel frames, and nothing is sampled on-CPU (no perf event is open).
@@ -821,13 +835,8 @@ static void test_sampler_offcpu_own_process(void **state)
 	struct sampler_stats st;
 	struct sampler *s = open_opts_or_skip(&o);
 	struct nap n = {0};
-	pthread_t t;
 
-	assert_int_equal(pthread_create(&t, NULL, nap_thread, &n), 0);
-	assert_int_equal(pthread_join(t, NULL), 0);
-	os.tid = (uint32_t)n.tid;
-	assert_int_equal(sampler_drain(s, offcpu_cb, &os), 0);
-	assert_int_equal(sampler_drain(s, offcpu_cb, &os), 0);
+	run_and_drain(s, nap_thread, &n, &os);
 	sampler_get_stats(s, &st);
 	fprintf(stderr,
 		"off-CPU: thread %u napped %.1f ms of wall time: blocked %.1f ms, %.1f under "
@@ -898,13 +907,8 @@ static void test_sampler_offcpu_budget(void **state)
 	struct sampler *s = open_opts_or_skip(&o);
 	struct nap n = {0}, m = {0};
 	uint64_t skipped;
-	pthread_t t;
 
-	assert_int_equal(pthread_create(&t, NULL, nap_thread, &n), 0);
-	assert_int_equal(pthread_join(t, NULL), 0);
-	os.tid = (uint32_t)n.tid;
-	assert_int_equal(sampler_drain(s, offcpu_cb, &os), 0);
-	assert_int_equal(sampler_drain(s, offcpu_cb, &os), 0);
+	run_and_drain(s, nap_thread, &n, &os);
 	sampler_get_stats(s, &st);
 	skipped = st.offcpu_skipped;
 	fprintf(stderr,
@@ -919,11 +923,7 @@ static void test_sampler_offcpu_budget(void **state)
 	/* Frame pointers: gcc keeps none in offcpu_test_nap, so the kernel stack tells. */
 	assert_true(os.us_kernel * 10 >= os.us_thread * 9);
 
-	assert_int_equal(pthread_create(&t, NULL, nap_alternating_thread, &m), 0);
-	assert_int_equal(pthread_join(t, NULL), 0);
-	alt.tid = (uint32_t)m.tid;
-	assert_int_equal(sampler_drain(s, offcpu_cb, &alt), 0);
-	assert_int_equal(sampler_drain(s, offcpu_cb, &alt), 0);
+	run_and_drain(s, nap_alternating_thread, &m, &alt);
 	sampler_get_stats(s, &st);
 	fprintf(stderr,
 		"off-CPU budget 5/s, two places: %llu more blocks without stacks; "
