@@ -400,30 +400,25 @@ static void agg_unw_tag(struct aggregate *agg, struct profile_row *r, enum sampl
 }
 
 /*
- * An off-CPU record: no Total (as DeepFlow, whose off-CPU has none); the thread's blocked µs
- * under its stack, cut into one-second pieces going back from the window when a block reached
+ * The value of a record under its row. On-CPU: one piece, its samples. Off-CPU: the thread's
+ * blocked µs, cut into one-second pieces going back from the window when a block reached
  * further back than the window (DeepFlow's ingester does the same to every row over 1 s; done
  * here, per thread, before threads of one name merge, a piece is real time of one thread).
  */
-static void agg_add_blocked(struct aggregate *agg, const struct sample_rec *rec, const char *pcomm,
-			    int64_t start_ms, const char *container)
+static void agg_insert_pieces(struct aggregate *agg, const struct sample_rec *rec,
+			      const char *pcomm, int64_t start_ms, const char *container)
 {
 	struct strbuf *sb = &agg->scratch;
 	uint64_t left = rec->count;
 	uint32_t ago = 0;
 
-	if (agg->has_regex && regexec(&agg->regex, pcomm, 0, NULL, 0) != 0)
-		return;
-	agg_unw_count(agg, rec);
-	sb_reset(sb);
-	aggregate_build_stack(agg, rec, sb);
 	while (left) {
-		uint64_t piece =
-		    left > AGGREGATE_OFFCPU_SPLIT_US && ago + 1 < AGGREGATE_OFFCPU_MAX_SPLITS
-			? AGGREGATE_OFFCPU_SPLIT_US
-			: left;
+		uint64_t piece = left;
 
-		agg_insert(agg, rec->tgid, (struct agg_slot){SAMPLE_OFF_CPU, ago}, sb->buf, sb->len,
+		if (rec->event == SAMPLE_OFF_CPU && left > AGGREGATE_OFFCPU_SPLIT_US &&
+		    ago + 1 < AGGREGATE_OFFCPU_MAX_SPLITS)
+			piece = AGGREGATE_OFFCPU_SPLIT_US;
+		agg_insert(agg, rec->tgid, (struct agg_slot){rec->event, ago}, sb->buf, sb->len,
 			   pcomm, start_ms, container, piece);
 		left -= piece;
 		ago++;
@@ -445,31 +440,29 @@ void aggregate_add(void *arg, const struct sample_rec *rec)
 		agg->stats.kstack_errors += rec->count;
 
 	known = agg_process_facts(agg, rec, pcomm, &start_ms, container);
-	if (rec->event == SAMPLE_OFF_CPU) {
-		agg_add_blocked(agg, rec, pcomm, start_ms, container);
-		return;
-	}
 
-	/* Total: every process, two levels at most; a vanished process keeps only its thread. */
-	sb_reset(sb);
-	if (rec->tid == rec->tgid) {
-		agg_put_comm(sb, "[p] ", pcomm);
-	} else if (known) {
-		agg_put_comm(sb, "[p] ", pcomm);
-		agg_put_comm(sb, ";[t] ", rec->comm);
-	} else {
-		agg_put_comm(sb, "[t] ", rec->comm);
+	/* Total: every process, two levels at most; a vanished process keeps only its thread.
+	 * On-CPU only: DeepFlow's off-CPU has no Total. */
+	if (rec->event == SAMPLE_ON_CPU) {
+		sb_reset(sb);
+		if (rec->tid == rec->tgid) {
+			agg_put_comm(sb, "[p] ", pcomm);
+		} else if (known) {
+			agg_put_comm(sb, "[p] ", pcomm);
+			agg_put_comm(sb, ";[t] ", rec->comm);
+		} else {
+			agg_put_comm(sb, "[t] ", rec->comm);
+		}
+		agg_insert(agg, 0, (struct agg_slot){SAMPLE_ON_CPU, 0}, sb->buf, sb->len, "Total",
+			   0, "", rec->count);
 	}
-	agg_insert(agg, 0, (struct agg_slot){SAMPLE_ON_CPU, 0}, sb->buf, sb->len, "Total", 0, "",
-		   rec->count);
 
 	if (agg->has_regex && regexec(&agg->regex, pcomm, 0, NULL, 0) != 0)
 		return;
 	agg_unw_count(agg, rec);
 	sb_reset(sb);
 	aggregate_build_stack(agg, rec, sb);
-	agg_insert(agg, rec->tgid, (struct agg_slot){SAMPLE_ON_CPU, 0}, sb->buf, sb->len, pcomm,
-		   start_ms, container, rec->count);
+	agg_insert_pieces(agg, rec, pcomm, start_ms, container);
 }
 
 static int agg_cmp_u32(const void *a, const void *b)

@@ -745,7 +745,7 @@ static __always_inline struct unw_proc *parent_proc(void)
 /*
  * Fills key->ustack_kind and key->ustack from a DWARF walk of the current task's user stack
  * into st, from the registers in *w (pc, sp, bp). Returns st, which the caller stores under
- * key->ustack (store_ustack), or NULL when the key names no stored stack.
+ * key->ustack (store_stacks), or NULL when the key names no stored stack.
  */
 static __always_inline struct profile_stack *
 walk_ustack_dwarf(struct unw_walk *w, struct profile_stack *st, struct profile_key *key)
