@@ -81,8 +81,7 @@ server_start l --store "clickhouse://late:pw@127.0.0.1:$CHP/opslate"
 check "unknown user: /healthz 503 naming authentication" \
 	bash -c "[ \"\$(curl -s -o '$E2E_TMP/l.json' -w '%{http_code}' '$SRV_URL_l/healthz')\" = 503 ] && grep -q \"authentication failed for user 'late'\" '$E2E_TMP/l.json'"
 # The operator adds the user; ClickHouse reloads users.xml by itself.
-sed -i 's|</users>|<late><password>pw</password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></late></users>|' \
-	"$CH_DIR/users.xml"
+ch_edit_users 's|</users>|<late><password>pw</password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></late></users>|'
 check "user created later: /healthz 200 without a restart" wait_healthy "$SRV_URL_l"
 check "user created later: ingest 200" [ "$(ingest "$SRV_URL_l" "$(batch late-1 svc 9)")" = 200 ]
 check "user created later: ProfileTracing answers" [ "$(q "$SRV_URL_l" svc)-$(jqr '.result[0].total_value')" = 200-9 ]

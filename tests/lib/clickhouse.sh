@@ -18,6 +18,8 @@
 #   ch_kill     SIGKILL the server (crash tests); the data dir stays.
 #   ch_restart  start the server again with the same ports and data, and wait for it.
 #   ch_query SQL  run SQL over HTTP as `default`; prints the response body, fails on HTTP errors.
+#   ch_edit_users SED_SCRIPT  edit users.xml in place, as an operator would; the server reloads it
+#               by itself within a few seconds.
 # Bounds: CH_START_TIMEOUT (seconds, default 60) for each wait.
 
 CH_START_TIMEOUT=${CH_START_TIMEOUT:-60}
@@ -134,6 +136,17 @@ XML
 
 ch_query() {
 	curl -sS --fail-with-body --max-time 30 "http://127.0.0.1:$CH_HTTP_PORT/" --data-binary "$1"
+}
+
+# ClickHouse (18.16 at least) notices a changed users.xml by its mtime in whole seconds: an edit
+# made within the second the file was written or loaded goes unseen for good. Wait for the next
+# second first.
+ch_edit_users() {
+	local f="$CH_DIR/users.xml"
+	while [ "$(date +%s)" -le "$(stat -c %Y "$f")" ]; do
+		sleep 0.1
+	done
+	sed -i "$1" "$f"
 }
 
 ch__wait_up() {
