@@ -65,6 +65,12 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libember.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Itests/unit -o $@ $< $(BUILD)/libember.a $(LIBS) -lcmocka
 
+# test_symbolize dlopens, from its own directory, a library with versioned symbols (name@@VER).
+$(BUILD)/tests/test_symbolize: $(BUILD)/tests/libversioned.so
+$(BUILD)/tests/libversioned.so: tests/unit/lib/versioned.c tests/unit/lib/versioned.map
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -g -fPIC -shared -Wl,--version-script=tests/unit/lib/versioned.map -o $@ $<
+
 # Test workloads: clang keeps frame pointers in leaf functions, gcc does not.
 $(BUILD)/workloads/%: tests/workloads/%.c
 	@mkdir -p $(dir $@)

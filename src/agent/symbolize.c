@@ -477,7 +477,9 @@ static int sym_file_add_names(struct sym_file *f, Elf *elf, Elf_Scn *scn, const 
 			if (!tmp)
 				abort();
 		}
-		nl = strlen(name) + 1;
+		/* "name@@VER" / "name@VER": .symtab keeps the version of a versioned export
+		 * (glibc's __libc_start_main@@GLIBC_2.34); the label is the plain name. */
+		nl = strcspn(name + 1, "@") + 2;
 		if (f->names_len + nl > f->names_cap) {
 			while (f->names_len + nl > f->names_cap)
 				f->names_cap = f->names_cap ? f->names_cap * 2 : 65536;
@@ -485,7 +487,8 @@ static int sym_file_add_names(struct sym_file *f, Elf *elf, Elf_Scn *scn, const 
 			if (!f->names)
 				abort();
 		}
-		memcpy(f->names + f->names_len, name, nl);
+		memcpy(f->names + f->names_len, name, nl - 1);
+		f->names[f->names_len + nl - 1] = '\0';
 		tmp[n].start = s.st_value;
 		tmp[n].size = s.st_size > UINT32_MAX ? UINT32_MAX : (uint32_t)s.st_size;
 		tmp[n].name = (uint32_t)f->names_len;

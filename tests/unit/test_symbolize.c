@@ -10,6 +10,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <limits.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -122,6 +123,36 @@ static void test_libc(void **state)
 	assert_true(strcmp(s, "[l] strlen") == 0 || strncmp(s, "[l] __strlen_", 13) == 0);
 	free(s);
 	dlclose(libc);
+	sym_close(sym);
+}
+
+/*
+ * Versioned names in .symtab ("ember_v@@EMBER_2", "ember_v@EMBER_1", as glibc's
+ * "__libc_start_main@@GLIBC_2.34") are labelled without the version, as perf shows them.
+ */
+static void test_versioned_names(void **state)
+{
+	struct symbolizer *sym = open_sym(0);
+	char exe[PATH_MAX], lib[PATH_MAX + 32], *s;
+	ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	uint64_t ips[1];
+	void *h;
+
+	assert_true(len > 0);
+	exe[len] = '\0';
+	snprintf(lib, sizeof(lib), "%s/libversioned.so", dirname(exe));
+	h = dlopen(lib, RTLD_NOW);
+	assert_non_null(h);
+	ips[0] = (uint64_t)(uintptr_t)dlsym(h, "ember_v");
+	s = user_labels(sym, (uint32_t)getpid(), ips, 1, NULL);
+	assert_string_equal(s, "[l] ember_v");
+	free(s);
+	ips[0] = (uint64_t)(uintptr_t)dlvsym(h, "ember_v", "EMBER_1");
+	assert_true(ips[0] != 0);
+	s = user_labels(sym, (uint32_t)getpid(), ips, 1, NULL);
+	assert_string_equal(s, "[l] ember_v");
+	free(s);
+	dlclose(h);
 	sym_close(sym);
 }
 
@@ -714,6 +745,7 @@ int main(int argc, char **argv)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_own_functions),
 	    cmocka_unit_test(test_libc),
+	    cmocka_unit_test(test_versioned_names),
 	    cmocka_unit_test(test_kernel),
 	    cmocka_unit_test(test_perf_map),
 	    cmocka_unit_test(test_unknown_and_outermost),
