@@ -358,14 +358,18 @@ static enum export_format record_format_from_name(const char *path)
 	return EXPORT_FOLDED;
 }
 
-/* The recorded stacks in the chosen format: folded text first, converted when asked. */
+/*
+ * The recorded stacks in the chosen format: folded text first, converted when asked. Off-CPU
+ * µs are blocked time: pprof names them "off-cpu", with no sampling period.
+ */
 static int record_write(struct aggregate *agg, enum export_format fmt, enum aggregate_value unit,
-			int frequency, const char *title, FILE *out)
+			int frequency, int off_cpu, const char *title, FILE *out)
 {
 	struct export_opts eo = {
 		.title = title,
 		.unit = unit == AGGREGATE_VALUE_US ? "microseconds" : "samples",
-		.period = 1000000 / frequency,
+		.sample_type = off_cpu ? "off-cpu" : NULL,
+		.period = off_cpu ? 0 : 1000000 / frequency,
 	};
 	char *buf = NULL;
 	size_t len = 0;
@@ -413,6 +417,7 @@ int cli_record(int argc, char **argv)
 	struct procinfo *procs = NULL;
 	struct aggregate *agg = NULL;
 	const char *output = NULL;
+	char title[256];
 	int64_t duration = 0, pid = 0, v;
 	struct timespec start, now, tick = {0, 200 * 1000 * 1000};
 	int opt, go_fd = -1, ret = 1, status = 0, child_done = 0;
@@ -549,7 +554,13 @@ int cli_record(int argc, char **argv)
 		out = stdout;
 		goto out;
 	}
-	if (record_write(agg, fmt, unit, so.frequency, argv[optind] ? argv[optind] : "ember record",
+	if (optind < argc)
+		snprintf(title, sizeof(title), "%s", argv[optind]);
+	else
+		snprintf(title, sizeof(title), "pid %" PRId64, pid);
+	if (so.events == SAMPLER_EVENT_OFF_CPU)
+		snprintf(title + strlen(title), sizeof(title) - strlen(title), " (off-CPU)");
+	if (record_write(agg, fmt, unit, so.frequency, so.events == SAMPLER_EVENT_OFF_CPU, title,
 			 out) < 0)
 		goto out;
 	{

@@ -97,6 +97,10 @@ static int query_print(json_t *result, enum query_format fmt, enum export_format
 		struct export_opts eo = {
 			.title = title,
 			.unit = strncmp(event, "mem-", 4) == 0 ? "bytes" : "microseconds",
+			/* pprof's type: "cpu" (on-CPU), "space" (memory) or the event itself */
+			.sample_type = strcmp(event, "on-cpu") == 0 || strncmp(event, "mem-", 4) == 0
+					   ? NULL
+					   : event,
 		};
 		int rc = export_write_folded_text(efmt, &eo, folded.buf ? folded.buf : "",
 						  folded.len, out, NULL);

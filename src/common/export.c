@@ -793,11 +793,11 @@ static int ex_write_pprof(const struct export_opts *o, const char *unit, const c
 		strs[STR_TYPE0] = "samples", strs[STR_UNIT0] = "count";
 		strs[STR_TYPE1] = "cpu", strs[STR_UNIT1] = "microseconds";
 	} else if (strcmp(unit, "microseconds") == 0) {
-		strs[STR_TYPE0] = "cpu", strs[STR_UNIT0] = "microseconds";
-		strs[STR_TYPE1] = "cpu", strs[STR_UNIT1] = "microseconds";
+		strs[STR_TYPE0] = strs[STR_TYPE1] = o->sample_type ? o->sample_type : "cpu";
+		strs[STR_UNIT0] = strs[STR_UNIT1] = "microseconds";
 	} else {
-		strs[STR_TYPE0] = "space", strs[STR_UNIT0] = "bytes";
-		strs[STR_TYPE1] = "space", strs[STR_UNIT1] = "bytes";
+		strs[STR_TYPE0] = strs[STR_TYPE1] = o->sample_type ? o->sample_type : "space";
+		strs[STR_UNIT0] = strs[STR_UNIT1] = "bytes";
 	}
 	strs[STR_TITLE] = o->title;
 

@@ -51,6 +51,9 @@ struct export_opts {
 	 * speedscope units: none, microseconds, bytes.
 	 */
 	const char *unit;
+	/* pprof's sample type of a microseconds or bytes profile, what was measured ("off-cpu");
+	 * NULL: "cpu" for microseconds, "space" for bytes. */
+	const char *sample_type;
 	int64_t period;	   /* µs per sample (10101 at 99 Hz); 0: unknown. pprof only */
 	size_t max_frames; /* speedscope, pprof; 0: EXPORT_DEFAULT_MAX_FRAMES */
 };

@@ -39,6 +39,16 @@ check "the summary counts the blocks" grep -qE '^ember record: [1-9][0-9]* off-C
 "$EMBER_BIN" record --off-cpu --unwind fp -o "$E2E_TMP/offfp.folded" -- "$W/offcpu" 1 >/dev/null 2>&1 || fail "record --off-cpu --unwind fp"
 check "--unwind fp: napper blocked in a nanosleep" grep -qE '^offcpu;\[t\] napper;.*\[k\] [^;]*nanosleep' "$E2E_TMP/offfp.folded"
 
+# The exports say what they hold: the SVG's title, pprof's sample type (off-cpu, in µs).
+"$EMBER_BIN" record --off-cpu -o "$E2E_TMP/off.svg" -- "$W/offcpu" 1 >/dev/null 2>&1 || fail "record --off-cpu -o x.svg"
+check "SVG: titled as off-CPU, the nap frame in µs" bash -c "grep -q '<text id=\"title\"[^>]*>[^<]*offcpu (off-CPU)<' '$E2E_TMP/off.svg' && grep -q 'nap ([0-9]* microseconds' '$E2E_TMP/off.svg'"
+"$EMBER_BIN" record --off-cpu -o "$E2E_TMP/off.pb.gz" -- "$W/offcpu" 1 >/dev/null 2>&1 || fail "record --off-cpu -o x.pb.gz"
+gunzip -c "$E2E_TMP/off.pb.gz" >"$E2E_TMP/off.pb" || fail "the pprof file is not gzip"
+# string_table entries are field 6, length-delimited: 0x32, the length, the bytes
+pb_has() { LC_ALL=C grep -qaP "\\x32$(printf '\\x%02x' ${#1})$1" "$E2E_TMP/off.pb"; }
+pb_off_cpu() { pb_has off-cpu && pb_has microseconds && ! pb_has cpu; }
+check "pprof: the sample type is off-cpu/microseconds, not cpu" pb_off_cpu
+
 "$EMBER_BIN" record --off-cpu --value samples -- true >/dev/null 2>"$E2E_TMP/bad.err"
 rc=$?
 check "--off-cpu with --value samples: refused (exit 2) with a reason" bash -c "[ $rc -eq 2 ] && grep -q 'µs blocked' '$E2E_TMP/bad.err'"

@@ -831,6 +831,18 @@ static void test_pprof_units(void **state)
 	free(raw);
 	free(o.buf);
 
+	/* what was measured, named: off-CPU µs */
+	us.sample_type = "off-cpu";
+	us.period = 0;
+	assert_int_equal(run(EXPORT_PPROF, &us, stk, len, val, 2, &o), 0);
+	raw = gunzip(&o, &n);
+	pprof_decode(raw, n, pp);
+	assert_int_equal(pp->nst, 1);
+	pprof_check_type(pp, pp->st[0][0], pp->st[0][1], "off-cpu", "microseconds");
+	assert_int_equal(pp->period_type[0], 0);
+	free(raw);
+	free(o.buf);
+
 	/* no period: samples/count only, no period_type */
 	assert_int_equal(run(EXPORT_PPROF, &samples, NULL, NULL, NULL, 0, &o), 0);
 	raw = gunzip(&o, &n);
