@@ -96,6 +96,8 @@
 #define CKPT_HARD_PAGES 32768          /* WAL pages at which the writer checkpoints itself */
 #define CKPT_CACHE_KIB 1024             /* page cache of the checkpointer's connection */
 #define CKPT_IDLE_MS 1000               /* no commit for this long: the rest of the WAL too */
+#define WAL_KEEP_BYTES (64ll << 20)     /* a WAL reset after a checkpoint is cut to this size */
+#define VACUUM_CHUNK_PAGES 2048         /* free pages given back per write transaction (16 MiB) */
 
 /* The logical table; each migration that rebuilds samples drops and re-creates it. */
 #define SQL_VIEW_IN_PROCESS \
@@ -488,7 +490,7 @@ static int sq_conn_open(struct sq_conn *c, const char *path, int create, int cac
 			size_t errlen)
 {
 	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
-	char pragmas[256];
+	char pragmas[384];
 	int rc;
 
 	rc = sqlite3_open_v2(path, &c->db, flags, NULL);
@@ -504,10 +506,14 @@ static int sq_conn_open(struct sq_conn *c, const char *path, int create, int cac
 	sqlite3_progress_handler(c->db, PROGRESS_OPS, sq_progress, c);
 	sqlite3_create_function_v2(c->db, "regexp", 2, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL,
 				   sq_regexp, NULL, NULL, NULL);
+	/* auto_vacuum first: it takes effect only in a new file, before WAL mode and the first
+	 * table (no effect on an older file); the pages retention frees can then be given back to
+	 * the file system (sq_reclaim). */
 	snprintf(pragmas, sizeof(pragmas),
-		 "PRAGMA page_size=%d; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-		 " PRAGMA cache_size=-%d; PRAGMA mmap_size=%lld;",
-		 PAGE_SIZE, cache_kib, MMAP_BYTES);
+		 "PRAGMA auto_vacuum=INCREMENTAL; PRAGMA page_size=%d; PRAGMA journal_mode=WAL;"
+		 " PRAGMA synchronous=NORMAL; PRAGMA cache_size=-%d; PRAGMA mmap_size=%lld;"
+		 " PRAGMA journal_size_limit=%lld;",
+		 PAGE_SIZE, cache_kib, MMAP_BYTES, WAL_KEEP_BYTES);
 	rc = sq_exec(c->db, pragmas, err, errlen, path);
 	if (rc) {
 		sqlite3_close(c->db);
@@ -1836,10 +1842,61 @@ static int sq_prune_step(struct sq_db *d, const char *sql, int64_t param, int *c
 	return rc;
 }
 
+/* The single integer a PRAGMA answers, or -1. */
+static int64_t sq_pragma_int(sqlite3 *db, const char *sql)
+{
+	sqlite3_stmt *stmt;
+	int64_t v = -1;
+
+	if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) != SQLITE_OK)
+		return -1;
+	if (sqlite3_step(stmt) == SQLITE_ROW)
+		v = sqlite3_column_int64(stmt, 0);
+	sqlite3_finalize(stmt);
+	return v;
+}
+
+/*
+ * Gives the pages retention freed back to the file system, VACUUM_CHUNK_PAGES per write
+ * transaction so that ingest waits one chunk at most; the file shrinks when the checkpointer
+ * copies the WAL. Files made before auto_vacuum was set (schema 1 and 2 files of older ember)
+ * keep their free pages for reuse: `VACUUM` once, ember stopped, converts them.
+ */
+static int sq_reclaim(struct sq_store *st, struct sq_db *d)
+{
+	int64_t free_pages, last = -1;
+	char sql[64];
+	int rc = SQLITE_OK;
+
+	snprintf(sql, sizeof(sql), "PRAGMA incremental_vacuum(%d)", VACUUM_CHUNK_PAGES);
+	pthread_mutex_lock(&d->wlock);
+	if (sq_pragma_int(d->w.db, "PRAGMA auto_vacuum") != 2) {
+		pthread_mutex_unlock(&d->wlock);
+		return SQLITE_OK;
+	}
+	for (;;) {
+		free_pages = sq_pragma_int(d->w.db, "PRAGMA freelist_count");
+		if (free_pages <= 0 || free_pages == last)
+			break;
+		last = free_pages;
+		rc = sqlite3_exec(d->w.db, sql, NULL, NULL, NULL);
+		if (rc != SQLITE_OK) {
+			sq_set_err(st, "sqlite %.200s: giving back free pages: %s", d->path,
+				   sqlite3_errmsg(d->w.db));
+			break;
+		}
+		pthread_mutex_unlock(&d->wlock);
+		pthread_mutex_lock(&d->wlock);
+	}
+	pthread_mutex_unlock(&d->wlock);
+	return rc;
+}
+
 /* Deletes in short write transactions, so that ingest waits one chunk at most. */
 static int sq_prune_db(struct sq_store *st, struct sq_db *d, int64_t before, uint64_t *deleted)
 {
 	char rows_sql[160];
+	uint64_t deleted_before = *deleted;
 	int changes, rc;
 
 	snprintf(rows_sql, sizeof(rows_sql),
@@ -1866,6 +1923,8 @@ static int sq_prune_db(struct sq_store *st, struct sq_db *d, int64_t before, uin
 	if (rc != SQLITE_OK)
 		sq_set_err(st, "sqlite %.200s: pruning: %s", d->path, sqlite3_errmsg(d->w.db));
 	pthread_mutex_unlock(&d->wlock);
+	if (rc == SQLITE_OK && *deleted > deleted_before)
+		rc = sq_reclaim(st, d);
 	return rc == SQLITE_OK ? 0 : sq_errno(rc);
 }
 

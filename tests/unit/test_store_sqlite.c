@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -879,6 +880,93 @@ static void test_prune(void **state)
 	got_free(&g);
 }
 
+static off_t file_size(const char *path)
+{
+	struct stat st;
+
+	assert_int_equal(stat(path, &st), 0);
+	return st.st_size;
+}
+
+/* Polls until the file's size satisfies want(size, ref); the bound only stops a broken build. */
+static off_t wait_size(const char *path, bool (*want)(off_t, off_t), off_t ref)
+{
+	off_t size = file_size(path);
+
+	for (int i = 0; i < 1200 && !want(size, ref); i++) {
+		usleep(50000);
+		size = file_size(path);
+	}
+	return size;
+}
+
+static bool grew_past(off_t size, off_t ref)
+{
+	return size > ref;
+}
+
+static bool shrank_below(off_t size, off_t ref)
+{
+	return size < ref;
+}
+
+/*
+ * Retention gives the space back: a file grown by 20,000 rows of distinct, incompressible stacks
+ * shrinks to a small part of that once they are pruned (new files are made with
+ * auto_vacuum=INCREMENTAL, the freed pages are given back after the prune, the file is cut when
+ * the checkpointer copies the WAL), and rows stored afterwards still read back.
+ */
+static void test_prune_gives_space_back(void **state)
+{
+	enum { N = 20000, BATCH = 1000, STACK = 320 };
+	struct fixture *f = *state;
+	struct profile_row *rows = calloc(BATCH, sizeof(*rows));
+	char(*stacks)[STACK] = calloc(BATCH, STACK);
+	struct profile_row later[] = {row_make(5000, "x", "main;after", 3)};
+	struct store_query q = query_make(0, 10000);
+	struct got g = {0};
+	uint64_t deleted = 0, x = 88172645463325252ull;
+	off_t full, pruned;
+	sqlite3 *db;
+
+	assert_non_null(rows);
+	assert_non_null(stacks);
+	for (int b = 0; b < N / BATCH; b++) {
+		char batch[32];
+
+		for (int i = 0; i < BATCH; i++) {
+			int n = snprintf(stacks[i], STACK, "main;fn_%d", b * BATCH + i);
+
+			while (n < STACK - 18) { /* xorshift hex: nothing for zstd to find */
+				x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+				n += snprintf(stacks[i] + n, (size_t)(STACK - n), ";%016llx",
+					      (unsigned long long)x);
+			}
+			rows[i] = row_make(100 + b, "x", stacks[i], 1);
+		}
+		snprintf(batch, sizeof(batch), "b%d", b);
+		insert_ok(f->s, 1, batch, rows, BATCH);
+	}
+	db = raw_open(f->path);
+	assert_int_equal(raw_int(db, "PRAGMA auto_vacuum"), 2); /* incremental */
+	sqlite3_close(db);
+	full = wait_size(f->path, grew_past, 4 << 20);
+	assert_true(full > 4 << 20);
+
+	assert_int_equal(store_sqlite_prune(f->s, 1000, &deleted), 0);
+	assert_int_equal(deleted, N);
+	pruned = wait_size(f->path, shrank_below, full / 4);
+	assert_true(pruned < full / 4);
+
+	insert_ok(f->s, 1, "after", later, 1);
+	assert_int_equal(query(f->s, 1, &q, &g), 0);
+	assert_int_equal(g.n, 1);
+	assert_int_equal(got_value(&g, "main;after"), 3);
+	got_free(&g);
+	free(stacks);
+	free(rows);
+}
+
 /* A stack whose preferred id is taken by another text moves to the next free id. */
 static void test_stack_id_collision(void **state)
 {
@@ -1181,6 +1269,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_zstd_stack_decoded, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_view_has_logical_columns, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_prune, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_prune_gives_space_back, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stack_id_collision, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_time_limit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_health, setup, teardown),
