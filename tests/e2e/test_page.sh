@@ -11,6 +11,13 @@ server_start s --store "sqlite:$E2E_TMP/ember.db"
 	"$EMBER_TOP/tests/fixtures/api/worked-example.folded" >/dev/null || fail "import"
 "$EMBER_BIN" import --server "$SRV_URL_s" --app-service Total --time $T \
 	"$EMBER_TOP/tests/fixtures/api/total-seed.folded" >/dev/null || fail "import Total"
+# Off-CPU rows of two processes (µs blocked), and none under Total, as the agent writes them.
+printf '[t] waiter;wait_pipe;[l] read;[k] __schedule 1500000\n' |
+	"$EMBER_BIN" import --server "$SRV_URL_s" --app-service offsvc --event-type off-cpu --time $T - \
+	>/dev/null || fail "import off-cpu"
+printf '[t] napper;nap;[k] __schedule 250000\n' |
+	"$EMBER_BIN" import --server "$SRV_URL_s" --app-service offsvc2 --event-type off-cpu --time $T - \
+	>/dev/null || fail "import off-cpu 2"
 shots=${EMBER_BUILD:-$E2E_TMP}/test-logs
 mkdir -p "$shots"
 node "$EMBER_TOP/tests/web/page.mjs" "$SRV_URL_s" "$shots" || fail "page checks"

@@ -62,6 +62,26 @@ try {
   await page.screenshot({ path: `${shots}/page-total.png` });
   const opts = await page.$$eval("#services option", (os) => os.map((o) => o.value));
   check("Total view lists the processes as service suggestions", opts.includes("process-exporte") && opts.includes("deepflow-agent"), opts.join(","));
+
+  // Off-CPU: Total has none (as DeepFlow), and the page says why instead of "no samples";
+  // a process's blocked time reads in seconds; an empty app_service merges the processes.
+  const statusAfter = async (url) => {
+    await page.goto(url);
+    await page.waitForFunction(() => !/Loading/.test(document.querySelector("#status").textContent));
+    return page.textContent("#status");
+  };
+  let st = await statusAfter(`${base}/?app=Total&event=off-cpu&range=86400`);
+  check("off-cpu of Total: explains Total is on-CPU only, suggests a process", /Total holds on-CPU samples only.*pick a process/.test(st), st);
+  st = await statusAfter(`${base}/?app=offsvc&event=off-cpu&range=86400`);
+  check("off-cpu of a process: its tree and blocked time in seconds", /^offsvc: 5 nodes, total 1\.50 s/.test(st), st);
+  st = await statusAfter(`${base}/?app=deepflow-agent&event=off-cpu&range=86400`);
+  check("a process without off-cpu rows: names the flag that records them", /No off-cpu rows for deepflow-agent.*--off-cpu/.test(st), st);
+  await page.fill("[name=app_service]", "");
+  await page.click("#go");
+  await page.waitForFunction(() => /nodes/.test(document.querySelector("#status").textContent));
+  st = await page.textContent("#status");
+  check("off-cpu, app_service cleared: both processes merged, 1.75 s", /offsvc.*, .*offsvc.*: \d+ nodes, total 1\.75 s/.test(st), st);
+  await page.screenshot({ path: `${shots}/page-offcpu.png` });
   check("no JavaScript errors", errors.length === 0, errors.join("; "));
 } finally {
   await browser.close();
