@@ -76,41 +76,6 @@ static int import_add(void *arg, const char *stack, size_t len, int64_t value, s
 	return 0;
 }
 
-static int import_read_all(const char *path, char **buf, size_t *len)
-{
-	FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-	struct strbuf sb = STRBUF_INIT;
-	char chunk[65536];
-	size_t n;
-
-	if (!f) {
-		fprintf(stderr, "ember import: cannot open %s: %s\n", path, strerror(errno));
-		return -errno;
-	}
-	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
-		if (sb.len + n > IMPORT_MAX_INPUT) {
-			fprintf(stderr, "ember import: %s is larger than %llu bytes\n", path,
-				IMPORT_MAX_INPUT);
-			sb_free(&sb);
-			if (f != stdin)
-				fclose(f);
-			return -EFBIG;
-		}
-		sb_append(&sb, chunk, n);
-	}
-	if (ferror(f)) {
-		fprintf(stderr, "ember import: reading %s: %s\n", path, strerror(errno));
-		sb_free(&sb);
-		if (f != stdin)
-			fclose(f);
-		return -EIO;
-	}
-	if (f != stdin)
-		fclose(f);
-	*buf = sb_detach(&sb, len);
-	return 0;
-}
-
 /* POSTs one batch, retrying what may succeed later. 0 when the server acknowledged it. */
 static int import_send(const struct import_opts *o, const char *url, const struct strbuf *body)
 {
@@ -226,7 +191,7 @@ int cli_import(int argc, char **argv)
 	o.file = argv[optind];
 	if (!o.time)
 		o.time = (int64_t)time(NULL);
-	if (import_read_all(o.file, &buf, &len) < 0)
+	if (cli_read_file("ember import", o.file, IMPORT_MAX_INPUT, &buf, &len) < 0)
 		return 1;
 
 	rc = folded_parse(buf, len, import_add, &ir, errs, IMPORT_MAX_ERRORS_SHOWN, &n_errs);

@@ -22,6 +22,7 @@ static void usage(FILE *f)
 		"  record    one-shot profile to folded stacks: record [-F HZ] [-d S] [-p PID | -- CMD]\n"
 		"  import    load folded stacks into a server\n"
 		"  query     print a flame tree, folded stacks or JSON from a server\n"
+		"  diff      what changed between two folded profiles: a table, or a red/blue SVG\n"
 		"  version   print the version\n"
 		"\n"
 		"`ember COMMAND --help` lists a command's flags. Log level: --log-level or EMBER_LOG.\n");
@@ -53,6 +54,8 @@ int main(int argc, char **argv)
 		return cli_run(argc, argv);
 	if (strcmp(argv[0], "record") == 0)
 		return cli_record(argc, argv);
+	if (strcmp(argv[0], "diff") == 0)
+		return cli_diff(argc, argv);
 	if (strcmp(argv[0], "version") == 0 || strcmp(argv[0], "--version") == 0) {
 		printf("ember %s\n", EMBER_VERSION);
 		return 0;

@@ -1,13 +1,16 @@
 /*
- * cli util — flag value parsers and signal waiting shared by the subcommands.
+ * cli util — flag value parsers, whole-file reading and signal waiting shared by the subcommands.
  */
 #include "cli/cli.h"
 
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "common/strbuf.h"
 
 int cli_parse_int(const char *text, int64_t min, int64_t max, int64_t *out)
 {
@@ -84,4 +87,40 @@ void cli_wait_for_signal(void)
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
 	sigwait(&set, &sig);
+}
+
+int cli_read_file(const char *cmd, const char *path, uint64_t max, char **buf, size_t *len)
+{
+	FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+	struct strbuf sb = STRBUF_INIT;
+	char chunk[65536];
+	size_t n;
+	int rc = 0;
+
+	if (!f) {
+		rc = -errno;
+		fprintf(stderr, "%s: cannot open %s: %s\n", cmd, path, strerror(errno));
+		return rc;
+	}
+	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+		if (sb.len + n > max) {
+			fprintf(stderr, "%s: %s is larger than %llu bytes\n", cmd, path,
+				(unsigned long long)max);
+			rc = -EFBIG;
+			break;
+		}
+		sb_append(&sb, chunk, n);
+	}
+	if (rc == 0 && ferror(f)) {
+		fprintf(stderr, "%s: reading %s: %s\n", cmd, path, strerror(errno));
+		rc = -EIO;
+	}
+	if (f != stdin)
+		fclose(f);
+	if (rc < 0) {
+		sb_free(&sb);
+		return rc;
+	}
+	*buf = sb_detach(&sb, len);
+	return 0;
 }

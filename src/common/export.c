@@ -320,17 +320,48 @@ static void svg_color(struct strbuf *sb, const char *s, size_t len, bool root)
 	sb_printf(sb, "rgb(%d,%d,%d)", r, g, b);
 }
 
-static void svg_frame(struct strbuf *sb, const char *name, size_t len, bool root, int64_t value,
-		      int64_t total, const char *unit, double x, double y, double w)
+/* A differential frame: red for growth, blue for shrinkage, white for none (as flamegraph.pl). */
+static void svg_diff_color(struct strbuf *sb, int64_t delta, int64_t max_delta)
+{
+	double k = max_delta ? (double)(delta < 0 ? -delta : delta) / (double)max_delta : 0;
+	int fade = 250 - (int)(200 * k);
+
+	if (delta > 0)
+		sb_printf(sb, "rgb(255,%d,%d)", fade, fade);
+	else if (delta < 0)
+		sb_printf(sb, "rgb(%d,%d,255)", fade, fade);
+	else
+		sb_puts(sb, "rgb(250,250,250)");
+}
+
+/* What a frame weighs: its value, and in a differential graph the baseline's and the change. */
+struct svg_val {
+	int64_t value, before, max_delta;
+	bool diff;
+};
+
+static void svg_frame(struct strbuf *sb, const char *name, size_t len, bool root,
+		      const struct svg_val *v, int64_t total, const char *unit, double x, double y,
+		      double w)
 {
 	sb_puts(sb, "<g class=\"f\"><title>");
 	ex_xml_escape(sb, name, len, SIZE_MAX);
+	sb_printf(sb, " (%lld %s, %.2f%%", (long long)v->value, unit,
+		  total ? 100.0 * (double)v->value / (double)total : 0.0);
+	if (v->diff && v->before)
+		sb_printf(sb, "; before %lld, %+lld, %+.2f%%", (long long)v->before,
+			  (long long)(v->value - v->before),
+			  100.0 * (double)(v->value - v->before) / (double)v->before);
+	else if (v->diff)
+		sb_puts(sb, "; before 0, new");
 	sb_printf(sb,
-		  " (%lld %s, %.2f%%)</title><rect x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" "
+		  ")</title><rect x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" "
 		  "height=\"%d\" rx=\"2\" fill=\"",
-		  (long long)value, unit, total ? 100.0 * (double)value / (double)total : 0.0, x, y,
-		  w, SVG_FRAME_H - 1);
-	svg_color(sb, name, len, root);
+		  x, y, w, SVG_FRAME_H - 1);
+	if (v->diff)
+		svg_diff_color(sb, v->value - v->before, v->max_delta);
+	else
+		svg_color(sb, name, len, root);
 	sb_printf(sb, "\"/><text x=\"%.2f\" y=\"%.1f\">", x + 3, y + 11.5);
 	svg_label(sb, name, len, w);
 	sb_puts(sb, "</text></g>\n");
@@ -417,7 +448,8 @@ static size_t svg_common(const char *a, size_t la, const char *b, size_t lb)
 struct svg_open {
 	const char *name;
 	size_t len;
-	int64_t start; /* left edge, in value units from the left of "all" */
+	int64_t start;	/* left edge, in value units from the left of "all" */
+	int64_t bstart; /* the same in the baseline's values (differential graphs) */
 };
 
 struct svg_walk {
@@ -425,16 +457,24 @@ struct svg_walk {
 	struct strbuf *sb;     /* NULL in the measuring pass */
 	FILE *out;
 	const char *unit;
-	int64_t total;
-	double scale, base; /* px per value unit; y of the "all" frame */
+	const int64_t *before; /* baseline values, or NULL */
+	int64_t total, bx;     /* bx: the walk's position in baseline values */
+	int64_t max_delta;     /* largest |change| of a drawn frame, from the measuring pass */
+	double scale, base;    /* px per value unit; y of the "all" frame */
 	size_t max_depth, omitted;
 };
+
+static int64_t ex_abs_diff(int64_t a, int64_t b)
+{
+	return a > b ? a - b : b - a;
+}
 
 /* Frame d (1-based depth) of the open stack ends at x = end. */
 static int svg_close(struct svg_walk *w, size_t d, int64_t end)
 {
 	const struct svg_open *f = &w->open[d - 1];
 	double width = (double)(end - f->start) * w->scale;
+	struct svg_val v = {end - f->start, w->bx - f->bstart, w->max_delta, w->before != NULL};
 
 	if (width < EXPORT_SVG_MIN_PX) {
 		w->omitted++;
@@ -442,9 +482,12 @@ static int svg_close(struct svg_walk *w, size_t d, int64_t end)
 	}
 	if (d > w->max_depth)
 		w->max_depth = d;
-	if (!w->sb)
+	if (!w->sb) {
+		if (v.diff && ex_abs_diff(v.value, v.before) > w->max_delta)
+			w->max_delta = ex_abs_diff(v.value, v.before);
 		return 0;
-	svg_frame(w->sb, f->name, f->len, false, end - f->start, w->total, w->unit,
+	}
+	svg_frame(w->sb, f->name, f->len, false, &v, w->total, w->unit,
 		  SVG_PAD + (double)f->start * w->scale, w->base - (double)d * SVG_FRAME_H, width);
 	return ex_flush(w->sb, w->out, false);
 }
@@ -459,6 +502,7 @@ static int svg_walk(struct svg_walk *w, const struct svg_in *in, const int64_t *
 
 	w->max_depth = 0;
 	w->omitted = 0;
+	w->bx = 0;
 	for (size_t k = 0; k < n; k++) {
 		size_t i = order[k], common = 0, frame = 0, start = 0;
 		const char *s = in->stacks[i];
@@ -480,11 +524,14 @@ static int svg_walk(struct svg_walk *w, const struct svg_in *in, const int64_t *
 						  EXPORT_MAX_DEPTH);
 					return -E2BIG;
 				}
-				w->open[depth++] = (struct svg_open){s + start, b - start, x};
+				w->open[depth++] =
+				    (struct svg_open){s + start, b - start, x, w->bx};
 			}
 			start = b + 1;
 		}
 		x = ex_add_sat(x, values[i]);
+		if (w->before)
+			w->bx = ex_add_sat(w->bx, w->before[i]);
 	}
 	for (; depth > 0; depth--) {
 		rc = svg_close(w, depth, x);
@@ -499,7 +546,8 @@ static int ex_write_svg(const struct export_opts *o, const char *unit, const cha
 {
 	const double width = EXPORT_SVG_WIDTH - 2 * SVG_PAD;
 	struct svg_in in = {stacks, lens};
-	struct svg_walk w = {.out = out, .unit = unit};
+	struct svg_walk w = {.out = out, .unit = unit, .before = o->before};
+	struct svg_val all = {.diff = o->before != NULL};
 	struct strbuf sb = STRBUF_INIT;
 	size_t *order = malloc((n ? n : 1) * sizeof(*order)), m = 0;
 	double height;
@@ -515,6 +563,8 @@ static int ex_write_svg(const struct export_opts *o, const char *unit, const cha
 			continue;
 		order[m++] = i;
 		w.total = ex_add_sat(w.total, values[i]);
+		if (o->before)
+			all.before = ex_add_sat(all.before, o->before[i]);
 	}
 	qsort_r(order, m, sizeof(*order), svg_cmp, &in);
 	w.scale = w.total ? width / (double)w.total : 0;
@@ -553,8 +603,9 @@ static int ex_write_svg(const struct export_opts *o, const char *unit, const cha
 			  "<text id=\"omitted\" x=\"%d\" y=\"%.0f\">%zu frames narrower than "
 			  "%g px omitted</text>\n",
 			  SVG_PAD, height - 6, w.omitted, EXPORT_SVG_MIN_PX);
-	svg_frame(&sb, "all", 3, true, w.total, w.total, unit, SVG_PAD, w.base,
-		  w.total ? width : 0);
+	all.value = w.total;
+	all.max_delta = w.max_delta;
+	svg_frame(&sb, "all", 3, true, &all, w.total, unit, SVG_PAD, w.base, w.total ? width : 0);
 	w.sb = &sb;
 	rc = svg_walk(&w, &in, values, order, m);
 	if (rc == 0) {
@@ -917,10 +968,16 @@ int export_write(enum export_format fmt, const struct export_opts *opts, const c
 		return -EINVAL;
 	}
 	for (size_t i = 0; i < n; i++) {
-		if (values[i] < 0) {
-			log_error("stack %zu: negative value %lld", i, (long long)values[i]);
+		if (values[i] < 0 || (o.before && o.before[i] < 0)) {
+			log_error("stack %zu: negative value %lld", i,
+				  (long long)(values[i] < 0 ? values[i] : o.before[i]));
 			return -EINVAL;
 		}
+	}
+	if (o.before && fmt != EXPORT_SVG) {
+		log_error("a baseline (differential graph) is for svg only, not %s",
+			  export_format_name(fmt));
+		return -EINVAL;
 	}
 	switch (fmt) {
 	case EXPORT_FOLDED:

@@ -293,12 +293,17 @@ static struct svg_frame svg_find(const char *doc, const char *title)
 	return f;
 }
 
-static void assert_width(const struct svg_frame *f, int64_t value)
+static void assert_width_of(const struct svg_frame *f, int64_t value, int64_t total)
 {
-	double want = 1180.0 * (double)value / TOTAL;
+	double want = 1180.0 * (double)value / (double)total;
 
 	if (f->w < want - 0.01 || f->w > want + 0.01)
 		fail_msg("%s: width %.2f, want %.2f", f->title, f->w, want);
+}
+
+static void assert_width(const struct svg_frame *f, int64_t value)
+{
+	assert_width_of(f, value, TOTAL);
 }
 
 static void test_svg(void **state)
@@ -376,6 +381,62 @@ static void test_svg(void **state)
 	assert_non_null(strstr(doc, "function zoom("));
 	assert_non_null(strstr(doc, "function search("));
 	free(o.buf);
+}
+
+/*
+ * A differential graph: widths are the new values, each frame coloured by its change against
+ * the baseline (red grew, the largest change deepest; blue shrank; near white unchanged), the
+ * title gives both values; a stack only in the baseline has no frame but counts in its
+ * parent's baseline. A baseline is refused for the other formats.
+ */
+static void test_svg_diff(void **state)
+{
+	const char *s[] = {"a;b", "a;c", "d", "gone"};
+	size_t l[] = {3, 3, 1, 4};
+	int64_t after[] = {40, 30, 30, 0}, before[] = {10, 30, 50, 10};
+	struct export_opts opts = {.title = "diff", .before = before};
+	struct svg_frame a, b, c, d, all;
+	struct out o;
+	int r, g, bl;
+
+	assert_int_equal(run(EXPORT_SVG, &opts, s, l, after, 4, &o), 0);
+	xml_check(o.buf, o.len);
+	xmllint_check(&o);
+	all = svg_find(o.buf, "all (100 samples, 100.00%; before 100, +0, +0.00%)");
+	a = svg_find(o.buf, "a (70 samples, 70.00%; before 40, +30, +75.00%)");
+	b = svg_find(o.buf, "b (40 samples, 40.00%; before 10, +30, +300.00%)");
+	c = svg_find(o.buf, "c (30 samples, 30.00%; before 30, +0, +0.00%)");
+	d = svg_find(o.buf, "d (30 samples, 30.00%; before 50, -20, -40.00%)");
+	assert_null(strstr(o.buf, "<title>gone"));
+	assert_width_of(&all, 100, 100);
+	assert_width_of(&a, 70, 100);
+	assert_width_of(&b, 40, 100);
+	assert_string_equal(all.fill, "rgb(250,250,250)");
+	assert_string_equal(c.fill, "rgb(250,250,250)");
+	/* a and b grew by the largest change (30): the deepest red */
+	assert_string_equal(a.fill, "rgb(255,50,50)");
+	assert_string_equal(b.fill, "rgb(255,50,50)");
+	/* d shrank by 20 of 30: blue, two thirds of the way */
+	assert_int_equal(sscanf(d.fill, "rgb(%d,%d,%d)", &r, &g, &bl), 3);
+	assert_true(bl == 255 && r == g && r > 50 && r < 250);
+	free(o.buf);
+
+	/* a frame absent from the baseline says so */
+	before[0] = 0;
+	assert_int_equal(run(EXPORT_SVG, &opts, s, l, after, 4, &o), 0);
+	svg_find(o.buf, "b (40 samples, 40.00%; before 0, new)");
+	free(o.buf);
+
+	before[0] = -1;
+	assert_int_equal(run(EXPORT_SVG, &opts, s, l, after, 4, &o), -EINVAL);
+	free(o.buf);
+	before[0] = 10;
+	for (int f = EXPORT_FOLDED; f <= EXPORT_PPROF; f++) {
+		if (f == EXPORT_SVG)
+			continue;
+		assert_int_equal(run(f, &opts, s, l, after, 4, &o), -EINVAL);
+		free(o.buf);
+	}
 }
 
 static void test_svg_clip_and_omit(void **state)
@@ -950,6 +1011,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_parse_format),      cmocka_unit_test(test_folded_round_trip),
 	    cmocka_unit_test(test_invalid_input),     cmocka_unit_test(test_svg),
+	    cmocka_unit_test(test_svg_diff),
 	    cmocka_unit_test(test_svg_clip_and_omit), cmocka_unit_test(test_svg_empty),
 	    cmocka_unit_test(test_speedscope),	      cmocka_unit_test(test_pprof),
 	    cmocka_unit_test(test_pprof_units),	      cmocka_unit_test(test_bounds),

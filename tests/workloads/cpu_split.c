@@ -3,7 +3,8 @@
  * of wall time, so that a profiler takes about seconds x frequency samples of it however loaded
  * the host is (proportion checks need the samples; a loaded host only makes it last longer).
  * hot_a does 70 % of the work and hot_b 30 %: both run the same loop, hot_a 7 rounds for every
- * 3 of hot_b, so the split holds whatever the CPU speed.
+ * 3 of hot_b, so the split holds whatever the CPU speed. argv[2], when given, is hot_a's percent
+ * (1..99) instead of 70: `ember diff`'s test records two splits.
  *
  * A round's length varies pseudo-randomly (0.5–1.5 × ROUND_ITERS, the same for hot_a and hot_b
  * within one pass), so that work() has no period: with a fixed one (2.0 ms on one development
@@ -11,19 +12,22 @@
  * at the same phase of the loop, and test_sampler once saw 96 samples in hot_a and 106 in hot_b.
  */
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "burn.h"
 
 #define ROUND_ITERS 200000
 
+static long a_percent = 70;
+
 __attribute__((noinline)) uint64_t hot_a(uint64_t x, long round)
 {
-	return burn_iters(x, 7 * round);
+	return burn_iters(x, a_percent * round / 10);
 }
 
 __attribute__((noinline)) uint64_t hot_b(uint64_t x, long round)
 {
-	return burn_iters(x ^ 0x9e3779b97f4a7c15ull, 3 * round);
+	return burn_iters(x ^ 0x9e3779b97f4a7c15ull, (100 - a_percent) * round / 10);
 }
 
 __attribute__((noinline)) uint64_t work(double seconds)
@@ -46,7 +50,16 @@ __attribute__((noinline)) uint64_t work(double seconds)
 
 int main(int argc, char **argv)
 {
-	uint64_t x = work(burn_seconds_arg(argc, argv));
+	uint64_t x;
+
+	if (argc > 2) {
+		a_percent = atol(argv[2]);
+		if (a_percent < 1 || a_percent > 99) {
+			fprintf(stderr, "cpu_split: hot_a's percent must be 1..99\n");
+			return 2;
+		}
+	}
+	x = work(burn_seconds_arg(argc, argv));
 
 	/* Printing the result keeps every round observable to the compiler. */
 	printf("%llu\n", (unsigned long long)(x & 1));

@@ -1,0 +1,56 @@
+/*
+ * diff — two folded profiles, a baseline ("before") and a new one ("after"), merged stack by
+ * stack: the input of a differential flame graph and of `ember diff`'s table of changes.
+ *
+ * diff_merge parses both texts (common/folded.h syntax; bad lines are counted, never fatal),
+ * sums the values of a stack that repeats, and returns every stack present in either profile
+ * with its two values, in byte order of the stacks. The stacks point into the two buffers,
+ * which must outlive the set. diff_normalize scales the baseline to the new profile's total, so
+ * that shares are compared rather than durations (two runs of different lengths). diff_leaves
+ * sums self values by leaf frame (the function that was running, or blocked) and orders the
+ * frames by how much their value changed, largest first.
+ *
+ * Bounds: DIFF_MAX_STACKS stacks in all (-E2BIG beyond). Thread-safe; no global state.
+ */
+#ifndef EMBER_COMMON_DIFF_H
+#define EMBER_COMMON_DIFF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define DIFF_MAX_STACKS (16u << 20)
+
+struct diff_set {
+	const char **stacks;
+	size_t *lens;
+	int64_t *before, *after;
+	size_t n;
+	int64_t total_before, total_after;
+};
+
+/* A leaf frame's self values in both profiles. name points into a stack of the set. */
+struct diff_leaf {
+	const char *name;
+	size_t len;
+	int64_t before, after;
+};
+
+/*
+ * Merges folded texts a (the baseline) and b. *bad_a / *bad_b (may be NULL) receive the
+ * number of bad lines of each. Returns 0, -ENOMEM or -E2BIG; on error the set is empty.
+ */
+int diff_merge(const char *a, size_t alen, const char *b, size_t blen, struct diff_set *out,
+	       size_t *bad_a, size_t *bad_b);
+
+/* Scales every before value by total_after / total_before (rounded); nothing if either is 0. */
+void diff_normalize(struct diff_set *d);
+
+/*
+ * The leaf frames of the set, each once with its summed self values, ordered by |after - before|
+ * (largest first, then by name). *out is malloc'ed (free it); *n its length. 0 or -ENOMEM.
+ */
+int diff_leaves(const struct diff_set *d, struct diff_leaf **out, size_t *n);
+
+void diff_free(struct diff_set *d);
+
+#endif
