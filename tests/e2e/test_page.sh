@@ -18,6 +18,13 @@ printf '[t] waiter;wait_pipe;[l] read;[k] __schedule 1500000\n' |
 printf '[t] napper;nap;[k] __schedule 250000\n' |
 	"$EMBER_BIN" import --server "$SRV_URL_s" --app-service offsvc2 --event-type off-cpu --time $T - \
 	>/dev/null || fail "import off-cpu 2"
+# A service whose split turned around within the hour: 70/30 an hour ago, 30/70 now.
+printf '[t] w;work;hot_a 70000\n[t] w;work;hot_b 30000\n' |
+	"$EMBER_BIN" import --server "$SRV_URL_s" --app-service cmpsvc --time $((T - 3600)) - >/dev/null ||
+	fail "import the baseline"
+printf '[t] w;work;hot_a 60000\n[t] w;work;hot_b 140000\n' |
+	"$EMBER_BIN" import --server "$SRV_URL_s" --app-service cmpsvc --time $T - >/dev/null ||
+	fail "import the new split"
 shots=${EMBER_BUILD:-$E2E_TMP}/test-logs
 mkdir -p "$shots"
 node "$EMBER_TOP/tests/web/page.mjs" "$SRV_URL_s" "$shots" || fail "page checks"

@@ -82,6 +82,34 @@ try {
   st = await page.textContent("#status");
   check("off-cpu, app_service cleared: both processes merged, 1.75 s", /offsvc.*, .*offsvc.*: \d+ nodes, total 1\.75 s/.test(st), st);
   await page.screenshot({ path: `${shots}/page-offcpu.png` });
+
+  // Compare with 1 hour earlier: hot_b grew from 30 % to 70 % (red), hot_a shrank (blue).
+  st = await statusAfter(`${base}/?app=cmpsvc&range=900&compare=3600`);
+  check("compare: the status names the baseline and its total", /Compared with 1 hour earlier \(total 100\.0 ms, scaled/.test(st), st);
+  const fb = await page.locator("#flame").boundingBox();
+  // Where the page drew each frame (its own layout, whatever the siblings' order).
+  const at = async (name) => page.evaluate((nm) => {
+    const b = boxes.find((x) => x.n.name === nm);
+    return b ? { x: b.x + b.w / 2, y: b.y + 9 } : null;
+  }, name);
+  const rgb = async (p) => page.evaluate(([x, y]) => {
+    const c = document.querySelector("#flame"), r = c.getBoundingClientRect(), k = c.width / r.width;
+    return Array.from(c.getContext("2d").getImageData(Math.round(x * k), Math.round(y * k), 1, 1).data.slice(0, 3));
+  }, [p.x, p.y]);
+  const pa = await at("hot_a"), pb = await at("hot_b");
+  const [a, b] = [await rgb(pa), await rgb(pb)];
+  check("compare: hot_a drawn blue (shrank)", a[2] === 255 && a[0] === a[1] && a[0] < 200, a.join(","));
+  check("compare: hot_b drawn red (grew)", b[0] === 255 && b[1] === b[2] && b[1] < 200, b.join(","));
+  const w = await rgb(await at("work"));
+  check("compare: work, unchanged, drawn near white", w.every((v) => v >= 240), w.join(","));
+  await page.mouse.move(fb.x + pb.x, fb.y + pb.y);
+  const ctip = await page.textContent("#tip");
+  check("compare: the tooltip gives the share then and now", /1 hour earlier: 30\.00% → now 70\.00% \(\+40\.00 points\)/.test(ctip), ctip);
+  await page.screenshot({ path: `${shots}/page-compare.png` });
+  st = await statusAfter(`${base}/?app=cmpsvc&range=900&compare=period`);
+  check("compare with an empty period: says there is nothing to compare", /Nothing to compare: the period before has no rows/.test(st), st);
+  const plain = await rgb(await at("hot_b"));
+  check("compare with an empty period: the usual colours", !(plain[0] === 255 && plain[1] === plain[2]), plain.join(","));
   check("no JavaScript errors", errors.length === 0, errors.join("; "));
 } finally {
   await browser.close();
