@@ -60,43 +60,6 @@ static enum diff_out diff_out_from_path(const char *path)
 	return DIFF_TABLE;
 }
 
-static double diff_share(int64_t v, int64_t total)
-{
-	return total ? 100.0 * (double)v / (double)total : 0.0;
-}
-
-static int diff_write_table(const struct diff_set *d, size_t top, const char *unit, FILE *out)
-{
-	struct diff_leaf *leaves;
-	size_t n;
-
-	if (diff_leaves(d, &leaves, &n) < 0)
-		return -ENOMEM;
-	fprintf(out, "%9s %9s %8s %14s %14s  %s\n", "before%", "after%", "change", "before",
-		"after", "leaf frame");
-	for (size_t i = 0; i < n && i < top; i++) {
-		const struct diff_leaf *l = &leaves[i];
-		double b = diff_share(l->before, d->total_before),
-		       a = diff_share(l->after, d->total_after);
-
-		if (l->before == l->after)
-			break;
-		fprintf(out, "%8.2f%% %8.2f%% %+7.2f %14" PRId64 " %14" PRId64 "  %.*s\n", b, a,
-			a - b, l->before, l->after, (int)l->len, l->name);
-	}
-	fprintf(out, "(change: percentage points of the total; values in %s)\n", unit);
-	free(leaves);
-	return ferror(out) ? -EIO : 0;
-}
-
-static int diff_write_folded(const struct diff_set *d, FILE *out)
-{
-	for (size_t i = 0; i < d->n; i++)
-		fprintf(out, "%.*s %" PRId64 " %" PRId64 "\n", (int)d->lens[i], d->stacks[i],
-			d->before[i], d->after[i]);
-	return fflush(out) != 0 || ferror(out) ? -EIO : 0;
-}
-
 int cli_diff(int argc, char **argv)
 {
 	static const struct option longopts[] = {

@@ -1,6 +1,7 @@
 /*
  * ember query — ProfileTracing from the command line: a top-down text tree with percentages,
- * folded stacks (one line per stack with self value, the flamegraph.pl input) or the raw JSON.
+ * folded stacks (one line per stack with self value, the flamegraph.pl input), the raw JSON or
+ * an export; with --compare, what changed against the same range an hour (a day...) earlier.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -12,11 +13,14 @@
 #include <time.h>
 
 #include "cli/cli.h"
+#include "common/diff.h"
 #include "common/export.h"
 #include "common/httpc.h"
 #include "common/strbuf.h"
 
 enum query_format { QF_TREE, QF_FOLDED, QF_JSON, QF_EXPORT };
+
+#define QUERY_COMPARE_TOP 20 /* leaf frames in --compare's table */
 
 struct qnode {
 	const char *label;
@@ -32,7 +36,9 @@ static void query_usage(FILE *f)
 		"                   [--language eBPF] [--since 10m | --from T --to T]\n"
 		"                   [--tag-filter EXPR] [--max-kernel-depth D]\n"
 		"                   [--format tree|folded|json|svg|speedscope|pprof]\n"
-		"                   [--min-percent P] [--org N] [-o FILE]\n");
+		"                   [--min-percent P] [--org N] [-o FILE] [--compare 1h]\n"
+		"--compare D: the same range D earlier is the baseline: a table of the leaf frames\n"
+		"whose share changed most (tree), 'stack BEFORE AFTER' (folded) or a red/blue SVG.\n");
 }
 
 /* The path of node i, root excluded, into sb. */
@@ -46,17 +52,18 @@ static void query_path(const struct qnode *nodes, long i, struct strbuf *sb)
 	sb_puts(sb, nodes[i].label);
 }
 
-static int query_print(json_t *result, enum query_format fmt, enum export_format efmt,
-		       double min_percent, const char *title, const char *event, FILE *out)
+/* The nodes of a ProfileTracing result, parents linked by id; *out malloc'ed. 0 or -ENOMEM. */
+static int query_nodes(json_t *result, struct qnode **out, size_t *count)
 {
-	struct strbuf folded = STRBUF_INIT;
 	size_t n = json_array_size(result);
 	struct qnode *nodes = calloc(n ? n : 1, sizeof(*nodes));
 	json_t *ids = json_object();
-	int64_t root_total;
 
-	if (!nodes || !ids)
+	if (!nodes || !ids) {
+		free(nodes);
+		json_decref(ids);
 		return -ENOMEM;
+	}
 	for (size_t i = 0; i < n; i++) {
 		json_t *o = json_array_get(result, i);
 		const char *id = json_string_value(json_object_get(o, "node_id"));
@@ -74,29 +81,61 @@ static int query_print(json_t *result, enum query_format fmt, enum export_format
 		if (id)
 			json_object_set_new(ids, id, json_integer((json_int_t)i));
 	}
-	root_total = n ? nodes[0].total : 0;
-	for (size_t i = 0; i < n; i++) {
-		double pct = root_total ? 100.0 * (double)nodes[i].total / (double)root_total : 0;
+	json_decref(ids);
+	*out = nodes;
+	*count = n;
+	return 0;
+}
 
-		if (fmt == QF_TREE) {
+/* Folded stacks of the tree: one line per node with self value, root excluded. */
+static void query_folded(const struct qnode *nodes, size_t n, struct strbuf *folded)
+{
+	for (size_t i = 1; i < n; i++) {
+		struct strbuf sb = STRBUF_INIT;
+
+		if (nodes[i].self <= 0)
+			continue;
+		query_path(nodes, (long)i, &sb);
+		sb_printf(folded, "%s %" PRId64 "\n", sb.buf, nodes[i].self);
+		sb_free(&sb);
+	}
+}
+
+static const char *query_unit(const char *event)
+{
+	return strncmp(event, "mem-", 4) == 0 ? "bytes" : "microseconds";
+}
+
+static int query_print(json_t *result, enum query_format fmt, enum export_format efmt,
+		       double min_percent, const char *title, const char *event, FILE *out)
+{
+	struct strbuf folded = STRBUF_INIT;
+	struct qnode *nodes;
+	size_t n;
+	int64_t root_total;
+
+	if (query_nodes(result, &nodes, &n) < 0)
+		return -ENOMEM;
+	root_total = n ? nodes[0].total : 0;
+	if (fmt == QF_TREE) {
+		for (size_t i = 0; i < n; i++) {
+			double pct = root_total ? 100.0 * (double)nodes[i].total / (double)root_total
+						: 0;
+
 			if (pct < min_percent)
 				continue;
 			fprintf(out, "%6.2f%% %12" PRId64 "  %*s%s\n", pct, nodes[i].total,
 				nodes[i].depth * 2, "", nodes[i].label ? nodes[i].label : "");
-		} else if (nodes[i].self > 0 && i > 0) {
-			struct strbuf sb = STRBUF_INIT;
-
-			query_path(nodes, (long)i, &sb);
-			sb_printf(&folded, "%s %" PRId64 "\n", sb.buf, nodes[i].self);
-			sb_free(&sb);
 		}
+	} else {
+		query_folded(nodes, n, &folded);
 	}
 	if (fmt == QF_FOLDED) {
 		fwrite(folded.buf ? folded.buf : "", 1, folded.len, out);
 	} else if (fmt == QF_EXPORT) {
 		struct export_opts eo = {
 			.title = title,
-			.unit = strncmp(event, "mem-", 4) == 0 ? "bytes" : "microseconds",
+			.unit = query_unit(event),
 			/* pprof's type: "cpu" (on-CPU), "space" (memory) or the event itself */
 			.sample_type = strcmp(event, "on-cpu") == 0 || strncmp(event, "mem-", 4) == 0
 					   ? NULL
@@ -110,9 +149,172 @@ static int query_print(json_t *result, enum query_format fmt, enum export_format
 				export_format_name(efmt), strerror(-rc));
 	}
 	sb_free(&folded);
-	json_decref(ids);
 	free(nodes);
 	return 0;
+}
+
+struct query_req {
+	const char *server, *app, *event, *lang, *filter;
+	int64_t kdepth, org;
+};
+
+/* POSTs ProfileTracing for [from, to] into *resp. 0, or -1 with the reason printed. */
+static int query_post(const struct query_req *q, int64_t from, int64_t to,
+		      struct httpc_resp *resp)
+{
+	struct strbuf body = STRBUF_INIT;
+	char url[1024], err[512], org_hdr[32];
+	const char *headers[] = {"Content-Type: application/json", org_hdr, NULL};
+	int rc;
+
+	sb_puts(&body, "{\"app_service\":");
+	sb_json_str(&body, q->app);
+	sb_puts(&body, ",\"profile_event_type\":");
+	sb_json_str(&body, q->event);
+	sb_puts(&body, ",\"profile_language_type\":");
+	sb_json_str(&body, q->lang);
+	sb_puts(&body, ",\"tag_filter\":");
+	sb_json_str(&body, q->filter);
+	sb_printf(&body, ",\"time_start\":%" PRId64 ",\"time_end\":%" PRId64
+			 ",\"max_kernel_stack_depth\":%" PRId64 "}",
+		  from, to, q->kdepth);
+	snprintf(url, sizeof(url), "%s/v1/profile/ProfileTracing", q->server);
+	snprintf(org_hdr, sizeof(org_hdr), "X-Org-Id: %" PRId64, q->org);
+	{
+		struct httpc_req req = {.url = url, .body = body.buf, .body_len = body.len,
+					.headers = headers, .timeout_ms = 300000,
+					.max_response = 1u << 30};
+
+		rc = httpc_do(&req, resp, err, sizeof(err));
+	}
+	sb_free(&body);
+	if (rc < 0) {
+		fprintf(stderr, "ember query: %s\n", err);
+		return -1;
+	}
+	return 0;
+}
+
+/* The answer of a 200, its DESCRIPTION (if any) printed; NULL with the reason printed. */
+static json_t *query_parse(const struct httpc_resp *resp)
+{
+	json_error_t jerr;
+	json_t *root = json_loadb(resp->body.buf ? resp->body.buf : "", resp->body.len, 0, &jerr);
+	const char *desc;
+
+	if (!root) {
+		fprintf(stderr, "ember query: HTTP %ld, unreadable answer: %s\n", resp->status,
+			jerr.text);
+		return NULL;
+	}
+	if (resp->status != 200) {
+		fprintf(stderr, "ember query: %s: %s\n",
+			json_string_value(json_object_get(root, "OPT_STATUS")),
+			json_string_value(json_object_get(root, "DESCRIPTION")));
+		json_decref(root);
+		return NULL;
+	}
+	desc = json_string_value(json_object_get(root, "DESCRIPTION"));
+	if (desc && *desc)
+		fprintf(stderr, "ember query: %s\n", desc);
+	return root;
+}
+
+/* Folded stacks of [from, to] into folded (empty when there is no data). 0 or -1. */
+static int query_fetch_folded(const struct query_req *q, int64_t from, int64_t to,
+			      struct strbuf *folded)
+{
+	struct httpc_resp resp = {0};
+	json_t *root = NULL, *result;
+	struct qnode *nodes;
+	size_t n;
+	int rc = -1;
+
+	if (query_post(q, from, to, &resp) < 0 || !(root = query_parse(&resp)))
+		goto out;
+	result = json_object_get(root, "result");
+	if (json_is_array(result)) {
+		if (query_nodes(result, &nodes, &n) < 0)
+			goto out;
+		query_folded(nodes, n, folded);
+		free(nodes);
+	}
+	rc = 0;
+out:
+	json_decref(root);
+	sb_free(&resp.body);
+	return rc;
+}
+
+/* Opens output (NULL: stdout) once the answer is in hand, so a failed query truncates nothing. */
+static FILE *query_open_out(const char *output)
+{
+	FILE *f;
+
+	if (!output)
+		return stdout;
+	f = fopen(output, "w");
+	if (!f)
+		fprintf(stderr, "ember query: cannot write %s: %s\n", output, strerror(errno));
+	return f;
+}
+
+/*
+ * --compare: the same query shifted back by `shift` seconds is the baseline; the answer is the
+ * table of changes (tree), "stack BEFORE AFTER" (folded) or a differential SVG.
+ */
+static int query_compare(const struct query_req *q, int64_t from, int64_t to, int64_t shift,
+			 enum query_format fmt, enum export_format efmt, const char *output)
+{
+	struct strbuf now = STRBUF_INIT, then = STRBUF_INIT;
+	struct diff_set d = {0};
+	FILE *out = NULL;
+	int rc = -1;
+
+	if (query_fetch_folded(q, from, to, &now) < 0 ||
+	    query_fetch_folded(q, from - shift, to - shift, &then) < 0)
+		goto out;
+	if (diff_merge(then.buf ? then.buf : "", then.len, now.buf ? now.buf : "", now.len, &d,
+		       NULL, NULL) < 0) {
+		fprintf(stderr, "ember query: out of memory comparing\n");
+		goto out;
+	}
+	if (d.total_after == 0 || d.total_before == 0) {
+		fprintf(stderr, "ember query: no data for %s between %" PRId64 " and %" PRId64 "%s\n",
+			q->app, d.total_after ? from - shift : from, d.total_after ? to - shift : to,
+			d.total_after ? " (the baseline)" : "");
+		goto out;
+	}
+	fprintf(stderr,
+		"ember query: %zu stacks; %" PRId64 " s earlier %" PRId64 " %s (scaled to now's "
+		"total), now %" PRId64 "\n",
+		d.n, shift, d.total_before, query_unit(q->event), d.total_after);
+	diff_normalize(&d);
+	out = query_open_out(output);
+	if (!out)
+		goto out;
+	if (fmt == QF_TREE) {
+		rc = diff_write_table(&d, QUERY_COMPARE_TOP, query_unit(q->event), out);
+	} else if (fmt == QF_FOLDED) {
+		rc = diff_write_folded(&d, out);
+	} else {
+		char title[300];
+		struct export_opts eo = {.title = title, .unit = query_unit(q->event),
+					 .before = d.before};
+
+		snprintf(title, sizeof(title), "%s: now against %" PRId64 " s earlier (red grew, "
+			 "blue shrank)", q->app, shift);
+		rc = export_write(efmt, &eo, d.stacks, d.lens, d.after, d.n, out);
+	}
+	if (rc < 0)
+		fprintf(stderr, "ember query: writing failed: %s\n", strerror(-rc));
+out:
+	if (out && out != stdout)
+		fclose(out);
+	diff_free(&d);
+	sb_free(&now);
+	sb_free(&then);
+	return rc < 0 ? -1 : 0;
 }
 
 int cli_query(int argc, char **argv)
@@ -131,33 +333,38 @@ int cli_query(int argc, char **argv)
 		{"min-percent", required_argument, NULL, 'm'},
 		{"org", required_argument, NULL, 'g'},
 		{"output", required_argument, NULL, 'o'},
+		{"compare", required_argument, NULL, 'c'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	const char *server = NULL, *app = NULL, *event = "on-cpu", *lang = "eBPF", *filter = "";
-	int64_t since = 600, from = 0, to = 0, kdepth = -1, org = 1;
+	struct query_req q = {.event = "on-cpu", .lang = "eBPF", .filter = "", .kdepth = -1,
+			      .org = 1};
+	int64_t since = 600, from = 0, to = 0, shift = 0;
 	enum query_format fmt = QF_TREE;
 	enum export_format efmt = EXPORT_FOLDED;
 	const char *output = NULL;
-	FILE *out = stdout;
+	FILE *out = NULL;
 	double min_percent = 0;
-	struct strbuf body = STRBUF_INIT;
 	struct httpc_resp resp = {0};
-	char url[1024], err[512], org_hdr[32];
 	json_t *root = NULL;
-	json_error_t jerr;
 	int opt, ret = 1;
 
 	while ((opt = getopt_long(argc, argv, "ho:", longopts, NULL)) != -1) {
 		switch (opt) {
-		case 's': server = optarg; break;
-		case 'a': app = optarg; break;
-		case 'e': event = optarg; break;
-		case 'l': lang = optarg; break;
-		case 'f': filter = optarg; break;
+		case 's': q.server = optarg; break;
+		case 'a': q.app = optarg; break;
+		case 'e': q.event = optarg; break;
+		case 'l': q.lang = optarg; break;
+		case 'f': q.filter = optarg; break;
 		case 'S':
 			if (cli_parse_duration(optarg, &since) < 0 || since <= 0) {
 				fprintf(stderr, "ember query: --since wants a duration like 90s, 10m, 2h\n");
+				return 2;
+			}
+			break;
+		case 'c':
+			if (cli_parse_duration(optarg, &shift) < 0 || shift <= 0) {
+				fprintf(stderr, "ember query: --compare wants how far back, like 1h or 1d\n");
 				return 2;
 			}
 			break;
@@ -169,7 +376,7 @@ int cli_query(int argc, char **argv)
 			}
 			break;
 		case 'k':
-			if (cli_parse_int(optarg, -1, 1000, &kdepth) < 0) {
+			if (cli_parse_int(optarg, -1, 1000, &q.kdepth) < 0) {
 				fprintf(stderr, "ember query: --max-kernel-depth wants -1..1000\n");
 				return 2;
 			}
@@ -191,7 +398,7 @@ int cli_query(int argc, char **argv)
 			break;
 		case 'm': min_percent = atof(optarg); break;
 		case 'g':
-			if (cli_parse_int(optarg, 1, 9999, &org) < 0) {
+			if (cli_parse_int(optarg, 1, 9999, &q.org) < 0) {
 				fprintf(stderr, "ember query: --org must be 1..9999\n");
 				return 2;
 			}
@@ -201,81 +408,51 @@ int cli_query(int argc, char **argv)
 		default: query_usage(stderr); return 2;
 		}
 	}
-	if (!server || !app || optind != argc) {
+	if (!q.server || !q.app || optind != argc) {
 		fprintf(stderr, "ember query: --server and --app-service are required\n");
 		query_usage(stderr);
+		return 2;
+	}
+	if (shift && (fmt == QF_JSON || (fmt == QF_EXPORT && efmt != EXPORT_SVG))) {
+		fprintf(stderr, "ember query: --compare writes tree (a table of changes), folded "
+				"or svg\n");
 		return 2;
 	}
 	if (!from || !to) {
 		to = to ? to : (int64_t)time(NULL);
 		from = from ? from : to - since;
 	}
-	sb_puts(&body, "{\"app_service\":");
-	sb_json_str(&body, app);
-	sb_puts(&body, ",\"profile_event_type\":");
-	sb_json_str(&body, event);
-	sb_puts(&body, ",\"profile_language_type\":");
-	sb_json_str(&body, lang);
-	sb_puts(&body, ",\"tag_filter\":");
-	sb_json_str(&body, filter);
-	sb_printf(&body, ",\"time_start\":%" PRId64 ",\"time_end\":%" PRId64
-			 ",\"max_kernel_stack_depth\":%" PRId64 "}",
-		  from, to, kdepth);
-	snprintf(url, sizeof(url), "%s/v1/profile/ProfileTracing", server);
-	snprintf(org_hdr, sizeof(org_hdr), "X-Org-Id: %" PRId64, org);
-	{
-		const char *headers[] = {"Content-Type: application/json", org_hdr, NULL};
-		struct httpc_req req = {.url = url, .body = body.buf, .body_len = body.len,
-					.headers = headers, .timeout_ms = 300000,
-					.max_response = 1u << 30};
-
-		if (httpc_do(&req, &resp, err, sizeof(err)) < 0) {
-			fprintf(stderr, "ember query: %s\n", err);
-			goto out;
-		}
-	}
-	if (output && !(out = fopen(output, "w"))) {
-		fprintf(stderr, "ember query: cannot write %s: %s\n", output, strerror(errno));
-		out = stdout;
+	if (shift) {
+		ret = query_compare(&q, from, to, shift, fmt, efmt, output) < 0 ? 1 : 0;
 		goto out;
 	}
+	if (query_post(&q, from, to, &resp) < 0)
+		goto out;
 	if (fmt == QF_JSON) {
+		if (!(out = query_open_out(output)))
+			goto out;
 		fwrite(resp.body.buf ? resp.body.buf : "", 1, resp.body.len, out);
 		fputc('\n', out);
 		ret = resp.status == 200 ? 0 : 1;
 		goto out;
 	}
-	root = json_loadb(resp.body.buf ? resp.body.buf : "", resp.body.len, 0, &jerr);
-	if (!root) {
-		fprintf(stderr, "ember query: HTTP %ld, unreadable answer: %s\n", resp.status, jerr.text);
+	root = query_parse(&resp);
+	if (!root || !(out = query_open_out(output)))
 		goto out;
-	}
-	if (resp.status != 200) {
-		fprintf(stderr, "ember query: %s: %s\n",
-			json_string_value(json_object_get(root, "OPT_STATUS")),
-			json_string_value(json_object_get(root, "DESCRIPTION")));
-		goto out;
-	}
-	{
-		const char *desc = json_string_value(json_object_get(root, "DESCRIPTION"));
-
-		if (desc && *desc)
-			fprintf(stderr, "ember query: %s\n", desc);
-	}
 	if (json_is_null(json_object_get(root, "result"))) {
 		fprintf(stderr, "ember query: no data for %s between %" PRId64 " and %" PRId64 "\n",
-			app, from, to);
+			q.app, from, to);
 		ret = 0;
 		goto out;
 	}
-	ret = query_print(json_object_get(root, "result"), fmt, efmt, min_percent, app, event, out) < 0
+	ret = query_print(json_object_get(root, "result"), fmt, efmt, min_percent, q.app, q.event,
+			  out) < 0
 		      ? 1
 		      : 0;
 out:
-	if (out != stdout)
+	if (out && out != stdout)
 		fclose(out);
 	json_decref(root);
 	sb_free(&resp.body);
-	sb_free(&body);
 	return ret;
 }

@@ -5,6 +5,8 @@
 #include "common/diff.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -194,4 +196,41 @@ int diff_leaves(const struct diff_set *d, struct diff_leaf **out, size_t *n)
 	*out = v;
 	*n = m;
 	return 0;
+}
+
+static double diff_share(int64_t v, int64_t total)
+{
+	return total ? 100.0 * (double)v / (double)total : 0.0;
+}
+
+int diff_write_table(const struct diff_set *d, size_t top, const char *unit, FILE *out)
+{
+	struct diff_leaf *leaves;
+	size_t n;
+
+	if (diff_leaves(d, &leaves, &n) < 0)
+		return -ENOMEM;
+	fprintf(out, "%9s %9s %8s %14s %14s  %s\n", "before%", "after%", "change", "before",
+		"after", "leaf frame");
+	for (size_t i = 0; i < n && i < top; i++) {
+		const struct diff_leaf *l = &leaves[i];
+		double b = diff_share(l->before, d->total_before),
+		       a = diff_share(l->after, d->total_after);
+
+		if (l->before == l->after)
+			break;
+		fprintf(out, "%8.2f%% %8.2f%% %+7.2f %14" PRId64 " %14" PRId64 "  %.*s\n", b, a,
+			a - b, l->before, l->after, (int)l->len, l->name);
+	}
+	fprintf(out, "(change: percentage points of the total; values in %s)\n", unit);
+	free(leaves);
+	return fflush(out) != 0 || ferror(out) ? -EIO : 0;
+}
+
+int diff_write_folded(const struct diff_set *d, FILE *out)
+{
+	for (size_t i = 0; i < d->n; i++)
+		fprintf(out, "%.*s %" PRId64 " %" PRId64 "\n", (int)d->lens[i], d->stacks[i],
+			d->before[i], d->after[i]);
+	return fflush(out) != 0 || ferror(out) ? -EIO : 0;
 }

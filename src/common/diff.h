@@ -17,6 +17,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define DIFF_MAX_STACKS (16u << 20)
 
@@ -50,6 +51,15 @@ void diff_normalize(struct diff_set *d);
  * (largest first, then by name). *out is malloc'ed (free it); *n its length. 0 or -ENOMEM.
  */
 int diff_leaves(const struct diff_set *d, struct diff_leaf **out, size_t *n);
+
+/*
+ * The table `ember diff` prints: the first top leaves of diff_leaves that changed, their shares
+ * before and after and the change in percentage points, values in unit. 0, -ENOMEM or -EIO.
+ */
+int diff_write_table(const struct diff_set *d, size_t top, const char *unit, FILE *out);
+
+/* "stack BEFORE AFTER" per stack (flamegraph.pl's differential input). 0 or -EIO. */
+int diff_write_folded(const struct diff_set *d, FILE *out);
 
 void diff_free(struct diff_set *d);
 

@@ -154,6 +154,25 @@ check "query with a bad filter: non-zero exit and the server's message" bash -c 
 "$EMBER_BIN" query --server "$URL" --app-service deepflow-agent --since 10m --max-kernel-depth 0 --format folded > "$E2E_TMP/q0.folded" 2>/dev/null
 check "query --since and --max-kernel-depth 0 (no data this recent: empty, exit 0)" [ $? -eq 0 ]
 
+# --- ember query --compare: the same range a day earlier is the baseline ------------------------
+printf 'main;parse 30\nmain;work 70\n' | "$EMBER_BIN" import --server "$URL" --app-service cmp-svc \
+	--time $((T - 86400)) - >/dev/null || fail "import the baseline"
+printf 'main;parse 90\nmain;work 60\n' | "$EMBER_BIN" import --server "$URL" --app-service cmp-svc \
+	--time $T - >/dev/null || fail "import today's"
+C=("$EMBER_BIN" query --server "$URL" --app-service cmp-svc --from $((T - 10)) --to $((T + 10)) --compare 1d)
+"${C[@]}" >"$E2E_TMP/cmp.txt" 2>"$E2E_TMP/cmp.err" || fail "query --compare"
+check "query --compare: parse 30 % → 60 %, +30 points, first" bash -c "sed -n 2p '$E2E_TMP/cmp.txt' | grep -qE '^ +30\.00% +60\.00% +\+30\.00 +45 +90  parse$'"
+check "query --compare: work 70 % → 40 %, -30 points" grep -qE '^ +70\.00% +40\.00% +-30\.00 +105 +60  work$' "$E2E_TMP/cmp.txt"
+check "query --compare: says the baseline was scaled" grep -q '86400 s earlier 100 microseconds (scaled' "$E2E_TMP/cmp.err"
+"${C[@]}" --format folded >"$E2E_TMP/cmp.folded" 2>/dev/null || fail "query --compare --format folded"
+check "query --compare --format folded: 'stack BEFORE AFTER', the baseline scaled" bash -c "[ \"\$(cat '$E2E_TMP/cmp.folded')\" = \"\$(printf 'main;parse 45 90\nmain;work 105 60')\" ]"
+"${C[@]}" --format svg -o "$E2E_TMP/cmp.svg" 2>/dev/null || fail "query --compare --format svg"
+check "query --compare --format svg: parse red, with both values" grep -q '<title>parse (90 microseconds, 60.00%; before 45, +45, +100.00%)</title><rect [^>]*fill="rgb(255,' "$E2E_TMP/cmp.svg"
+"${C[@]}" --format pprof >/dev/null 2>"$E2E_TMP/cmp2.err"
+check "query --compare --format pprof: refused (exit 2), the formats named" bash -c "[ $? -eq 2 ] && grep -q 'tree (a table of changes), folded or svg' '$E2E_TMP/cmp2.err'"
+"$EMBER_BIN" query --server "$URL" --app-service cmp-svc --from $((T - 10)) --to $((T + 10)) --compare 2d -o "$E2E_TMP/none.txt" >/dev/null 2>"$E2E_TMP/cmp3.err"
+check "query --compare without a baseline: exit 1 saying so, no file written" bash -c "[ $? -eq 1 ] && grep -q 'no data for cmp-svc .*(the baseline)' '$E2E_TMP/cmp3.err' && [ ! -e '$E2E_TMP/none.txt' ]"
+
 # --- self-metrics --------------------------------------------------------------------------------
 curl -s "$URL/metrics" > "$E2E_TMP/metrics.txt"
 check "metrics: successful and invalid queries counted" bash -c "grep -qE '^ember_profile_queries_total\{outcome=\"ok\"\} [1-9]' '$E2E_TMP/metrics.txt' && grep -qE '^ember_profile_queries_total\{outcome=\"invalid\"\} [1-9]' '$E2E_TMP/metrics.txt'"
