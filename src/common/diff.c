@@ -93,7 +93,8 @@ int diff_merge(const char *a, size_t alen, const char *b, size_t blen, struct di
 		*bad_b = bad[1];
 	if (rc < 0)
 		goto out;
-	qsort(l.v, l.n, sizeof(*l.v), diff_line_cmp);
+	if (l.n)
+		qsort(l.v, l.n, sizeof(*l.v), diff_line_cmp);
 	out->stacks = malloc((l.n ? l.n : 1) * sizeof(*out->stacks));
 	out->lens = malloc((l.n ? l.n : 1) * sizeof(*out->lens));
 	out->before = calloc(l.n ? l.n : 1, sizeof(*out->before));
