@@ -20,8 +20,13 @@
 #define AGG_MIN_BUCKETS 1024u
 #define AGG_UNW_BUCKETS 1024u /* chains of per-process unwind tallies (one per process row) */
 
-/* The custom tag on every stack row of a process whose user stacks were walked with DWARF. */
-static const char *agg_unw_tag_names[] = {AGGREGATE_TAG_UNWIND_COMPLETE};
+/* The custom tags: on every stack row of a process whose user stacks were walked with DWARF,
+ * and on every off-CPU row, how its threads blocked. */
+static const char *agg_tag_names_unw[] = {AGGREGATE_TAG_UNWIND_COMPLETE};
+static const char *agg_tag_names_state[] = {AGGREGATE_TAG_OFFCPU_STATE};
+static const char *agg_tag_names_both[] = {AGGREGATE_TAG_UNWIND_COMPLETE,
+					   AGGREGATE_TAG_OFFCPU_STATE};
+static const char *agg_state_values[2][1] = {{"S"}, {"D"}};
 
 struct agg_chunk {
 	struct agg_chunk *next;
@@ -39,6 +44,7 @@ struct agg_entry {
 	uint32_t tgid; /* 0 for Total */
 	enum sample_event event;
 	uint32_t ago;	  /* off-CPU: seconds before the window the row's time is (a long block) */
+	uint32_t dstate;  /* off-CPU: 1 for uninterruptible blocks ("D"), 0 for sleeps ("S") */
 	uint64_t samples; /* on-CPU: samples; off-CPU: µs */
 	int64_t start_ms;
 	char app[16];
@@ -236,6 +242,7 @@ static void agg_grow(struct aggregate *agg)
 struct agg_slot {
 	enum sample_event event;
 	uint32_t ago;
+	uint32_t dstate;
 };
 
 /* Adds samples to the row (tgid, event, ago, stack), creating it unless the window is full. */
@@ -243,13 +250,13 @@ static void agg_insert(struct aggregate *agg, uint32_t tgid, struct agg_slot slo
 		       const char *stack, size_t len, const char *app, int64_t start_ms,
 		       const char *container, uint64_t samples)
 {
-	uint64_t h = agg_hash(tgid, slot.ago << 1 | slot.event, stack, len);
+	uint64_t h = agg_hash(tgid, slot.ago << 2 | slot.dstate << 1 | slot.event, stack, len);
 	struct agg_arena *arena = &agg->arenas[agg->cur];
 	struct agg_entry *e;
 
 	for (e = agg->buckets[h & (agg->n_buckets - 1)]; e; e = e->next) {
 		if (e->hash == h && e->tgid == tgid && e->event == slot.event &&
-		    e->ago == slot.ago && e->stack_len == len &&
+		    e->ago == slot.ago && e->dstate == slot.dstate && e->stack_len == len &&
 		    memcmp(e->stack, stack, len) == 0) {
 			e->samples += samples;
 			return;
@@ -269,6 +276,7 @@ static void agg_insert(struct aggregate *agg, uint32_t tgid, struct agg_slot slo
 	e->tgid = tgid;
 	e->event = slot.event;
 	e->ago = slot.ago;
+	e->dstate = slot.dstate;
 	e->samples = samples;
 	e->start_ms = start_ms;
 	agg_copy_str(e->app, app, sizeof(e->app));
@@ -378,25 +386,42 @@ static void agg_unw_count(struct aggregate *agg, const struct sample_rec *rec)
 }
 
 /*
- * The row's unwind tag: ⌊100 × complete / walked⌋ of its process in this window, three digits
- * ("007", "100") so that the server's string comparisons order it (>= '090').
+ * The row's tags. Unwind: ⌊100 × complete / walked⌋ of its process in this window, three digits
+ * ("007", "100") so that the server's string comparisons order it (>= '090'). Off-CPU rows: how
+ * the time was blocked, "S" (a sleep: TASK_INTERRUPTIBLE) or "D" (TASK_UNINTERRUPTIBLE).
  */
-static void agg_unw_tag(struct aggregate *agg, struct profile_row *r, enum sample_event ev)
+static void agg_tags(struct aggregate *agg, struct profile_row *r, const struct agg_entry *e)
 {
-	struct agg_unw *u = r->process_id ? agg_unw_find(agg, (uint32_t)r->process_id, ev) : NULL;
+	struct agg_unw *u = r->process_id ? agg_unw_find(agg, (uint32_t)r->process_id, e->event)
+					  : NULL;
+	int state = e->event == SAMPLE_OFF_CPU;
 
-	if (!u || !u->walked)
-		return;
-	if (!u->value) {
+	if (u && !u->walked)
+		u = NULL;
+	if (u && !u->value) {
 		char v[8];
 		int len = snprintf(v, sizeof(v), "%03u", (unsigned)(u->complete * 100 / u->walked));
 
 		u->value = agg_arena_alloc(&agg->arenas[agg->cur], sizeof(*u->value));
 		u->value[0] = agg_arena_strdup(&agg->arenas[agg->cur], v, (size_t)len);
 	}
-	r->n_tags = 1;
-	r->tag_names = agg_unw_tag_names;
-	r->tag_values = u->value;
+	if (u && state) {
+		const char **v = agg_arena_alloc(&agg->arenas[agg->cur], 2 * sizeof(*v));
+
+		v[0] = u->value[0];
+		v[1] = agg_state_values[e->dstate][0];
+		r->n_tags = 2;
+		r->tag_names = agg_tag_names_both;
+		r->tag_values = v;
+	} else if (u) {
+		r->n_tags = 1;
+		r->tag_names = agg_tag_names_unw;
+		r->tag_values = u->value;
+	} else if (state) {
+		r->n_tags = 1;
+		r->tag_names = agg_tag_names_state;
+		r->tag_values = agg_state_values[e->dstate];
+	}
 }
 
 /*
@@ -418,7 +443,9 @@ static void agg_insert_pieces(struct aggregate *agg, const struct sample_rec *re
 		if (rec->event == SAMPLE_OFF_CPU && left > AGGREGATE_OFFCPU_SPLIT_US &&
 		    ago + 1 < AGGREGATE_OFFCPU_MAX_SPLITS)
 			piece = AGGREGATE_OFFCPU_SPLIT_US;
-		agg_insert(agg, rec->tgid, (struct agg_slot){rec->event, ago}, sb->buf, sb->len,
+		agg_insert(agg, rec->tgid,
+			   (struct agg_slot){rec->event, ago, rec->uninterruptible ? 1 : 0}, sb->buf,
+			   sb->len,
 			   pcomm, start_ms, container, piece);
 		left -= piece;
 		ago++;
@@ -453,7 +480,7 @@ void aggregate_add(void *arg, const struct sample_rec *rec)
 		} else {
 			agg_put_comm(sb, "[t] ", rec->comm);
 		}
-		agg_insert(agg, 0, (struct agg_slot){SAMPLE_ON_CPU, 0}, sb->buf, sb->len, "Total",
+		agg_insert(agg, 0, (struct agg_slot){SAMPLE_ON_CPU, 0, 0}, sb->buf, sb->len, "Total",
 			   0, "", rec->count);
 	}
 
@@ -555,7 +582,7 @@ int aggregate_flush(struct aggregate *agg, int64_t window_start, aggregate_sink_
 			r->pod_cluster = r->pod_ns = r->pod_node = r->pod = r->pod_group = "";
 			r->trace_id = r->span_name = r->profile_id = "";
 			r->compression_algo = "";
-			agg_unw_tag(agg, r, e->event);
+			agg_tags(agg, r, e);
 		}
 	}
 	ret = sink(arg, rows, n);

@@ -18,7 +18,10 @@
  *  - with DWARF unwinding, every stack row of a process carries the custom tag
  *    AGGREGATE_TAG_UNWIND_COMPLETE = "000".."100": ⌊100 × complete walks / walks⌋ of that
  *    process in the window, three digits so string comparisons order it ("100" only when
- *    every walk reached the entry point). Total rows and frame-pointer rows have none.
+	 *    every walk reached the entry point). Total rows and frame-pointer rows have none;
+ *  - every off-CPU row carries AGGREGATE_TAG_OFFCPU_STATE = "S" (its threads slept:
+ *    TASK_INTERRUPTIBLE) or "D" (uninterruptible: disk I/O, some locks, a vfork parent), one
+ *    row per state when a stack has both.
  *
  * Rows are bounded: at most max_rows distinct rows per window; samples that would need another
  * row are dropped and counted. aggregate_flush() hands the window's rows to a sink as one array;
@@ -48,6 +51,7 @@
 
 #define AGGREGATE_DEFAULT_MAX_ROWS 100000
 #define AGGREGATE_TAG_UNWIND_COMPLETE "ember.unwind.complete_pct"
+#define AGGREGATE_TAG_OFFCPU_STATE "ember.offcpu.state"
 /* Off-CPU rows are cut into pieces of at most this (one second), at most this many. */
 #define AGGREGATE_OFFCPU_SPLIT_US 1000000u
 #define AGGREGATE_OFFCPU_MAX_SPLITS 4000u

@@ -1015,9 +1015,11 @@ static void sampler_emit(struct sampler *s, const struct sampler_set *set,
 	memcpy(rec.comm, key->comm, sizeof(rec.comm));
 	rec.comm[sizeof(rec.comm) - 1] = '\0';
 	rec.count = count;
-	rec.event = (key->ustack_kind >> PROFILE_EVENT_SHIFT) == PROFILE_EVENT_OFF_CPU
+	rec.event = ((key->ustack_kind >> PROFILE_EVENT_SHIFT) & PROFILE_EVENT_MASK) ==
+			    PROFILE_EVENT_OFF_CPU
 			? SAMPLE_OFF_CPU
 			: SAMPLE_ON_CPU;
+	rec.uninterruptible = rec.event == SAMPLE_OFF_CPU && (key->ustack_kind & PROFILE_OFFCPU_D_BIT);
 
 	if (key->kstack_id >= 0) {
 		uint32_t id = (uint32_t)key->kstack_id;

@@ -78,6 +78,7 @@ struct sample_rec {
 	enum sample_event event;
 	uint64_t count;       /* on-CPU: samples; off-CPU: microseconds blocked */
 	int stacks_skipped;   /* off-CPU: no stacks were captured (the per-CPU budget) */
+	int uninterruptible;  /* off-CPU: blocked in TASK_UNINTERRUPTIBLE ("D"), else a sleep */
 	uint32_t n_kframes;   /* 0 when the sample had no kernel stack */
 	const uint64_t *kframes; /* innermost first; off-CPU: from inside the scheduler's
 				  * tracepoint (sym_append_kernel_blocked() trims it) */

@@ -1025,6 +1025,8 @@ struct offcpu_task {
 	__u64 at_ip, at_sp, at_bp, at_nr, at_mm;
 	__u32 captured; /* key and stacks hold a capture taken there */
 	__u32 nocap;	/* this block has no capture: it counts under a key without stacks */
+	__u32 dstate;	/* this block is uninterruptible: PROFILE_OFFCPU_D_BIT, else 0 */
+	__u32 pad;
 	struct profile_key key;
 	struct profile_stack ustack;
 	struct profile_stack kstack;
@@ -1067,8 +1069,12 @@ static __always_inline int offcpu_budget_take(__u64 now)
 	return 1;
 }
 
-/* prev, the current task, blocks: its key, stacks and the time into its task storage. */
-static __always_inline void offcpu_start(void *ctx, struct task_struct *prev, __u64 now)
+/*
+ * prev, the current task, blocks: its key, stacks and the time into its task storage; dstate
+ * (PROFILE_OFFCPU_D_BIT or 0) says how, and is the block's own even when a capture is reused.
+ */
+static __always_inline void offcpu_start(void *ctx, struct task_struct *prev, __u64 now,
+					 __u32 dstate)
 {
 	__u64 ip = 0, sp = 0, bp = 0, nr = 0;
 	struct offcpu_task *t;
@@ -1089,6 +1095,7 @@ static __always_inline void offcpu_start(void *ctx, struct task_struct *prev, __
 		nr = regs->orig_ax;
 	}
 	t->start_ns = now;
+	t->dstate = dstate;
 	key = &t->key;
 	if (!offcpu_budget_take(now)) {
 		/* The thread's last capture, if it blocks from the same place again. */
@@ -1152,6 +1159,7 @@ static __always_inline void offcpu_end(struct task_struct *next, __u64 now)
 		key.ustack = 0;
 		counter_inc(PROFILE_CNT_OFFCPU_SKIPPED);
 	}
+	key.ustack_kind = (key.ustack_kind & ~PROFILE_OFFCPU_D_BIT) | t->dstate;
 	kind = key.ustack_kind & PROFILE_USTACK_KIND_MASK;
 	if (kind == PROFILE_USTACK_DWARF_HASH || kind == PROFILE_USTACK_FP_HASH)
 		st = &t->ustack;
@@ -1184,7 +1192,8 @@ int BPF_PROG(oncpu_switch, bool preempt, struct task_struct *prev, struct task_s
 		return 0;
 	if (!prev->pid || !prev->mm || !tgid_wanted(prev->tgid))
 		return 0;
-	offcpu_start(ctx, prev, now);
+	offcpu_start(ctx, prev, now,
+		     prev_state & TASK_UNINTERRUPTIBLE ? PROFILE_OFFCPU_D_BIT : 0);
 	return 0;
 }
 

@@ -40,11 +40,15 @@ enum profile_ustack_kind {
 };
 /* profile_key.ustack_kind: the kind in the low byte; for DWARF, the walk's enum unw_reason
  * (src/bpf/unwind.h) above it, so user space knows which stacks are complete; the event
- * (enum profile_event) above that. */
+ * (enum profile_event) above that; for off-CPU keys, bit PROFILE_OFFCPU_D_BIT set when the
+ * thread blocked uninterruptibly (TASK_UNINTERRUPTIBLE: disk I/O, some locks, vfork; "D" in
+ * ps) rather than in an interruptible sleep ("S"). */
 #define PROFILE_USTACK_KIND_MASK 0xffu
 #define PROFILE_USTACK_REASON_SHIFT 8
 #define PROFILE_USTACK_REASON_MASK 0xffu
 #define PROFILE_EVENT_SHIFT 16
+#define PROFILE_EVENT_MASK 0xffu
+#define PROFILE_OFFCPU_D_BIT (1u << 24)
 
 /* What a key counts: on-CPU samples, or microseconds a thread spent blocked (off-CPU). */
 enum profile_event {

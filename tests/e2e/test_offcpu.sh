@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Off-CPU profiling end to end: `ember record --off-cpu` of a workload whose three threads block
-# in known places (a nanosleep loop, a pipe read, the pacing loop), DWARF and frame pointers;
-# then `ember run --off-cpu` and the API: off-cpu rows of the process, none under Total, the
-# on-CPU rows still there, the counters in /metrics; and bad flag values.
+# Off-CPU profiling end to end: `ember record --off-cpu` of a workload whose four threads block
+# in known places (a nanosleep loop, a pipe read, the pacing loop, vfork waits), DWARF and frame
+# pointers; then `ember run --off-cpu` and the API: off-cpu rows of the process, none under
+# Total, the on-CPU rows still there, uninterruptible ("D") blocks told from sleeps ("S") by the
+# ember.offcpu.state tag, the counters in /metrics; and bad flag values.
 # tests/e2e/test_offcpu_clickhouse.sh runs the API part on ClickHouse: EMBER_TEST_STORE names the
 # store, OFFCPU_API_ONLY=1 skips `ember record`.
 . "$(dirname "$0")/../lib/e2e.sh"
@@ -34,6 +35,9 @@ if [ "${OFFCPU_API_ONLY:-0}" != 1 ]; then
 	check "napper: its blocked time, under clone3;start_thread;napper;nap" blocked_ok "$nap" "$(mine napper "$E2E_TMP/off.out")"
 	check "waiter: its blocked time, under wait_pipe;[l] read" blocked_ok "$wait_" "$(mine waiter "$E2E_TMP/off.out")"
 	check "main: its blocked time, under _start ... main;pace" blocked_ok "$pace_fn" "$(mine main "$E2E_TMP/off.out")"
+	vf=$(sum "$E2E_TMP/off.folded" ";[t] vforker;")
+	check "vforker: its blocked time (vfork waits and naps): $vf µs" blocked_ok "$vf" "$(mine vforker "$E2E_TMP/off.out")"
+	check "a vfork parent waits for its child in the kernel" grep -qE ';\[t\] vforker;.*\[k\] __do_sys_vfork;.*\[k\] __schedule [0-9]+$' "$E2E_TMP/off.folded"
 	check "kernel frames of a nanosleep, from the syscall to __schedule" grep -qE ';nap;.*;\[k\] entry_SYSCALL_64[^;]*;.*nanosleep.*;\[k\] schedule;\[k\] __schedule [0-9]+$' "$E2E_TMP/off.folded"
 	check "kernel frames of the pipe read" grep -qE ';wait_pipe;\[l\] read;.*\[k\] (vfs_read|ksys_read).*;\[k\] __schedule [0-9]+$' "$E2E_TMP/off.folded"
 	check "no frame of the tracepoint or the BPF program" bash -c "! grep -qE '\\[k\\] (bpf_|__bpf_|__traceiter_|trace_)' '$E2E_TMP/off.folded'"
@@ -68,9 +72,9 @@ fi
 ember_start run "profiling this host" run --off-cpu --store "$STORE"
 "$W/offcpu" $SECS >"$E2E_TMP/run-workload.out"
 all_ms=$(awk '{for (i = 2; i <= NF; i++) {split($i, kv, "="); s += kv[2]}} END {printf "%d", s}' "$E2E_TMP/run-workload.out")
-tree() { # app event → HTTP status; body in resp.json
+tree() { # app event [tag_filter] → HTTP status; body in resp.json
 	local now; now=$(date +%s)
-	api "$SRV_URL_run" "{\"app_service\":\"$1\",\"profile_language_type\":\"eBPF\",\"profile_event_type\":\"$2\",\"time_start\":$((now - 60)),\"time_end\":$((now + 1))}"
+	api "$SRV_URL_run" "{\"app_service\":\"$1\",\"profile_language_type\":\"eBPF\",\"profile_event_type\":\"$2\",\"tag_filter\":\"${3:-}\",\"time_start\":$((now - 60)),\"time_end\":$((now + 1))}"
 }
 # The agent flushes a window each second: poll until the root is in range and stopped changing
 # across a flush (two reads 1.5 s apart), so that the last window is not missed.
@@ -83,9 +87,22 @@ for _ in $(seq 1 30); do
 	sleep 1.5
 done
 echo "API off-cpu root of offcpu: $root µs; its threads say they were blocked $all_ms ms"
-check "API: off-cpu tree of the process, the blocked time of its three threads" blocked_ok "$root" "$all_ms"
+check "API: off-cpu tree of the process, the blocked time of its threads" blocked_ok "$root" "$all_ms"
 check "API: nap and wait_pipe nodes" bash -c "jq -r '.result[].profile_location_str' '$E2E_TMP/resp.json' | grep -qx nap && jq -r '.result[].profile_location_str' '$E2E_TMP/resp.json' | grep -qx wait_pipe"
 check "API: the kernel frames end at [k] __schedule" bash -c "jq -r '.result[].profile_location_str' '$E2E_TMP/resp.json' | grep -qx '\\[k\\] __schedule'"
+frames() { jq -r '.result[].profile_location_str' "$E2E_TMP/resp.json"; }
+has() { frames | grep -qxF "$1"; }
+tree offcpu off-cpu "tag.ember.offcpu.state = 'D'" >/dev/null
+d_root=$(jqr '.result[0].total_value // 0')
+check "API, state D: the vfork waits, $d_root µs" bash -c "[ $d_root -gt 0 ]"
+check "API, state D: under [k] __do_sys_vfork" has '[k] __do_sys_vfork'
+check "API, state D: no sleep in it (nap, wait_pipe)" bash -c "! jq -r '.result[].profile_location_str' '$E2E_TMP/resp.json' | grep -qxE 'nap|wait_pipe'"
+tree offcpu off-cpu "tag.ember.offcpu.state = 'S'" >/dev/null
+s_root=$(jqr '.result[0].total_value // 0')
+check "API, state S: the sleeps, nap" has nap
+check "API, state S: and wait_pipe" has wait_pipe
+check "API, state S: not the vfork waits" bash -c "! jq -r '.result[].profile_location_str' '$E2E_TMP/resp.json' | grep -qx '\[k\] __do_sys_vfork'"
+check "API: S + D is the whole off-CPU time ($s_root + $d_root = $root µs)" [ $((s_root + d_root)) -eq "$root" ]
 tree Total off-cpu >/dev/null
 check "API: no off-cpu rows under Total (as DeepFlow)" [ "$(jqr '.result | length')" = 0 ]
 tree Total on-cpu >/dev/null

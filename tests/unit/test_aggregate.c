@@ -626,6 +626,57 @@ static void test_aggregate_offcpu_rows(void **state)
 }
 
 /*
+ * Off-CPU rows say how their time was blocked: "S" (sleeps) and "D" (uninterruptible) of one
+ * stack are two rows, each tagged; with DWARF walks the unwind tag comes first, the state second.
+ * On-CPU rows have no state tag.
+ */
+static void test_aggregate_offcpu_state_tag(void **state)
+{
+	struct fixture *fx = *state;
+	struct sample_rec s = own_rec(fx, (uint32_t)getpid(), fx->comm, 300000);
+	struct sample_rec d = s, on = own_rec(fx, (uint32_t)getpid(), fx->comm, 2);
+	struct sink_rows sr = {0};
+	int64_t by_state[2] = {0, 0};
+
+	s.event = d.event = SAMPLE_OFF_CPU;
+	d.uninterruptible = 1;
+	d.count = 200000;
+	aggregate_add(fx->agg, &s);
+	aggregate_add(fx->agg, &d);
+	aggregate_add(fx->agg, &on);
+	d.ustack_reason = 1; /* a DWARF walk of the same stack, also uninterruptible */
+	d.count = 50000;
+	aggregate_add(fx->agg, &d);
+	assert_int_equal(aggregate_flush(fx->agg, 1700000000, sink_keep, &sr), 0);
+	for (size_t i = 0; i < sr.n; i++) {
+		const struct profile_row *r = &sr.rows[i];
+		const char *st = row_tag(r, AGGREGATE_TAG_OFFCPU_STATE);
+
+		if (strcmp(r->profile_event_type, "on-cpu") == 0) {
+			assert_null(st);
+			continue;
+		}
+		assert_non_null(st);
+		assert_true(strcmp(st, "S") == 0 || strcmp(st, "D") == 0);
+		by_state[st[0] == 'D'] += r->profile_value;
+		/* the process had a DWARF walk off-CPU: both tags, unwind first */
+		assert_int_equal(r->n_tags, 2);
+		assert_string_equal(r->tag_names[0], AGGREGATE_TAG_UNWIND_COMPLETE);
+		assert_string_equal(r->tag_values[0], "100");
+	}
+	assert_int_equal(by_state[0], 300000);
+	assert_int_equal(by_state[1], 250000);
+
+	/* without a DWARF walk: the state alone */
+	s.ustack_reason = 0;
+	aggregate_add(fx->agg, &s);
+	assert_int_equal(aggregate_flush(fx->agg, 1700000001, sink_keep, &sr), 0);
+	assert_int_equal(sr.n, 1);
+	assert_int_equal(sr.rows[0].n_tags, 1);
+	assert_string_equal(row_tag(&sr.rows[0], AGGREGATE_TAG_OFFCPU_STATE), "S");
+}
+
+/*
  * A thread blocked 2.5 s, counted in one window: rows of 1 s at the window's time and the
  * second before, the rest two seconds before. Threads of one name each get their own pieces
  * before they merge, so two threads' 0.6 s stay 1.2 s at the window's time.
@@ -736,6 +787,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_aggregate_bad_options, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_aggregate_offcpu_rows, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_aggregate_offcpu_split, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_aggregate_offcpu_state_tag, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_aggregate_offcpu_kernel_and_not_captured, setup,
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_aggregate_offcpu_folded, setup, teardown),
