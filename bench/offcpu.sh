@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/offcpu — what off-CPU profiling costs on a context-switch-heavy load, beside bpftrace's
 # offcputime-style script and `perf record -e sched:sched_switch -g`, one after the other in the
-# same run.
+# same run; ember also with --off-cpu-wakers (its wake-up program counted in its BPF time).
 #
 #   bench/offcpu.sh BUILD_DIR        (root; ROUNDS=200000 round trips of the workload)
 #
@@ -53,9 +53,9 @@ baseline() {
 }
 
 # ember record --off-cpu [--unwind fp]: rate, BPF µs per switch, CPU, blocked µs in the reads.
-run_ember() { # name unwind
+run_ember() { # name unwind [extra flag]
 	load_start "$1"
-	/usr/bin/time -f '%U %S' -o "$T/$1.time" "$EMBER" record --off-cpu --unwind "$2" \
+	/usr/bin/time -f '%U %S' -o "$T/$1.time" "$EMBER" record --off-cpu ${3:-} --unwind "$2" \
 		--off-cpu-min 1 -p "$LOAD" -o "$T/$1.folded" 2> "$T/$1.err" &
 	local tool=$!
 	until_log "$T/$1.err" 'off-CPU only' $tool
@@ -126,6 +126,7 @@ echo "# bench/offcpu: pingpong $ROUNDS round trips, $(nproc) CPUs, $(uname -r), 
 b1=$(baseline)
 read -r e_rate e_bpf e_cpu e_read <<< "$(run_ember ember dwarf)"
 read -r f_rate f_bpf f_cpu f_read <<< "$(run_ember emberfp fp)"
+read -r w_rate w_bpf w_cpu w_read <<< "$(run_ember emberwk dwarf --off-cpu-wakers)"
 t_rate="" t_bpf="" t_cpu="" t_read=""
 command -v bpftrace >/dev/null && read -r t_rate t_bpf t_cpu t_read <<< "$(run_bpftrace)"
 p_rate="" p_cpu="" p_bytes=""
@@ -144,6 +145,7 @@ printf '|---|---|---|---|---|---|---|\n'
 printf '| none (before, after) | %s, %s | – | – | – | – | |\n' "$b1" "$b2"
 printf '| ember record --off-cpu (DWARF) | %s | %s | %s | %s | %s | |\n' "$e_rate" "$(slow "$e_rate")" "$e_bpf" "$e_cpu" "$(sec "$e_read" "$e_rate")"
 printf '| ember record --off-cpu --unwind fp | %s | %s | %s | %s | %s | |\n' "$f_rate" "$(slow "$f_rate")" "$f_bpf" "$f_cpu" "$(sec "$f_read" "$f_rate")"
+printf '| ember record --off-cpu-wakers (DWARF) | %s | %s | %s | %s | %s | wake-up program included |\n' "$w_rate" "$(slow "$w_rate")" "$w_bpf" "$w_cpu" "$(sec "$w_read" "$w_rate")"
 [ -n "$t_rate" ] && printf '| bpftrace offcputime (sched_switch, kstack + ustack) | %s | %s | %s | %s | %s | |\n' "$t_rate" "$(slow "$t_rate")" "$t_bpf" "$t_cpu" "$(sec "$t_read" "$t_rate")"
 [ -n "$p_rate" ] && printf '| perf record -e sched:sched_switch -g | %s | %s | – | %s | – | %s written |\n' "$p_rate" "$(slow "$p_rate")" "$p_cpu" "${p_bytes/_/ }"
 [ -n "$t_bpf" ] && [ -n "$e_bpf" ] && awk -v e="$e_bpf" -v t="$t_bpf" 'BEGIN {printf "\nember DWARF / bpftrace BPF time per context switch: %.2f\n", e / t}'

@@ -106,6 +106,9 @@ static void agent_summary(struct agent *a)
 			 ss.offcpu_bpf_run_cnt
 			     ? (double)ss.offcpu_bpf_run_ns / (double)ss.offcpu_bpf_run_cnt / 1000.0
 			     : 0.0);
+	if (a->opts.off_cpu_wakers)
+		log_info("off-CPU wakers: %" PRIu64 " taken, %" PRIu64 " not (capture budget)",
+			 ss.offcpu_wakers, ss.offcpu_wakers_skipped);
 	agent_summary_unwind(&ss);
 }
 
@@ -205,6 +208,7 @@ int agent_start(const struct agent_opts *opts, struct agent **out)
 	so.events = SAMPLER_EVENT_ON_CPU | (opts->off_cpu ? SAMPLER_EVENT_OFF_CPU : 0);
 	so.off_cpu_min_us = opts->off_cpu_min_us;
 	so.off_cpu_captures = opts->off_cpu_captures;
+	so.off_cpu_wakers = opts->off_cpu_wakers;
 	rc = sampler_open(&so, &a->sampler);
 	if (rc < 0) {
 		log_error("cannot start sampling: %s (ember needs root and a kernel with BPF, BTF "

@@ -32,6 +32,7 @@ struct agent_opts {
 	int off_cpu;               /* also off-CPU rows: blocked time per stack (sampler.h) */
 	uint32_t off_cpu_min_us;   /* shortest block counted; 0 = SAMPLER_OFF_CPU_MIN_US */
 	uint32_t off_cpu_captures; /* per CPU and second; 0 = SAMPLER_OFF_CPU_CAPTURES */
+	int off_cpu_wakers;        /* off-CPU rows also name who woke the thread (sampler.h) */
 };
 
 struct agent;

@@ -353,6 +353,8 @@ void aggregate_build_stack(struct aggregate *agg, const struct sample_rec *rec, 
 		sym_append_kernel_blocked(agg->sym, rec->kframes, rec->n_kframes, out);
 	else if (rec->n_kframes)
 		sym_append_kernel(agg->sym, rec->kframes, rec->n_kframes, out);
+	if (rec->n_wframes)
+		sym_append_waker(agg->sym, rec->waker_comm, rec->wframes, rec->n_wframes, out);
 }
 
 static struct agg_unw *agg_unw_find(struct aggregate *agg, uint32_t tgid, enum sample_event ev)

@@ -108,6 +108,7 @@ struct sampler {
 	struct bpf_link *unw_links[2]; /* exec and exit tracepoints */
 	struct bpf_link *follow_links[2]; /* follow_children: fork and exit tracepoints */
 	struct bpf_link *switch_link;	  /* off-CPU: the sched_switch tracepoint */
+	struct bpf_link *waking_link;	  /* off-CPU wakers: the sched_waking tracepoint */
 	pthread_t unw_thread;	       /* events: exec, exit, unknown addresses */
 	pthread_t scan_thread;	       /* the first scan of every process */
 	int unw_thread_started, scan_thread_started;
@@ -149,6 +150,7 @@ struct sampler {
 	uint64_t unkeyed_seen; /* samples that may have left unreferenced stacks, at the last drain */
 	int full_clears;       /* drains left that must clear their stack maps by a full scan */
 	uint64_t kframes[PROFILE_MAX_STACK_DEPTH];
+	uint64_t wframes[PROFILE_MAX_STACK_DEPTH]; /* a waker's frames, then its comm */
 	uint64_t uframes[PROFILE_MAX_STACK_DEPTH];
 	uint64_t drains;
 	uint64_t drain_mismatch;
@@ -421,8 +423,8 @@ static void sampler_size_maps(struct sampler *s, int ncpu)
 	       (uint64_t)s->ccache_entries * s->n_possible_cpus * SAMPLER_CCACHE_SHARE > s->counts_max)
 		s->ccache_entries /= 2;
 	s->skel->rodata->ccache_entries = s->ccache_entries;
-	/* Two hashes per off-CPU key (user and kernel frames), one per on-CPU key. */
-	s->used_uhash_max = 2 * (s->counts_max + s->ccache_entries * (uint32_t)s->n_possible_cpus);
+	/* Three hashes per off-CPU key (user, kernel and waker frames), one per on-CPU key. */
+	s->used_uhash_max = 3 * (s->counts_max + s->ccache_entries * (uint32_t)s->n_possible_cpus);
 	if (s->opts.unwind == SAMPLER_UNWIND_DWARF) {
 		bpf_map__set_max_entries(s->skel->maps.unw_slots, SAMPLER_UNW_SLOTS);
 		bpf_map__set_max_entries(s->skel->maps.unw_procs, SAMPLER_UNW_PROCS);
@@ -866,6 +868,10 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 	s->skel->rodata->offcpu_captures_per_sec = s->opts.off_cpu_captures;
 	if (!(s->opts.events & SAMPLER_EVENT_OFF_CPU))
 		bpf_program__set_autoload(s->skel->progs.oncpu_switch, false);
+	s->opts.off_cpu_wakers = s->opts.off_cpu_wakers && (s->opts.events & SAMPLER_EVENT_OFF_CPU);
+	s->skel->rodata->offcpu_wakers_on = s->opts.off_cpu_wakers;
+	if (!s->opts.off_cpu_wakers)
+		bpf_program__set_autoload(s->skel->progs.oncpu_waking, false);
 	sampler_size_maps(s, ncpu);
 
 	ret = oncpu_bpf__load(s->skel);
@@ -939,9 +945,19 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 				  strerror(-ret));
 			goto cleanup;
 		}
+		if (s->opts.off_cpu_wakers) {
+			s->waking_link = bpf_program__attach(s->skel->progs.oncpu_waking);
+			if (!s->waking_link) {
+				ret = -errno;
+				log_error("attach the sched_waking tracepoint (wakers): %s",
+					  strerror(-ret));
+				goto cleanup;
+			}
+		}
 		log_info("off-CPU: blocks of %u µs or more, stacks of at most %u blocks per second "
-			 "per CPU",
-			 s->opts.off_cpu_min_us, s->opts.off_cpu_captures);
+			 "per CPU%s",
+			 s->opts.off_cpu_min_us, s->opts.off_cpu_captures,
+			 s->opts.off_cpu_wakers ? ", with their wakers" : "");
 	}
 	if (!(s->opts.events & SAMPLER_EVENT_ON_CPU)) {
 		log_info("off-CPU only%s, %s unwinding; user stacks %u, counts %u entries",
@@ -1019,7 +1035,8 @@ static void sampler_emit(struct sampler *s, const struct sampler_set *set,
 			    PROFILE_EVENT_OFF_CPU
 			? SAMPLE_OFF_CPU
 			: SAMPLE_ON_CPU;
-	rec.uninterruptible = rec.event == SAMPLE_OFF_CPU && (key->ustack_kind & PROFILE_OFFCPU_D_BIT);
+	rec.uninterruptible =
+	    rec.event == SAMPLE_OFF_CPU && (key->ustack_kind & PROFILE_OFFCPU_D_BIT);
 
 	if (key->kstack_id >= 0) {
 		uint32_t id = (uint32_t)key->kstack_id;
@@ -1037,6 +1054,14 @@ static void sampler_emit(struct sampler *s, const struct sampler_set *set,
 		rec.stacks_skipped = 1;
 	} else if (key->kstack_id != -EFAULT) {
 		rec.kstack_error = key->kstack_id;
+	}
+	if (key->waker && bpf_map_lookup_elem(set->ustacks_fd, &key->waker, s->wframes) == 0) {
+		rec.n_wframes = sampler_count_frames(s->wframes);
+		if (rec.n_wframes > PROFILE_WAKER_COMM_SLOT)
+			rec.n_wframes = PROFILE_WAKER_COMM_SLOT;
+		rec.wframes = s->wframes;
+		memcpy(rec.waker_comm, &s->wframes[PROFILE_WAKER_COMM_SLOT],
+		       sizeof(rec.waker_comm) - 1);
 	}
 
 	switch (key->ustack_kind & PROFILE_USTACK_KIND_MASK) {
@@ -1133,6 +1158,12 @@ static void sampler_note_used(struct sampler *s, const struct profile_key *key)
 	if (key->kstack_id == PROFILE_KSTACK_HASHED) {
 		if (s->n_used_uhash < s->used_uhash_max)
 			s->used_uhash[s->n_used_uhash++] = key->kstack;
+		else
+			s->full_clears = 2;
+	}
+	if (key->waker) {
+		if (s->n_used_uhash < s->used_uhash_max)
+			s->used_uhash[s->n_used_uhash++] = key->waker;
 		else
 			s->full_clears = 2;
 	}
@@ -1319,6 +1350,8 @@ void sampler_get_stats(struct sampler *s, struct sampler_stats *st)
 	st->offcpu_blocks = sampler_sum_counter(s, PROFILE_CNT_OFFCPU_BLOCKS, 0);
 	st->offcpu_skipped = sampler_sum_counter(s, PROFILE_CNT_OFFCPU_SKIPPED, 0);
 	st->offcpu_nostore = sampler_sum_counter(s, PROFILE_CNT_OFFCPU_NOSTORE, 0);
+	st->offcpu_wakers = sampler_sum_counter(s, PROFILE_CNT_WAKERS, 0);
+	st->offcpu_wakers_skipped = sampler_sum_counter(s, PROFILE_CNT_WAKERS_SKIPPED, 0);
 	if (s->unw) {
 		struct unwinder_stats us;
 
@@ -1350,6 +1383,12 @@ void sampler_get_stats(struct sampler *s, struct sampler_stats *st)
 		st->offcpu_bpf_run_ns = info.run_time_ns;
 		st->offcpu_bpf_run_cnt = info.run_cnt;
 	}
+	memset(&info, 0, sizeof(info));
+	len = sizeof(info);
+	/* the wake-up program's time is off-CPU profiling's too, counted per context switch */
+	if (s->waking_link && bpf_obj_get_info_by_fd(bpf_program__fd(s->skel->progs.oncpu_waking),
+						     &info, &len) == 0)
+		st->offcpu_bpf_run_ns += info.run_time_ns;
 }
 
 int64_t sampler_boot_offset_ns(void)
@@ -1367,6 +1406,7 @@ void sampler_close(struct sampler *s)
 	if (!s)
 		return;
 	sampler_detach_all(s);
+	bpf_link__destroy(s->waking_link);
 	bpf_link__destroy(s->switch_link);
 	__atomic_store_n(&s->unw_stop, 1, __ATOMIC_RELEASE);
 	if (s->unw_thread_started) {

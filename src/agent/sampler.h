@@ -58,6 +58,7 @@ struct sampler_opts {
 	unsigned events;              /* SAMPLER_EVENT_* bits; 0 = on-CPU only */
 	uint32_t off_cpu_min_us;      /* shortest block counted off-CPU; 0 = 50 µs */
 	uint32_t off_cpu_captures;    /* blocks whose stacks one CPU captures per second; 0 = 1000 */
+	int off_cpu_wakers;           /* off-CPU: also the kernel stack and comm of each waker */
 };
 
 #define SAMPLER_EVENT_ON_CPU 1  /* cpu-clock samples */
@@ -92,6 +93,9 @@ struct sample_rec {
 			       * sample hit user mode (no kernel stack is not an error) */
 	uint32_t ustack_reason; /* DWARF walk: enum unw_reason + 1 (1 = complete); 0 for frame
 				 * pointers or no user stack */
+	uint32_t n_wframes;   /* off-CPU with wakers: the waker's kernel frames, 0 if unknown */
+	const uint64_t *wframes; /* innermost first, from inside try_to_wake_up's tracepoint */
+	char waker_comm[16];  /* the task that ran the wake-up (or that an interrupt found) */
 };
 
 #define SAMPLER_UNW_REASONS 8 /* ≥ UNW_REASON_COUNT (src/bpf/unwind.h) */
@@ -122,7 +126,10 @@ struct sampler_stats {
 	uint64_t offcpu_blocks;	      /* blocks counted */
 	uint64_t offcpu_skipped;      /* ... of which without stacks (capture budget) */
 	uint64_t offcpu_nostore;      /* blocks not followed: no task storage */
-	uint64_t offcpu_bpf_run_ns;   /* the context-switch program's bpf_stats */
+	uint64_t offcpu_wakers;       /* wakers whose stacks were taken */
+	uint64_t offcpu_wakers_skipped; /* ... and not: the capture budget, no storage */
+	uint64_t offcpu_bpf_run_ns;   /* the context-switch program's bpf_stats (+ the wake-up
+				       * program's time with wakers) */
 	uint64_t offcpu_bpf_run_cnt;
 };
 

@@ -391,6 +391,59 @@ int sym_append_kernel_blocked(struct symbolizer *sym, const uint64_t *ips, size_
 	return sym_append_kernel_from(sym, ips, first, n, 1, out);
 }
 
+int sym_append_waker(struct symbolizer *sym, const char *comm, const uint64_t *ips, size_t n,
+		     struct strbuf *out)
+{
+	size_t first = 0, end = n;
+	int in_irq = 0, count = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		const char *name = ips[i] ? sym_kernel_lookup(sym, ips[i] - 1) : NULL;
+
+		if (name && strcmp(name, "try_to_wake_up") == 0) {
+			first = i;
+			break;
+		}
+	}
+	for (size_t i = first; i < n; i++) {
+		const char *name = ips[i] ? sym_kernel_lookup(sym, ips[i] - 1) : NULL;
+
+		/* An entry from an interrupt or an exception: the frames beyond it are whatever
+		 * it found running. An exception (a page fault) ran for the task named. */
+		if (name && strncmp(name, "asm_", 4) == 0) {
+			end = i + 1;
+			in_irq = strncmp(name, "asm_exc_", 8) != 0;
+			break;
+		}
+	}
+	if (out->len)
+		sb_putc(out, ';');
+	sb_puts(out, "[w] ");
+	if (in_irq) {
+		sb_puts(out, "interrupt");
+	} else {
+		for (const char *c = comm; *c; c++)
+			sb_putc(out, *c == ';' ? ':' : *c);
+	}
+	for (size_t i = first; i < end; i++) {
+		const char *name;
+
+		if (ips[i] == 0 || ips[i] == SYM_BAD_IP)
+			continue;
+		name = sym_kernel_lookup(sym, ips[i] - 1);
+		sym->stats.frames++;
+		if (name) {
+			sb_puts(out, ";[k] ");
+			sb_puts(out, name);
+		} else {
+			sym->stats.frames_unknown++;
+			sb_printf(out, ";[unknown] 0x%016llx", (unsigned long long)ips[i]);
+		}
+		count++;
+	}
+	return count;
+}
+
 /* ---- ELF files --------------------------------------------------------------------------- */
 
 static void sym_file_clear(struct sym_file *f)

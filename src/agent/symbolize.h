@@ -80,6 +80,18 @@ int sym_append_kernel(struct symbolizer *sym, const uint64_t *ips, size_t n, str
  */
 int sym_append_kernel_blocked(struct symbolizer *sym, const uint64_t *ips, size_t n,
 			      struct strbuf *out);
+/*
+ * The waker of a block (--off-cpu-wakers), appended above the blocked thread's frames as
+ * "[w] comm" and then the waker's kernel frames innermost first, from try_to_wake_up outwards
+ * (flame graphs draw the waker upside down on top of the wait it ended, as bcc's offwaketime
+ * does); the frames of the tracepoint and the BPF program are left out. A wake-up from an
+ * interrupt (a timer, a device) is "[w] interrupt", its frames ending at the interrupt entry
+ * (asm_*, not asm_exc_*): what lies beyond belongs to whichever task the interrupt found. One
+ * from an exception (a page fault) keeps the comm and also ends at its entry. ';' in comm
+ * becomes ':'. Returns the frames appended.
+ */
+int sym_append_waker(struct symbolizer *sym, const char *comm, const uint64_t *ips, size_t n,
+		     struct strbuf *out);
 
 /* The process's mappings changed (exec, dlopen) or it is new: re-read /proc/PID/maps lazily. */
 void sym_process_invalidate(struct symbolizer *sym, uint32_t tgid);

@@ -864,12 +864,14 @@ static __always_inline long store_stack(void *ustacks, __u64 *hash, struct profi
 
 /*
  * Stores the key's stacks not stored yet — the user stack st under key->ustack and, for an
- * off-CPU key, the kernel stack kst under key->kstack; a stack the map refuses turns into its
- * errno in the key (kind ERROR, or a plain kstack_id). Returns 1 when the key still names a
- * stored user stack or none, 0 when it now holds an error.
+ * off-CPU key, the kernel stack kst under key->kstack and the waker's wst under key->waker; a
+ * stack the map refuses turns into its errno in the key (kind ERROR, or a plain kstack_id; a
+ * waker the map refuses is forgotten). Returns 1 when the key still names a stored user stack
+ * or none, 0 when it now holds an error.
  */
 static __always_inline int store_stacks(void *ustacks, struct profile_key *key,
-					struct profile_stack *st, struct profile_stack *kst)
+					struct profile_stack *st, struct profile_stack *kst,
+					struct profile_stack *wst)
 {
 	long err;
 
@@ -877,6 +879,8 @@ static __always_inline int store_stacks(void *ustacks, struct profile_key *key,
 		key->kstack_id = -err;
 		key->kstack = 0;
 	}
+	if (wst && store_stack(ustacks, &key->waker, wst))
+		key->waker = 0;
 	if (st && (err = store_stack(ustacks, &key->ustack, st))) {
 		key->ustack_kind =
 		    PROFILE_USTACK_ERROR | (key->ustack_kind & ~PROFILE_USTACK_KIND_MASK);
@@ -891,17 +895,18 @@ static __always_inline int key_equal(const struct profile_key *a, const struct p
 	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
 
 	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4] &&
-	       x[5] == y[5];
+	       x[5] == y[5] && x[6] == y[6];
 }
 
 /*
- * Counts value (1 sample, or µs off-CPU) of key, whose stacks (st, kst: NULL if none) are not
- * stored yet: through this CPU's counts cache when there is one (profile.h), else straight into
- * the counts map.
+ * Counts value (1 sample, or µs off-CPU) of key, whose stacks (st, kst, wst: NULL if none)
+ * are not stored yet: through this CPU's counts cache when there is one (profile.h), else
+ * straight into the counts map.
  */
 static __always_inline void count_sample(void *ccache, void *counts, void *ustacks,
 					 struct profile_key *key, struct profile_stack *st,
-					 struct profile_stack *kst, __u64 value, __u32 counted_idx)
+					 struct profile_stack *kst, struct profile_stack *wst,
+					 __u64 value, __u32 counted_idx)
 {
 	struct profile_ccache_entry *e;
 	struct profile_ccache *cc;
@@ -910,18 +915,19 @@ static __always_inline void count_sample(void *ccache, void *counts, void *ustac
 	counter_add(counted_idx, value);
 	cc = ccache_entries ? bpf_map_lookup_elem(ccache, &zero) : NULL;
 	if (!cc) {
-		store_stacks(ustacks, key, st, kst);
+		store_stacks(ustacks, key, st, kst, wst);
 		count_add(counts, key, value, counted_idx);
 		return;
 	}
-	idx = (__u32)hash_mix(key->ustack ^ key->kstack ^ ((__u64)key->tgid << 32 | key->tid),
+	idx = (__u32)hash_mix(key->ustack ^ key->kstack ^ key->waker ^
+				  ((__u64)key->tgid << 32 | key->tid),
 			      (__u64)(__u32)key->kstack_id << 32 | key->ustack_kind);
 	e = &cc->e[idx & (ccache_entries - 1) & (PROFILE_CCACHE_ENTRIES - 1)];
 	if (e->count && key_equal(&e->key, key)) {
 		e->count += value; /* its first sample stored the stacks in this set */
 		return;
 	}
-	if (!store_stacks(ustacks, key, st, kst)) {
+	if (!store_stacks(ustacks, key, st, kst, wst)) {
 		count_add(counts, key, value, counted_idx);
 		return;
 	}
@@ -959,7 +965,7 @@ static __always_inline void record_sample(struct bpf_perf_event_data *ctx, struc
 		st = record_ustack_dwarf(ctx, st, key);
 	else
 		st = record_ustack(ctx, st, key);
-	count_sample(ccache, counts, ustacks, key, st, NULL, 1, counted_idx);
+	count_sample(ccache, counts, ustacks, key, st, NULL, NULL, 1, counted_idx);
 }
 
 SEC("perf_event")
@@ -1051,6 +1057,28 @@ struct {
 	__type(value, struct offcpu_budget);
 } offcpu_budgets SEC(".maps");
 
+/*
+ * Wakers (--off-cpu-wakers): when a followed thread that blocked is woken, the waker's kernel
+ * stack and comm — the task running try_to_wake_up, or the one an interrupt found running — go
+ * into the wakee's second task storage, tied to that block by its start time, under the same
+ * per-CPU capture budget. At switch-in the block counts with them (profile_key.waker). A map of
+ * its own, so that threads pay its ~1 KiB only with wakers on.
+ */
+const volatile __u32 offcpu_wakers_on = 0;
+
+struct offcpu_waker {
+	__u64 block_ns; /* start_ns of the block this wake-up ended; 0: none */
+	__u64 hash;	/* of stack (frames and comm); 0: not captured */
+	struct profile_stack stack;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct offcpu_waker);
+} offcpu_wakers SEC(".maps");
+
 /* 1 when this CPU may capture one more block's stacks this second. */
 static __always_inline int offcpu_budget_take(__u64 now)
 {
@@ -1138,14 +1166,16 @@ static __always_inline void offcpu_start(void *ctx, struct task_struct *prev, __
 static __always_inline void offcpu_end(struct task_struct *next, __u64 now)
 {
 	struct offcpu_task *t = bpf_task_storage_get(&offcpu_tasks, next, 0, 0);
-	struct profile_stack *st = NULL, *kst = NULL;
+	struct profile_stack *st = NULL, *kst = NULL, *wst = NULL;
+	struct offcpu_waker *w = NULL;
 	struct profile_key key;
+	__u64 d, start;
 	__u32 kind;
-	__u64 d;
 
 	if (!t || !t->start_ns)
 		return;
-	d = now - t->start_ns;
+	start = t->start_ns;
+	d = now - start;
 	t->start_ns = 0;
 	if (d < offcpu_min_ns || d > offcpu_max_ns)
 		return;
@@ -1160,6 +1190,13 @@ static __always_inline void offcpu_end(struct task_struct *next, __u64 now)
 		counter_inc(PROFILE_CNT_OFFCPU_SKIPPED);
 	}
 	key.ustack_kind = (key.ustack_kind & ~PROFILE_OFFCPU_D_BIT) | t->dstate;
+	key.waker = 0;
+	if (offcpu_wakers_on)
+		w = bpf_task_storage_get(&offcpu_wakers, next, 0, 0);
+	if (w && w->block_ns == start && w->hash) {
+		key.waker = w->hash;
+		wst = &w->stack;
+	}
 	kind = key.ustack_kind & PROFILE_USTACK_KIND_MASK;
 	if (kind == PROFILE_USTACK_DWARF_HASH || kind == PROFILE_USTACK_FP_HASH)
 		st = &t->ustack;
@@ -1167,12 +1204,12 @@ static __always_inline void offcpu_end(struct task_struct *next, __u64 now)
 		kst = &t->kstack;
 	/* Keeps clang from testing kstack_id again instead of the pointers: the verifier
 	 * knows a NULL test, not that kst is set exactly when kstack_id says so. */
-	asm volatile("" : "+r"(st), "+r"(kst));
+	asm volatile("" : "+r"(st), "+r"(kst), "+r"(wst));
 	if (*(volatile __u32 *)&active_set & 1)
-		count_sample(&ccache_b, &counts_b, &ustacks_b, &key, st, kst, d / 1000,
+		count_sample(&ccache_b, &counts_b, &ustacks_b, &key, st, kst, wst, d / 1000,
 			     PROFILE_CNT_COUNTED_B);
 	else
-		count_sample(&ccache_a, &counts_a, &ustacks_a, &key, st, kst, d / 1000,
+		count_sample(&ccache_a, &counts_a, &ustacks_a, &key, st, kst, wst, d / 1000,
 			     PROFILE_CNT_COUNTED_A);
 }
 
@@ -1194,6 +1231,50 @@ int BPF_PROG(oncpu_switch, bool preempt, struct task_struct *prev, struct task_s
 		return 0;
 	offcpu_start(ctx, prev, now,
 		     prev_state & TASK_UNINTERRUPTIBLE ? PROFILE_OFFCPU_D_BIT : 0);
+	return 0;
+}
+
+/*
+ * A wake-up (attached only with --off-cpu-wakers). sched_waking runs in the waker's context,
+ * once per real wake-up (after try_to_wake_up matched the sleeping state), before the wakee can
+ * run anywhere; sched_wakeup of a remote wake-up would run on the wakee's CPU instead.
+ */
+SEC("tp_btf/sched_waking")
+int BPF_PROG(oncpu_waking, struct task_struct *p)
+{
+	struct offcpu_task *t = bpf_task_storage_get(&offcpu_tasks, p, 0, 0);
+	struct offcpu_waker *w;
+	__u64 h;
+	long n;
+
+	if (!t || !t->start_ns)
+		return 0; /* not a block we follow */
+	w = bpf_task_storage_get(&offcpu_wakers, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!w) {
+		counter_inc(PROFILE_CNT_WAKERS_SKIPPED);
+		return 0;
+	}
+	if (w->block_ns == t->start_ns)
+		return 0; /* this block's waker is known */
+	w->block_ns = t->start_ns;
+	w->hash = 0;
+	if (!offcpu_budget_take(bpf_ktime_get_ns())) {
+		counter_inc(PROFILE_CNT_WAKERS_SKIPPED);
+		return 0;
+	}
+	/* The frames, zero-filled up to the comm's slots (bpf_get_stack zeroes the rest). */
+	n = bpf_get_stack(ctx, &w->stack, PROFILE_WAKER_COMM_SLOT * sizeof(__u64), 0);
+	if (n <= 0) {
+		counter_inc(PROFILE_CNT_WAKERS_SKIPPED);
+		return 0;
+	}
+	w->stack.ips[PROFILE_WAKER_COMM_SLOT] = 0;
+	w->stack.ips[PROFILE_WAKER_COMM_SLOT + 1] = 0;
+	bpf_get_current_comm(&w->stack.ips[PROFILE_WAKER_COMM_SLOT], PROFILE_COMM_LEN);
+	h = stack_hash(&w->stack, (__u32)n / sizeof(__u64));
+	h = hash_mix(h, w->stack.ips[PROFILE_WAKER_COMM_SLOT]);
+	w->hash = hash_mix(h, w->stack.ips[PROFILE_WAKER_COMM_SLOT + 1]) | 1; /* never 0 */
+	counter_inc(PROFILE_CNT_WAKERS);
 	return 0;
 }
 

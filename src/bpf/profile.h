@@ -14,7 +14,8 @@
  * Off-CPU keys share the maps: their value is microseconds of blocked time instead of samples,
  * and their kernel frames are stored like user stacks, in ustacks_<set> under a hash
  * (PROFILE_KSTACK_HASHED), because they are captured when a thread blocks and stored only when
- * it wakes, in whichever set is active then.
+ * it wakes, in whichever set is active then. So is the waker's kernel stack (--off-cpu-wakers):
+ * its frames, then the waker's comm in the last two slots (PROFILE_WAKER_COMM_SLOT).
  */
 #ifndef EMBER_BPF_PROFILE_H
 #define EMBER_BPF_PROFILE_H
@@ -66,10 +67,14 @@ struct profile_stack {
 	__u64 ips[PROFILE_MAX_STACK_DEPTH];
 };
 
+/* A waker stack (profile_key.waker): at most PROFILE_WAKER_COMM_SLOT frames, then the waker's
+ * comm (16 bytes) in ips[PROFILE_WAKER_COMM_SLOT] and the slot after it. */
+#define PROFILE_WAKER_COMM_SLOT (PROFILE_MAX_STACK_DEPTH - 2)
+
 /*
  * Key of the counts maps. kstack_id >= 0 is an id in kstacks_<set>; a negative value is the
  * errno bpf_get_stackid() returned (-EFAULT: the sample hit user mode, no kernel stack), or one
- * of the PROFILE_KSTACK_* markers of off-CPU keys. 48 bytes, no padding: the BPF side zeroes it
+ * of the PROFILE_KSTACK_* markers of off-CPU keys. 56 bytes, no padding: the BPF side zeroes it
  * before filling it anyway.
  */
 struct profile_key {
@@ -80,6 +85,8 @@ struct profile_key {
 	__u32 ustack_kind;
 	__u64 ustack;
 	__u64 kstack; /* PROFILE_KSTACK_HASHED: hash of the kernel frames (in ustacks_<set>) */
+	__u64 waker;  /* off-CPU with wakers: hash of the waker's stack and comm (in ustacks_<set>),
+		       * 0 when none was captured */
 };
 
 /* Indices of the per-CPU counters array. */
@@ -100,6 +107,8 @@ enum profile_counter {
 	PROFILE_CNT_OFFCPU_BLOCKS,  /* off-CPU blocks counted (long enough, stacks or not) */
 	PROFILE_CNT_OFFCPU_SKIPPED, /* ... whose stacks were not captured: the capture budget */
 	PROFILE_CNT_OFFCPU_NOSTORE, /* blocks not followed: no task storage for the thread */
+	PROFILE_CNT_WAKERS,	    /* wake-ups of a blocked thread whose waker stack was taken */
+	PROFILE_CNT_WAKERS_SKIPPED, /* ... not taken: the capture budget, or no task storage */
 	PROFILE_CNT_UNW_REASON,	    /* DWARF walks ended by enum unw_reason r: index this + r */
 	PROFILE_CNT_MAX = PROFILE_CNT_UNW_REASON + 8,
 };
@@ -118,8 +127,8 @@ struct profile_overflow {
  * and, when the entry holds its key already, skips the ustacks insert too: the entry was filled
  * by a sample of the same set that stored the stack. An entry whose slot another key takes is
  * added to the counts map (or the overflow ring) with its count. The drain reads and zeroes the
- * cache of the set it drains, after the barrier, like the maps. 64-byte entries, one cache line
- * each; PROFILE_CCACHE_ENTRIES of them fill one 4 KiB page. User space may use fewer (the
+ * cache of the set it drains, after the barrier, like the maps. 64-byte entries (the key and
+ * the count), one cache line each; PROFILE_CCACHE_ENTRIES of them fill one 4 KiB page. User space may use fewer (the
  * ccache_entries setting, a power of two; 0 = no cache) so that small counts maps still fill.
  */
 #define PROFILE_CCACHE_ENTRIES 64
@@ -127,7 +136,6 @@ struct profile_overflow {
 struct profile_ccache_entry {
 	struct profile_key key;
 	__u64 count; /* 0: empty */
-	__u64 pad;
 };
 
 struct profile_ccache {

@@ -42,6 +42,7 @@ enum agent_flag {
 	AF_OFF_CPU,
 	AF_OFF_CPU_MIN,
 	AF_OFF_CPU_CAPTURES,
+	AF_OFF_CPU_WAKERS,
 };
 
 static const struct option agent_options[] = {
@@ -56,6 +57,7 @@ static const struct option agent_options[] = {
 	{"off-cpu", no_argument, NULL, AF_OFF_CPU},
 	{"off-cpu-min", required_argument, NULL, AF_OFF_CPU_MIN},
 	{"off-cpu-captures", required_argument, NULL, AF_OFF_CPU_CAPTURES},
+	{"off-cpu-wakers", no_argument, NULL, AF_OFF_CPU_WAKERS},
 };
 #define N_AGENT_OPTIONS (sizeof(agent_options) / sizeof(agent_options[0]))
 
@@ -78,7 +80,9 @@ static void agent_flags_usage(FILE *f, int with_server)
 		"                         context switch: see docs/benchmarks.md for its cost)\n"
 		"  --off-cpu-min US       shortest block counted, in µs (default 50)\n"
 		"  --off-cpu-captures N   blocks per second and CPU whose stacks are captured\n"
-		"                         (default 1000); more still count, as [stacks not captured]\n");
+		"                         (default 1000); more still count, as [stacks not captured]\n"
+		"  --off-cpu-wakers       (implies --off-cpu) also who ended each block: '[w] comm'\n"
+		"                         and the waker's kernel frames above the blocked stack\n");
 }
 
 static int parse_unwind(const char *arg, enum sampler_unwind *out)
@@ -123,6 +127,7 @@ static int agent_flags_parse(int opt, const char *arg, struct agent_opts *o)
 		o->org = (int)v;
 		return 0;
 	case AF_OFF_CPU: o->off_cpu = 1; return 0;
+	case AF_OFF_CPU_WAKERS: o->off_cpu = o->off_cpu_wakers = 1; return 0;
 	case AF_OFF_CPU_MIN:
 		if (cli_parse_int(arg, 1, 60000000, &v) < 0)
 			break;
@@ -260,11 +265,13 @@ static void record_usage(FILE *f)
 		"                    [--format folded|svg|speedscope|pprof]\n"
 		"                    [--value samples|us] [--unwind dwarf|fp (default dwarf)]\n"
 		"                    [--max-keys N] [--off-cpu [--off-cpu-min US]]\n"
+		"                    [--off-cpu-wakers]\n"
 		"Profiles one process (or runs CMD and profiles it) and writes folded stacks\n"
 		"('comm;frame;...;frame VALUE' lines, flamegraph.pl's input). With --off-cpu it\n"
 		"records where the threads were blocked instead of where they ran: the µs each\n"
 		"stack spent sleeping or waiting, blocks of at least --off-cpu-min µs (default 50),\n"
-		"kernel frames from the scheduler out. Without -d it stops\n"
+		"kernel frames from the scheduler out; --off-cpu-wakers adds who woke each block\n"
+		"('[w] comm' and its kernel frames, above the wait). Without -d it stops\n"
 		"when the process exits or on Ctrl-C. --format (default: from the -o name: .svg,\n"
 		".json = speedscope, .pb.gz/.pprof = pprof; else folded) picks another output.\n"
 		"--max-keys N bounds the in-kernel counts map (distinct stacks per 0.2 s drain,\n"
@@ -312,6 +319,10 @@ static void record_summary_offcpu(const struct sampler_stats *st, const char *ou
 					     (double)st->offcpu_bpf_run_cnt
 				       : 0.0,
 		st->ustack_errors, st->lost, st->drain_mismatch);
+	if (st->offcpu_wakers || st->offcpu_wakers_skipped)
+		fprintf(stderr, "ember record: %" PRIu64 " wakers taken, %" PRIu64 " not (capture "
+				"budget)\n",
+			st->offcpu_wakers, st->offcpu_wakers_skipped);
 }
 
 /* Starts CMD held at a pipe until sampling runs; returns its pid or -errno. */
@@ -405,6 +416,7 @@ int cli_record(int argc, char **argv)
 		{"max-keys", required_argument, NULL, 'k'},
 		{"off-cpu", no_argument, NULL, 'O'},
 		{"off-cpu-min", required_argument, NULL, 'M'},
+		{"off-cpu-wakers", no_argument, NULL, 'W'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -458,6 +470,10 @@ int cli_record(int argc, char **argv)
 			value_given = unit == AGGREGATE_VALUE_SAMPLES;
 			break;
 		case 'O': so.events = SAMPLER_EVENT_OFF_CPU; break;
+		case 'W':
+			so.events = SAMPLER_EVENT_OFF_CPU;
+			so.off_cpu_wakers = 1;
+			break;
 		case 'M':
 			if (cli_parse_int(optarg, 1, 60000000, &v) < 0) {
 				fprintf(stderr, "ember record: --off-cpu-min wants µs, 1..60000000\n");

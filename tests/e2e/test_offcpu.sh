@@ -43,6 +43,19 @@ if [ "${OFFCPU_API_ONLY:-0}" != 1 ]; then
 	check "no frame of the tracepoint or the BPF program" bash -c "! grep -qE '\\[k\\] (bpf_|__bpf_|__traceiter_|trace_)' '$E2E_TMP/off.folded'"
 	check "values are µs (integers > 0)" bash -c "awk '\$NF !~ /^[1-9][0-9]*$/ {bad=1} END {exit bad}' '$E2E_TMP/off.folded'"
 	check "the summary counts the blocks" grep -qE '^ember record: [1-9][0-9]* off-CPU blocks \(0 without stacks' "$E2E_TMP/off.err"
+	check "without --off-cpu-wakers, no waker frames" bash -c "! grep -q '\[w\] ' '$E2E_TMP/off.folded'"
+
+	# Who ended each wait: the pipe reader by main's write, the sleepers by the timer interrupt,
+	# the vfork parent by its child's exit; the blocked time is the same as without wakers.
+	"$EMBER_BIN" record --off-cpu-wakers -o "$E2E_TMP/wk.folded" -- "$W/offcpu" $SECS >"$E2E_TMP/wk.out" \
+		2>"$E2E_TMP/wk.err" || { cat "$E2E_TMP/wk.err"; fail "record --off-cpu-wakers"; }
+	tail -n 1 "$E2E_TMP/wk.err"
+	check "wakers: wait_pipe's read woken by offcpu's pipe write" grep -qE ';wait_pipe;\[l\] read;.*\[k\] __schedule;\[w\] offcpu;\[k\] try_to_wake_up;.*\[k\] (anon_)?pipe_write;.*\[k\] do_syscall_64' "$E2E_TMP/wk.folded"
+	check "wakers: nap woken by the timer interrupt" grep -qE ';nap;.*\[k\] __schedule;\[w\] interrupt;\[k\] try_to_wake_up;\[k\] hrtimer_wakeup;.*\[k\] asm_sysvec_apic_timer_interrupt [0-9]+$' "$E2E_TMP/wk.folded"
+	check "wakers: the vfork parent woken by its child's exit" grep -qE ';\[t\] vforker;.*__do_sys_vfork;.*\[k\] __schedule;\[w\] vforker;\[k\] try_to_wake_up;.*\[k\] do_exit' "$E2E_TMP/wk.folded"
+	wnap=$(sum "$E2E_TMP/wk.folded" ";[t] napper;[l] clone3;[l] start_thread;napper;nap;")
+	check "wakers: napper's blocked time unchanged ($wnap µs)" blocked_ok "$wnap" "$(mine napper "$E2E_TMP/wk.out")"
+	check "wakers: the summary counts them" grep -qE '^ember record: [1-9][0-9]* wakers taken' "$E2E_TMP/wk.err"
 
 	"$EMBER_BIN" record --off-cpu --unwind fp -o "$E2E_TMP/offfp.folded" -- "$W/offcpu" 1 >/dev/null 2>&1 || fail "record --off-cpu --unwind fp"
 	check "--unwind fp: napper blocked in a nanosleep" grep -qE '^offcpu;\[t\] napper;.*\[k\] [^;]*nanosleep' "$E2E_TMP/offfp.folded"

@@ -204,6 +204,48 @@ static void test_kernel(void **state)
 	sym_close(sym);
 }
 
+/*
+ * A waker's frames (innermost first, as bpf_get_stack gives them): the tracepoint's frames
+ * before try_to_wake_up are dropped, the rest follow "[w] comm" innermost first; from an
+ * interrupt the label is "interrupt" and the frames stop at its entry, from an exception
+ * (a page fault) the comm stays.
+ */
+static void test_waker(void **state)
+{
+	static const char *const names[] = {"__traceiter_sched_waking", "try_to_wake_up",
+					    "hrtimer_wakeup", "asm_sysvec_apic_timer_interrupt",
+					    "do_idle", "asm_exc_page_fault", "do_syscall_64"};
+	struct symbolizer *sym = open_sym(0);
+	struct strbuf sb = STRBUF_INIT;
+	uint64_t a[7], ips[4];
+
+	for (int i = 0; i < 7; i++) {
+		a[i] = kallsyms_addr(names[i]);
+		if (!a[i]) {
+			sym_close(sym);
+			skip();
+		}
+		a[i] += 8; /* a return address inside the function */
+	}
+	ips[0] = a[0], ips[1] = a[1], ips[2] = a[6];
+	assert_int_equal(sym_append_waker(sym, "wr;iter", ips, 3, &sb), 2);
+	assert_string_equal(sb.buf, "[w] wr:iter;[k] try_to_wake_up;[k] do_syscall_64");
+	sb_reset(&sb);
+
+	ips[0] = a[1], ips[1] = a[2], ips[2] = a[3], ips[3] = a[4];
+	assert_int_equal(sym_append_waker(sym, "swapper/1", ips, 4, &sb), 3);
+	assert_string_equal(sb.buf, "[w] interrupt;[k] try_to_wake_up;[k] hrtimer_wakeup;"
+				    "[k] asm_sysvec_apic_timer_interrupt");
+	sb_reset(&sb);
+
+	ips[2] = a[5];
+	assert_int_equal(sym_append_waker(sym, "app", ips, 4, &sb), 3);
+	assert_string_equal(sb.buf, "[w] app;[k] try_to_wake_up;[k] hrtimer_wakeup;"
+				    "[k] asm_exc_page_fault");
+	sb_free(&sb);
+	sym_close(sym);
+}
+
 static void test_perf_map(void **state)
 {
 	struct symbolizer *sym;
@@ -747,6 +789,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_libc),
 	    cmocka_unit_test(test_versioned_names),
 	    cmocka_unit_test(test_kernel),
+	    cmocka_unit_test(test_waker),
 	    cmocka_unit_test(test_perf_map),
 	    cmocka_unit_test(test_unknown_and_outermost),
 	    cmocka_unit_test(test_vdso),
