@@ -55,6 +55,7 @@
 #include <pthread.h>
 #include <regex.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,7 +98,9 @@
 #define CKPT_CACHE_KIB 1024             /* page cache of the checkpointer's connection */
 #define CKPT_IDLE_MS 1000               /* no commit for this long: the rest of the WAL too */
 #define WAL_KEEP_BYTES (64ll << 20)     /* a WAL reset after a checkpoint is cut to this size */
-#define VACUUM_CHUNK_PAGES 2048         /* free pages given back per write transaction (16 MiB) */
+#define VACUUM_CHUNK_PAGES 256          /* free pages given back per write transaction (2 MiB) */
+#define VACUUM_MIN_FREE_DIV 8           /* give pages back when over 1/8 of the file is free */
+#define PAUSE_MAX_US 100000             /* maintenance lets waiting batches go first this long */
 
 /* The logical table; each migration that rebuilds samples drops and re-creates it. */
 #define SQL_VIEW_IN_PROCESS \
@@ -259,6 +262,7 @@ struct sq_db {
 	uint64_t last_use; /* store tick of the last acquire */
 
 	pthread_mutex_t wlock; /* the write connection, its statements and the id caches */
+	atomic_int wwaiting;   /* batches waiting for wlock (sq_wlock_pause lets them in) */
 	struct sq_conn w;
 	sqlite3_stmt *wstmt[W_COUNT];
 	struct sq_cache_slot *stack_cache;   /* STACK_CACHE_ENTRIES */
@@ -486,6 +490,20 @@ static int sq_exec(sqlite3 *db, const char *sql, char *err, size_t errlen, const
 	return 0;
 }
 
+/* The single integer a PRAGMA answers, or -1. */
+static int64_t sq_pragma_int(sqlite3 *db, const char *sql)
+{
+	sqlite3_stmt *stmt;
+	int64_t v = -1;
+
+	if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) != SQLITE_OK)
+		return -1;
+	if (sqlite3_step(stmt) == SQLITE_ROW)
+		v = sqlite3_column_int64(stmt, 0);
+	sqlite3_finalize(stmt);
+	return v;
+}
+
 static int sq_conn_open(struct sq_conn *c, const char *path, int create, int cache_kib, char *err,
 			size_t errlen)
 {
@@ -506,13 +524,19 @@ static int sq_conn_open(struct sq_conn *c, const char *path, int create, int cac
 	sqlite3_progress_handler(c->db, PROGRESS_OPS, sq_progress, c);
 	sqlite3_create_function_v2(c->db, "regexp", 2, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL,
 				   sq_regexp, NULL, NULL, NULL);
-	/* auto_vacuum first: it takes effect only in a new file, before WAL mode and the first
-	 * table (no effect on an older file); the pages retention frees can then be given back to
-	 * the file system (sq_reclaim). */
+	/*
+	 * auto_vacuum first, by the writer of a new (empty) file only: it takes effect before WAL
+	 * mode and the first table, and then the pages retention frees can be given back to the
+	 * file system (sq_reclaim). On a file that has it already the pragma writes, so a reader
+	 * that sent it would wait for the writer's lock.
+	 */
 	snprintf(pragmas, sizeof(pragmas),
-		 "PRAGMA auto_vacuum=INCREMENTAL; PRAGMA page_size=%d; PRAGMA journal_mode=WAL;"
+		 "%sPRAGMA page_size=%d; PRAGMA journal_mode=WAL;"
 		 " PRAGMA synchronous=NORMAL; PRAGMA cache_size=-%d; PRAGMA mmap_size=%lld;"
 		 " PRAGMA journal_size_limit=%lld;",
+		 create && sq_pragma_int(c->db, "PRAGMA page_count") == 0
+		     ? "PRAGMA auto_vacuum=INCREMENTAL; "
+		     : "",
 		 PAGE_SIZE, cache_kib, MMAP_BYTES, WAL_KEEP_BYTES);
 	rc = sq_exec(c->db, pragmas, err, errlen, path);
 	if (rc) {
@@ -1292,7 +1316,9 @@ static int sq_insert(struct store *s, int org, const char *batch_id, const struc
 	rc = sq_db_get(st, org, 0, &d);
 	if (rc)
 		return rc;
+	atomic_fetch_add(&d->wwaiting, 1);
 	pthread_mutex_lock(&d->wlock);
+	atomic_fetch_sub(&d->wwaiting, 1);
 	rc = sq_insert_locked(d, batch_id, rows, n, duplicate, err, sizeof(err));
 	if (rc != SQLITE_OK) {
 		sq_set_err(st, "sqlite %.200s: batch '%.128s' (%zu rows): %.200s", d->path,
@@ -1842,25 +1868,25 @@ static int sq_prune_step(struct sq_db *d, const char *sql, int64_t param, int *c
 	return rc;
 }
 
-/* The single integer a PRAGMA answers, or -1. */
-static int64_t sq_pragma_int(sqlite3 *db, const char *sql)
+/*
+ * Between two chunks of maintenance (pruning, giving pages back), with wlock held: releases it,
+ * lets the batches waiting for it go first — glibc's mutexes are not fair, an unlock and a lock
+ * would take it straight back — for at most PAUSE_MAX_US, and takes it again.
+ */
+static void sq_wlock_pause(struct sq_db *d)
 {
-	sqlite3_stmt *stmt;
-	int64_t v = -1;
-
-	if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) != SQLITE_OK)
-		return -1;
-	if (sqlite3_step(stmt) == SQLITE_ROW)
-		v = sqlite3_column_int64(stmt, 0);
-	sqlite3_finalize(stmt);
-	return v;
+	pthread_mutex_unlock(&d->wlock);
+	for (int us = 0; atomic_load(&d->wwaiting) > 0 && us < PAUSE_MAX_US; us += 200)
+		usleep(200);
+	pthread_mutex_lock(&d->wlock);
 }
 
 /*
- * Gives the pages retention freed back to the file system, VACUUM_CHUNK_PAGES per write
- * transaction so that ingest waits one chunk at most; the file shrinks when the checkpointer
- * copies the WAL. Files made before auto_vacuum was set (schema 1 and 2 files of older ember)
- * keep their free pages for reuse: `VACUUM` once, ember stopped, converts them.
+ * Gives the pages retention freed back to the file system once more than 1/VACUUM_MIN_FREE_DIV
+ * of the file is free (less is soon reused by ingest), VACUUM_CHUNK_PAGES per write transaction
+ * so that ingest waits one chunk at most; the file shrinks when the checkpointer copies the WAL.
+ * Files made before auto_vacuum was set (by older ember) keep their free pages for reuse:
+ * `PRAGMA auto_vacuum=INCREMENTAL; VACUUM` once, ember stopped, converts them.
  */
 static int sq_reclaim(struct sq_store *st, struct sq_db *d)
 {
@@ -1870,7 +1896,9 @@ static int sq_reclaim(struct sq_store *st, struct sq_db *d)
 
 	snprintf(sql, sizeof(sql), "PRAGMA incremental_vacuum(%d)", VACUUM_CHUNK_PAGES);
 	pthread_mutex_lock(&d->wlock);
-	if (sq_pragma_int(d->w.db, "PRAGMA auto_vacuum") != 2) {
+	if (sq_pragma_int(d->w.db, "PRAGMA auto_vacuum") != 2 ||
+	    sq_pragma_int(d->w.db, "PRAGMA freelist_count") * VACUUM_MIN_FREE_DIV <
+		sq_pragma_int(d->w.db, "PRAGMA page_count")) {
 		pthread_mutex_unlock(&d->wlock);
 		return SQLITE_OK;
 	}
@@ -1885,8 +1913,7 @@ static int sq_reclaim(struct sq_store *st, struct sq_db *d)
 				   sqlite3_errmsg(d->w.db));
 			break;
 		}
-		pthread_mutex_unlock(&d->wlock);
-		pthread_mutex_lock(&d->wlock);
+		sq_wlock_pause(d);
 	}
 	pthread_mutex_unlock(&d->wlock);
 	return rc;
@@ -1902,14 +1929,14 @@ static int sq_prune_db(struct sq_store *st, struct sq_db *d, int64_t before, uin
 	snprintf(rows_sql, sizeof(rows_sql),
 		 "DELETE FROM samples WHERE (time, seq) IN (SELECT time, seq FROM samples"
 		 " WHERE time < ? LIMIT %d)", PRUNE_CHUNK);
-	do {
-		pthread_mutex_lock(&d->wlock);
-		rc = sq_prune_step(d, rows_sql, before, &changes);
-		pthread_mutex_unlock(&d->wlock);
-		*deleted += (uint64_t)changes;
-	} while (rc == SQLITE_OK && changes == PRUNE_CHUNK);
-
 	pthread_mutex_lock(&d->wlock);
+	for (;;) {
+		rc = sq_prune_step(d, rows_sql, before, &changes);
+		*deleted += (uint64_t)changes;
+		if (rc != SQLITE_OK || changes < PRUNE_CHUNK)
+			break;
+		sq_wlock_pause(d);
+	}
 	if (rc == SQLITE_OK)
 		rc = sq_prune_step(d, "DELETE FROM batches WHERE received_us < ?",
 				   before * 1000000, &changes);

@@ -2,6 +2,7 @@
  * test_store_sqlite — the SQLite store on real files in a temporary directory.
  */
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -967,6 +968,63 @@ static void test_prune_gives_space_back(void **state)
 	free(rows);
 }
 
+/*
+ * Readers never wait for a writer: with another process holding the write lock, a query that
+ * opens the store's first read connection answers at once. (A connection that sent a pragma
+ * which writes, as auto_vacuum does on a file that has it, waited the 5 s busy timeout and
+ * failed with "database is locked".)
+ */
+static void test_reader_opens_under_write_lock(void **state)
+{
+	struct fixture *f = *state;
+	struct profile_row rows[] = {row_make(100, "x", "main;a", 5)};
+	struct store_query q = query_make(0, 1000);
+	struct got g = {0};
+	sqlite3 *db;
+
+	insert_ok(f->s, 1, "b1", rows, 1);
+	db = raw_open(f->path);
+	raw_exec(db, "BEGIN IMMEDIATE");
+	assert_int_equal(query(f->s, 1, &q, &g), 0);
+	assert_int_equal(got_value(&g, "main;a"), 5);
+	raw_exec(db, "COMMIT");
+	sqlite3_close(db);
+	got_free(&g);
+}
+
+/*
+ * An older file, made without auto_vacuum: pruning works and keeps the free pages for reuse
+ * (nothing is given back, nothing fails).
+ */
+static void test_prune_without_auto_vacuum(void **state)
+{
+	struct fixture *f = *state;
+	struct profile_row rows[] = {row_make(100, "x", "main;a", 5), row_make(200, "x", "main;b", 7)};
+	struct store_query q = query_make(0, 1000);
+	char path[PATH_MAX + 16], err[256];
+	struct store *s;
+	struct got g = {0};
+	uint64_t deleted = 0;
+	sqlite3 *db;
+
+	snprintf(path, sizeof(path), "%s/old.db", f->dir);
+	db = raw_open(path);
+	raw_exec(db, "PRAGMA auto_vacuum=NONE; PRAGMA journal_mode=WAL; CREATE TABLE keep(x)");
+	sqlite3_close(db);
+	assert_int_equal(store_sqlite_open(path, &s, err, sizeof(err)), 0);
+	insert_ok(s, 1, "b1", rows, 2);
+	assert_int_equal(store_sqlite_prune(s, 150, &deleted), 0);
+	assert_int_equal(deleted, 1);
+	assert_int_equal(query(s, 1, &q, &g), 0);
+	assert_int_equal(g.n, 1);
+	assert_int_equal(got_value(&g, "main;b"), 7);
+	store_close(s);
+	db = raw_open(path);
+	assert_int_equal(raw_int(db, "PRAGMA auto_vacuum"), 0);
+	sqlite3_close(db);
+	got_free(&g);
+}
+
 /* A stack whose preferred id is taken by another text moves to the next free id. */
 static void test_stack_id_collision(void **state)
 {
@@ -1270,6 +1328,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_view_has_logical_columns, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_prune, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_prune_gives_space_back, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reader_opens_under_write_lock, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_prune_without_auto_vacuum, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stack_id_collision, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_time_limit, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_health, setup, teardown),
