@@ -83,6 +83,7 @@
 #define BUSY_TIMEOUT_MS 5000            /* wait for another process's write lock */
 #define MAX_STACK_BYTES (1u << 20)      /* largest decompressed stack text */
 #define PRUNE_CHUNK 20000               /* rows deleted per write transaction when pruning */
+#define PRUNE_CHUNK_STR "20000"
 #define PAGE_SIZE 8192                  /* for new files */
 #define WRITER_CACHE_KIB 16384          /* page cache of the write connection: the right edge of
 					 * samples, new stacks and contexts, and a batch's dirty
@@ -1922,6 +1923,12 @@ static int sq_reclaim(struct sq_store *st, struct sq_db *d)
 /* Deletes in short write transactions, so that ingest waits one chunk at most. */
 static int sq_prune_db(struct sq_store *st, struct sq_db *d, int64_t before, uint64_t *deleted)
 {
+	static const char *const orphans_sql[2] = {
+	    "DELETE FROM stacks WHERE id IN (SELECT id FROM stacks WHERE id NOT IN"
+	    " (SELECT stack_id FROM samples) LIMIT " PRUNE_CHUNK_STR ")",
+	    "DELETE FROM contexts WHERE id IN (SELECT id FROM contexts WHERE id NOT IN"
+	    " (SELECT context_id FROM samples) LIMIT " PRUNE_CHUNK_STR ")",
+	};
 	char rows_sql[160];
 	uint64_t deleted_before = *deleted;
 	int changes, rc;
@@ -1940,13 +1947,17 @@ static int sq_prune_db(struct sq_store *st, struct sq_db *d, int64_t before, uin
 	if (rc == SQLITE_OK)
 		rc = sq_prune_step(d, "DELETE FROM batches WHERE received_us < ?",
 				   before * 1000000, &changes);
-	if (rc == SQLITE_OK)
-		rc = sq_prune_step(d, "DELETE FROM stacks WHERE id NOT IN"
-				      " (SELECT stack_id FROM samples)", 0, &changes);
-	if (rc == SQLITE_OK)
-		rc = sq_prune_step(d, "DELETE FROM contexts WHERE id NOT IN"
-				      " (SELECT context_id FROM samples)", 0, &changes);
-	sq_cache_clear(d); /* cached ids may name deleted stacks and contexts */
+	/* Stacks and contexts no row names any more, in chunks too; the id caches are emptied
+	 * before each pause, as they may name what was deleted. */
+	for (int table = 0; table < 2 && rc == SQLITE_OK;) {
+		rc = sq_prune_step(d, orphans_sql[table], 0, &changes);
+		sq_cache_clear(d);
+		if (rc != SQLITE_OK)
+			break;
+		if (changes < PRUNE_CHUNK)
+			table++;
+		sq_wlock_pause(d);
+	}
 	if (rc != SQLITE_OK)
 		sq_set_err(st, "sqlite %.200s: pruning: %s", d->path, sqlite3_errmsg(d->w.db));
 	pthread_mutex_unlock(&d->wlock);
