@@ -21,6 +21,7 @@
 
 #define DIFF_MAX_INPUT (1ull << 30)
 #define DIFF_TOP_DEFAULT 20
+#define DIFF_TOP_MAX 1000000
 
 enum diff_out { DIFF_TABLE, DIFF_FOLDED, DIFF_SVG };
 
@@ -32,8 +33,9 @@ static void diff_usage(FILE *f)
 		"Compares two folded profiles (ember record's output, flamegraph.pl's input; '-' is\n"
 		"stdin). By default prints the --top N (20) leaf frames whose share changed most;\n"
 		"-o x.svg writes a differential flame graph (the new profile, red grew, blue shrank),\n"
-		"-o x.folded 'stack BEFORE AFTER' lines. BEFORE is scaled to AFTER's total so that\n"
-		"runs of different lengths compare by shares; --raw keeps the values as recorded.\n");
+		"-o x.folded 'stack BEFORE AFTER' lines. The table compares shares of each total;\n"
+		"the graph and the lines scale BEFORE to AFTER's total so that runs of different\n"
+		"lengths compare, unless --raw (the values as recorded).\n");
 }
 
 static int diff_out_from_name(const char *name, enum diff_out *out)
@@ -74,7 +76,7 @@ int cli_diff(int argc, char **argv)
 	struct diff_set d = {0};
 	enum diff_out fmt = DIFF_TABLE;
 	int opt, fmt_given = 0, raw = 0, ret = 1, rc;
-	int64_t top = DIFF_TOP_DEFAULT, before_raw;
+	int64_t top = DIFF_TOP_DEFAULT;
 	FILE *out = stdout;
 
 	while ((opt = getopt_long(argc, argv, "o:h", longopts, NULL)) != -1) {
@@ -89,8 +91,8 @@ int cli_diff(int argc, char **argv)
 			break;
 		case 'r': raw = 1; break;
 		case 't':
-			if (cli_parse_int(optarg, 1, 1000000, &top) < 0) {
-				fprintf(stderr, "ember diff: --top wants 1..1000000\n");
+			if (cli_parse_int(optarg, 1, DIFF_TOP_MAX, &top) < 0) {
+				fprintf(stderr, "ember diff: --top wants 1..%d\n", DIFF_TOP_MAX);
 				return 2;
 			}
 			break;
@@ -113,6 +115,10 @@ int cli_diff(int argc, char **argv)
 		diff_usage(stderr);
 		return 2;
 	}
+	if (strcmp(argv[optind], "-") == 0 && strcmp(argv[optind + 1], "-") == 0) {
+		fprintf(stderr, "ember diff: only one of BEFORE and AFTER can be '-' (stdin)\n");
+		return 2;
+	}
 	if (!fmt_given && output)
 		fmt = diff_out_from_path(output);
 	for (int i = 0; i < 2; i++) {
@@ -121,6 +127,11 @@ int cli_diff(int argc, char **argv)
 			goto out;
 	}
 	rc = diff_merge(buf[0], len[0], buf[1], len[1], &d, &bad[0], &bad[1]);
+	if (rc == -E2BIG) {
+		fprintf(stderr, "ember diff: more than %u lines in the two files (DIFF_MAX_STACKS)\n",
+			DIFF_MAX_STACKS);
+		goto out;
+	}
 	if (rc < 0) {
 		fprintf(stderr, "ember diff: %s\n", strerror(-rc));
 		goto out;
@@ -134,22 +145,25 @@ int cli_diff(int argc, char **argv)
 			argv[optind + (d.total_before == 0 ? 0 : 1)]);
 		goto out;
 	}
-	before_raw = d.total_before;
-	if (!raw)
-		diff_normalize(&d);
-	fprintf(stderr, "ember diff: %zu stacks; before %" PRId64 " %s%s, after %" PRId64 " %s\n",
-		d.n, before_raw, unit, raw ? "" : " (scaled to after's total)", d.total_after, unit);
+	if (diff_scale(&d, raw) < 0) {
+		fprintf(stderr, "ember diff: out of memory\n");
+		goto out;
+	}
+	fprintf(stderr, "ember diff: %zu stacks; before %" PRId64 " %s, after %" PRId64 " %s%s\n",
+		d.n, d.total_before, unit, d.total_after, unit,
+		raw || fmt == DIFF_TABLE ? "" : "; the baseline drawn scaled to after's total");
 	if (output && !(out = fopen(output, "w"))) {
 		fprintf(stderr, "ember diff: cannot write %s: %s\n", output, strerror(errno));
 		out = stdout;
 		goto out;
 	}
 	if (fmt == DIFF_SVG) {
-		struct export_opts eo = {.title = title, .unit = unit, .before = d.before};
+		struct export_opts eo = {.title = title, .unit = unit, .before = d.scaled};
 
 		if (!title) {
-			snprintf(deftitle, sizeof(deftitle), "%s → %s (red grew, blue shrank)",
-				 argv[optind], argv[optind + 1]);
+			snprintf(deftitle, sizeof(deftitle), "%s → %s (%sred grew, blue shrank)",
+				 argv[optind], argv[optind + 1],
+				 raw ? "" : "baseline scaled to this total; ");
 			eo.title = deftitle;
 		}
 		rc = export_write(EXPORT_SVG, &eo, d.stacks, d.lens, d.after, d.n, out);

@@ -158,7 +158,8 @@ struct query_req {
 	int64_t kdepth, org;
 };
 
-/* POSTs ProfileTracing for [from, to] into *resp. 0, or -1 with the reason printed. */
+/* POSTs ProfileTracing for [from, to] into *resp. 0, or httpc's negative errno with the
+ * reason printed. */
 static int query_post(const struct query_req *q, int64_t from, int64_t to,
 		      struct httpc_resp *resp)
 {
@@ -188,11 +189,9 @@ static int query_post(const struct query_req *q, int64_t from, int64_t to,
 		rc = httpc_do(&req, resp, err, sizeof(err));
 	}
 	sb_free(&body);
-	if (rc < 0) {
+	if (rc < 0)
 		fprintf(stderr, "ember query: %s\n", err);
-		return -1;
-	}
-	return 0;
+	return rc < 0 ? rc : 0;
 }
 
 /* The answer of a 200, its DESCRIPTION (if any) printed; NULL with the reason printed. */
@@ -220,7 +219,10 @@ static json_t *query_parse(const struct httpc_resp *resp)
 	return root;
 }
 
-/* Folded stacks of [from, to] into folded (empty when there is no data). 0 or -1. */
+/*
+ * Folded stacks of [from, to] into folded (empty when there is no data). 0, or a negative errno
+ * with the reason printed (-EPROTO: the server refused the query or answered nonsense).
+ */
 static int query_fetch_folded(const struct query_req *q, int64_t from, int64_t to,
 			      struct strbuf *folded)
 {
@@ -228,22 +230,53 @@ static int query_fetch_folded(const struct query_req *q, int64_t from, int64_t t
 	json_t *root = NULL, *result;
 	struct qnode *nodes;
 	size_t n;
-	int rc = -1;
+	int rc;
 
-	if (query_post(q, from, to, &resp) < 0 || !(root = query_parse(&resp)))
+	rc = query_post(q, from, to, &resp);
+	if (rc < 0)
 		goto out;
+	root = query_parse(&resp);
+	if (!root) {
+		rc = -EPROTO;
+		goto out;
+	}
 	result = json_object_get(root, "result");
 	if (json_is_array(result)) {
-		if (query_nodes(result, &nodes, &n) < 0)
+		rc = query_nodes(result, &nodes, &n);
+		if (rc < 0)
 			goto out;
 		query_folded(nodes, n, folded);
 		free(nodes);
 	}
-	rc = 0;
 out:
 	json_decref(root);
 	sb_free(&resp.body);
 	return rc;
+}
+
+/* The format a file name asks for: .svg, .folded, .pb.gz / .pprof; others keep the tree. */
+static void query_format_from_path(const char *path, enum query_format *fmt,
+				   enum export_format *efmt)
+{
+	static const struct {
+		const char *suffix;
+		enum query_format fmt;
+		enum export_format efmt;
+	} by_suffix[] = {{".svg", QF_EXPORT, EXPORT_SVG},
+			 {".folded", QF_FOLDED, EXPORT_FOLDED},
+			 {".pb.gz", QF_EXPORT, EXPORT_PPROF},
+			 {".pprof", QF_EXPORT, EXPORT_PPROF}};
+	size_t n = strlen(path);
+
+	for (size_t i = 0; i < sizeof(by_suffix) / sizeof(by_suffix[0]); i++) {
+		size_t k = strlen(by_suffix[i].suffix);
+
+		if (n > k && strcmp(path + n - k, by_suffix[i].suffix) == 0) {
+			*fmt = by_suffix[i].fmt;
+			*efmt = by_suffix[i].efmt;
+			return;
+		}
+	}
 }
 
 /* Opens output (NULL: stdout) once the answer is in hand, so a failed query truncates nothing. */
@@ -261,7 +294,9 @@ static FILE *query_open_out(const char *output)
 
 /*
  * --compare: the same query shifted back by `shift` seconds is the baseline; the answer is the
- * table of changes (tree), "stack BEFORE AFTER" (folded) or a differential SVG.
+ * table of changes (tree), "stack BEFORE AFTER" (folded) or a differential SVG, the baseline
+ * drawn scaled to now's total. 0, or a negative errno with the reason printed (-ENODATA: one of
+ * the two ranges has no data).
  */
 static int query_compare(const struct query_req *q, int64_t from, int64_t to, int64_t shift,
 			 enum query_format fmt, enum export_format efmt, const char *output)
@@ -269,30 +304,37 @@ static int query_compare(const struct query_req *q, int64_t from, int64_t to, in
 	struct strbuf now = STRBUF_INIT, then = STRBUF_INIT;
 	struct diff_set d = {0};
 	FILE *out = NULL;
-	int rc = -1;
+	int rc;
 
-	if (query_fetch_folded(q, from, to, &now) < 0 ||
-	    query_fetch_folded(q, from - shift, to - shift, &then) < 0)
+	rc = query_fetch_folded(q, from, to, &now);
+	if (rc == 0)
+		rc = query_fetch_folded(q, from - shift, to - shift, &then);
+	if (rc < 0)
 		goto out;
-	if (diff_merge(then.buf ? then.buf : "", then.len, now.buf ? now.buf : "", now.len, &d,
-		       NULL, NULL) < 0) {
-		fprintf(stderr, "ember query: out of memory comparing\n");
+	rc = diff_merge(then.buf ? then.buf : "", then.len, now.buf ? now.buf : "", now.len, &d,
+			NULL, NULL);
+	if (rc == 0)
+		rc = diff_scale(&d, 0);
+	if (rc < 0) {
+		fprintf(stderr, "ember query: comparing: %s\n",
+			rc == -E2BIG ? "more stacks than DIFF_MAX_STACKS" : strerror(-rc));
 		goto out;
 	}
 	if (d.total_after == 0 || d.total_before == 0) {
 		fprintf(stderr, "ember query: no data for %s between %" PRId64 " and %" PRId64 "%s\n",
 			q->app, d.total_after ? from - shift : from, d.total_after ? to - shift : to,
 			d.total_after ? " (the baseline)" : "");
+		rc = -ENODATA;
 		goto out;
 	}
 	fprintf(stderr,
-		"ember query: %zu stacks; %" PRId64 " s earlier %" PRId64 " %s (scaled to now's "
-		"total), now %" PRId64 "\n",
+		"ember query: %zu stacks; %" PRId64 " s earlier %" PRId64 " %s, now %" PRId64 "\n",
 		d.n, shift, d.total_before, query_unit(q->event), d.total_after);
-	diff_normalize(&d);
 	out = query_open_out(output);
-	if (!out)
+	if (!out) {
+		rc = -EIO;
 		goto out;
+	}
 	if (fmt == QF_TREE) {
 		rc = diff_write_table(&d, QUERY_COMPARE_TOP, query_unit(q->event), out);
 	} else if (fmt == QF_FOLDED) {
@@ -300,10 +342,12 @@ static int query_compare(const struct query_req *q, int64_t from, int64_t to, in
 	} else {
 		char title[300];
 		struct export_opts eo = {.title = title, .unit = query_unit(q->event),
-					 .before = d.before};
+					 .before = d.scaled};
 
-		snprintf(title, sizeof(title), "%s: now against %" PRId64 " s earlier (red grew, "
-			 "blue shrank)", q->app, shift);
+		snprintf(title, sizeof(title),
+			 "%s: now against %" PRId64 " s earlier (baseline scaled to this total; "
+			 "red grew, blue shrank)",
+			 q->app, shift);
 		rc = export_write(efmt, &eo, d.stacks, d.lens, d.after, d.n, out);
 	}
 	if (rc < 0)
@@ -314,7 +358,7 @@ out:
 	diff_free(&d);
 	sb_free(&now);
 	sb_free(&then);
-	return rc < 0 ? -1 : 0;
+	return rc;
 }
 
 int cli_query(int argc, char **argv)
@@ -344,8 +388,9 @@ int cli_query(int argc, char **argv)
 	enum export_format efmt = EXPORT_FOLDED;
 	const char *output = NULL;
 	FILE *out = NULL;
-	double min_percent = 0;
+	double min_percent = -1;
 	struct httpc_resp resp = {0};
+	int fmt_given = 0;
 	json_t *root = NULL;
 	int opt, ret = 1;
 
@@ -382,6 +427,7 @@ int cli_query(int argc, char **argv)
 			}
 			break;
 		case 'r':
+			fmt_given = 1;
 			if (strcmp(optarg, "tree") == 0)
 				fmt = QF_TREE;
 			else if (strcmp(optarg, "folded") == 0)
@@ -413,6 +459,15 @@ int cli_query(int argc, char **argv)
 		query_usage(stderr);
 		return 2;
 	}
+	/* -o x.svg, x.folded, x.pb.gz: the format from the name, as ember record and diff do */
+	if (!fmt_given && output)
+		query_format_from_path(output, &fmt, &efmt);
+	if (shift && min_percent >= 0) {
+		fprintf(stderr, "ember query: --min-percent is for the tree, not --compare's table\n");
+		return 2;
+	}
+	if (min_percent < 0)
+		min_percent = 0;
 	if (shift && (fmt == QF_JSON || (fmt == QF_EXPORT && efmt != EXPORT_SVG))) {
 		fprintf(stderr, "ember query: --compare writes tree (a table of changes), folded "
 				"or svg\n");

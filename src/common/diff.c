@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +69,7 @@ static int diff_line_cmp(const void *x, const void *y)
 
 void diff_free(struct diff_set *d)
 {
+	free(d->scaled);
 	free(d->stacks);
 	free(d->lens);
 	free(d->before);
@@ -127,26 +129,24 @@ out:
 	return rc;
 }
 
-void diff_normalize(struct diff_set *d)
+int diff_scale(struct diff_set *d, int raw)
 {
-	double k;
-	int64_t total = 0;
+	double k = 1;
 
-	if (d->total_before == 0 || d->total_after == 0)
-		return;
-	k = (double)d->total_after / (double)d->total_before;
-	for (size_t i = 0; i < d->n; i++) {
-		double v = (double)d->before[i] * k + 0.5;
-
-		d->before[i] = v >= (double)INT64_MAX ? INT64_MAX : (int64_t)v;
-		total = diff_add_sat(total, d->before[i]);
-	}
-	d->total_before = total;
+	free(d->scaled);
+	d->scaled = malloc((d->n ? d->n : 1) * sizeof(*d->scaled));
+	if (!d->scaled)
+		return -ENOMEM;
+	if (!raw && d->total_before && d->total_after)
+		k = (double)d->total_after / (double)d->total_before;
+	for (size_t i = 0; i < d->n; i++)
+		d->scaled[i] = (double)d->before[i] * k;
+	return 0;
 }
 
-static int64_t diff_change(const struct diff_leaf *l)
+static double diff_share(int64_t v, int64_t total)
 {
-	return l->after > l->before ? l->after - l->before : l->before - l->after;
+	return total ? 100.0 * (double)v / (double)total : 0.0;
 }
 
 static int diff_leaf_name_cmp(const void *x, const void *y)
@@ -156,10 +156,20 @@ static int diff_leaf_name_cmp(const void *x, const void *y)
 	return diff_cmp_bytes(a->name, a->len, b->name, b->len);
 }
 
-static int diff_leaf_change_cmp(const void *x, const void *y)
+/* The totals diff_leaves ranks by; qsort passes no context. */
+struct diff_totals {
+	int64_t before, after;
+};
+
+static double diff_change(const struct diff_leaf *l, const struct diff_totals *t)
+{
+	return fabs(diff_share(l->after, t->after) - diff_share(l->before, t->before));
+}
+
+static int diff_leaf_change_cmp(const void *x, const void *y, void *arg)
 {
 	const struct diff_leaf *a = x, *b = y;
-	int64_t ca = diff_change(a), cb = diff_change(b);
+	double ca = diff_change(a, arg), cb = diff_change(b, arg);
 
 	if (ca != cb)
 		return ca > cb ? -1 : 1;
@@ -184,7 +194,8 @@ int diff_leaves(const struct diff_set *d, struct diff_leaf **out, size_t *n)
 		v[i] = (struct diff_leaf){leaf, d->lens[i] - (size_t)(leaf - s), d->before[i],
 					  d->after[i]};
 	}
-	qsort(v, d->n, sizeof(*v), diff_leaf_name_cmp);
+	if (d->n)
+		qsort(v, d->n, sizeof(*v), diff_leaf_name_cmp);
 	for (size_t i = 0; i < d->n; i++) {
 		if (m && diff_leaf_name_cmp(&v[m - 1], &v[i]) == 0) {
 			v[m - 1].before = diff_add_sat(v[m - 1].before, v[i].before);
@@ -193,15 +204,11 @@ int diff_leaves(const struct diff_set *d, struct diff_leaf **out, size_t *n)
 			v[m++] = v[i];
 		}
 	}
-	qsort(v, m, sizeof(*v), diff_leaf_change_cmp);
+	qsort_r(v, m, sizeof(*v), diff_leaf_change_cmp,
+		&(struct diff_totals){d->total_before, d->total_after});
 	*out = v;
 	*n = m;
 	return 0;
-}
-
-static double diff_share(int64_t v, int64_t total)
-{
-	return total ? 100.0 * (double)v / (double)total : 0.0;
 }
 
 int diff_write_table(const struct diff_set *d, size_t top, const char *unit, FILE *out)
@@ -211,27 +218,35 @@ int diff_write_table(const struct diff_set *d, size_t top, const char *unit, FIL
 
 	if (diff_leaves(d, &leaves, &n) < 0)
 		return -ENOMEM;
-	fprintf(out, "%9s %9s %8s %14s %14s  %s\n", "before%", "after%", "change", "before",
+	fprintf(out, "%8s %8s %8s %14s %14s  %s\n", "before%", "after%", "change", "before",
 		"after", "leaf frame");
 	for (size_t i = 0; i < n && i < top; i++) {
 		const struct diff_leaf *l = &leaves[i];
 		double b = diff_share(l->before, d->total_before),
 		       a = diff_share(l->after, d->total_after);
 
-		if (l->before == l->after)
-			break;
-		fprintf(out, "%8.2f%% %8.2f%% %+7.2f %14" PRId64 " %14" PRId64 "  %.*s\n", b, a,
+		if (a - b < 0.005 && b - a < 0.005)
+			break; /* no change shows in the table's precision: none after it either */
+		fprintf(out, "%7.2f%% %7.2f%% %+8.2f %14" PRId64 " %14" PRId64 "  %.*s\n", b, a,
 			a - b, l->before, l->after, (int)l->len, l->name);
 	}
-	fprintf(out, "(change: percentage points of the total; values in %s)\n", unit);
+	fprintf(out, "(change: percentage points of the total; values in %s, as recorded)\n",
+		unit);
 	free(leaves);
 	return fflush(out) != 0 || ferror(out) ? -EIO : 0;
 }
 
 int diff_write_folded(const struct diff_set *d, FILE *out)
 {
-	for (size_t i = 0; i < d->n; i++)
-		fprintf(out, "%.*s %" PRId64 " %" PRId64 "\n", (int)d->lens[i], d->stacks[i],
-			d->before[i], d->after[i]);
+	for (size_t i = 0; i < d->n; i++) {
+		double b = d->scaled ? d->scaled[i] : (double)d->before[i];
+
+		if (b == floor(b) && b < 1e15)
+			fprintf(out, "%.*s %.0f %" PRId64 "\n", (int)d->lens[i], d->stacks[i], b,
+				d->after[i]);
+		else
+			fprintf(out, "%.*s %.2f %" PRId64 "\n", (int)d->lens[i], d->stacks[i], b,
+				d->after[i]);
+	}
 	return fflush(out) != 0 || ferror(out) ? -EIO : 0;
 }

@@ -16,6 +16,7 @@
 #include "common/export.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -320,15 +321,19 @@ static void svg_color(struct strbuf *sb, const char *s, size_t len, bool root)
 	sb_printf(sb, "rgb(%d,%d,%d)", r, g, b);
 }
 
-/* A differential frame: red for growth, blue for shrinkage, white for none (as flamegraph.pl). */
-static void svg_diff_color(struct strbuf *sb, int64_t delta, int64_t max_delta)
+/*
+ * A differential frame: red for growth, blue for shrinkage, the deeper the nearer the largest
+ * change of the graph; near white for none (as flamegraph.pl). Changes below half a unit (a
+ * scaled baseline's rounding) count as none.
+ */
+static void svg_diff_color(struct strbuf *sb, double delta, double max_delta)
 {
-	double k = max_delta ? (double)(delta < 0 ? -delta : delta) / (double)max_delta : 0;
-	int fade = 250 - (int)(200 * k);
+	double k = max_delta > 0 ? fabs(delta) / max_delta : 0;
+	int fade = 250 - (int)(200 * (k > 1 ? 1 : k));
 
-	if (delta > 0)
+	if (delta >= 0.5)
 		sb_printf(sb, "rgb(255,%d,%d)", fade, fade);
-	else if (delta < 0)
+	else if (delta <= -0.5)
 		sb_printf(sb, "rgb(%d,%d,255)", fade, fade);
 	else
 		sb_puts(sb, "rgb(250,250,250)");
@@ -336,9 +341,19 @@ static void svg_diff_color(struct strbuf *sb, int64_t delta, int64_t max_delta)
 
 /* What a frame weighs: its value, and in a differential graph the baseline's and the change. */
 struct svg_val {
-	int64_t value, before, max_delta;
+	int64_t value;
+	double before, max_delta;
 	bool diff;
 };
+
+/* A baseline value: whole when it is, else one decimal (a scaled baseline). */
+static void svg_put_base(struct strbuf *sb, double v)
+{
+	if (v == floor(v) && fabs(v) < 1e15)
+		sb_printf(sb, "%.0f", v);
+	else
+		sb_printf(sb, "%.1f", v);
+}
 
 static void svg_frame(struct strbuf *sb, const char *name, size_t len, bool root,
 		      const struct svg_val *v, int64_t total, const char *unit, double x, double y,
@@ -348,18 +363,23 @@ static void svg_frame(struct strbuf *sb, const char *name, size_t len, bool root
 	ex_xml_escape(sb, name, len, SIZE_MAX);
 	sb_printf(sb, " (%lld %s, %.2f%%", (long long)v->value, unit,
 		  total ? 100.0 * (double)v->value / (double)total : 0.0);
-	if (v->diff && v->before)
-		sb_printf(sb, "; before %lld, %+lld, %+.2f%%", (long long)v->before,
-			  (long long)(v->value - v->before),
-			  100.0 * (double)(v->value - v->before) / (double)v->before);
-	else if (v->diff)
+	if (v->diff && v->before > 0) {
+		double d = (double)v->value - v->before;
+
+		sb_puts(sb, "; before ");
+		svg_put_base(sb, v->before);
+		sb_puts(sb, d < 0 ? ", -" : ", +");
+		svg_put_base(sb, fabs(d));
+		sb_printf(sb, ", %+.2f%%", 100.0 * d / v->before);
+	} else if (v->diff) {
 		sb_puts(sb, "; before 0, new");
+	}
 	sb_printf(sb,
 		  ")</title><rect x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" "
 		  "height=\"%d\" rx=\"2\" fill=\"",
 		  x, y, w, SVG_FRAME_H - 1);
 	if (v->diff)
-		svg_diff_color(sb, v->value - v->before, v->max_delta);
+		svg_diff_color(sb, (double)v->value - v->before, v->max_delta);
 	else
 		svg_color(sb, name, len, root);
 	sb_printf(sb, "\"/><text x=\"%.2f\" y=\"%.1f\">", x + 3, y + 11.5);
@@ -448,8 +468,8 @@ static size_t svg_common(const char *a, size_t la, const char *b, size_t lb)
 struct svg_open {
 	const char *name;
 	size_t len;
-	int64_t start;	/* left edge, in value units from the left of "all" */
-	int64_t bstart; /* the same in the baseline's values (differential graphs) */
+	int64_t start; /* left edge, in value units from the left of "all" */
+	double bstart; /* the same in the baseline's values (differential graphs) */
 };
 
 struct svg_walk {
@@ -457,17 +477,14 @@ struct svg_walk {
 	struct strbuf *sb;     /* NULL in the measuring pass */
 	FILE *out;
 	const char *unit;
-	const int64_t *before; /* baseline values, or NULL */
-	int64_t total, bx;     /* bx: the walk's position in baseline values */
-	int64_t max_delta;     /* largest |change| of a drawn frame, from the measuring pass */
-	double scale, base;    /* px per value unit; y of the "all" frame */
+	const double *before; /* baseline values, or NULL */
+	int64_t total;
+	double bx;	   /* the walk's position in baseline values */
+	double max_delta;  /* largest |change| of a drawn frame, from the measuring pass */
+	double scale, base; /* px per value unit; y of the "all" frame */
 	size_t max_depth, omitted;
+	size_t gone; /* differential: frames of the baseline only (no width now) */
 };
-
-static int64_t ex_abs_diff(int64_t a, int64_t b)
-{
-	return a > b ? a - b : b - a;
-}
 
 /* Frame d (1-based depth) of the open stack ends at x = end. */
 static int svg_close(struct svg_walk *w, size_t d, int64_t end)
@@ -476,6 +493,10 @@ static int svg_close(struct svg_walk *w, size_t d, int64_t end)
 	double width = (double)(end - f->start) * w->scale;
 	struct svg_val v = {end - f->start, w->bx - f->bstart, w->max_delta, w->before != NULL};
 
+	if (v.diff && v.value == 0) {
+		w->gone++;
+		return 0;
+	}
 	if (width < EXPORT_SVG_MIN_PX) {
 		w->omitted++;
 		return 0;
@@ -483,8 +504,8 @@ static int svg_close(struct svg_walk *w, size_t d, int64_t end)
 	if (d > w->max_depth)
 		w->max_depth = d;
 	if (!w->sb) {
-		if (v.diff && ex_abs_diff(v.value, v.before) > w->max_delta)
-			w->max_delta = ex_abs_diff(v.value, v.before);
+		if (v.diff && fabs((double)v.value - v.before) > w->max_delta)
+			w->max_delta = fabs((double)v.value - v.before);
 		return 0;
 	}
 	svg_frame(w->sb, f->name, f->len, false, &v, w->total, w->unit,
@@ -502,6 +523,7 @@ static int svg_walk(struct svg_walk *w, const struct svg_in *in, const int64_t *
 
 	w->max_depth = 0;
 	w->omitted = 0;
+	w->gone = 0;
 	w->bx = 0;
 	for (size_t k = 0; k < n; k++) {
 		size_t i = order[k], common = 0, frame = 0, start = 0;
@@ -531,7 +553,7 @@ static int svg_walk(struct svg_walk *w, const struct svg_in *in, const int64_t *
 		}
 		x = ex_add_sat(x, values[i]);
 		if (w->before)
-			w->bx = ex_add_sat(w->bx, w->before[i]);
+			w->bx += w->before[i];
 	}
 	for (; depth > 0; depth--) {
 		rc = svg_close(w, depth, x);
@@ -564,7 +586,7 @@ static int ex_write_svg(const struct export_opts *o, const char *unit, const cha
 		order[m++] = i;
 		w.total = ex_add_sat(w.total, values[i]);
 		if (o->before)
-			all.before = ex_add_sat(all.before, o->before[i]);
+			all.before += o->before[i];
 	}
 	qsort_r(order, m, sizeof(*order), svg_cmp, &in);
 	w.scale = w.total ? width / (double)w.total : 0;
@@ -598,11 +620,15 @@ static int ex_write_svg(const struct export_opts *o, const char *unit, const cha
 		  "<text id=\"matched\" class=\"r\" x=\"%d\" y=\"%.0f\"> </text>\n",
 		  SVG_PAD, EXPORT_SVG_WIDTH - SVG_PAD, SVG_PAD, height - 20,
 		  EXPORT_SVG_WIDTH - SVG_PAD, height - 6);
-	if (w.omitted)
-		sb_printf(&sb,
-			  "<text id=\"omitted\" x=\"%d\" y=\"%.0f\">%zu frames narrower than "
-			  "%g px omitted</text>\n",
-			  SVG_PAD, height - 6, w.omitted, EXPORT_SVG_MIN_PX);
+	if (w.omitted || w.gone) {
+		sb_printf(&sb, "<text id=\"omitted\" x=\"%d\" y=\"%.0f\">", SVG_PAD, height - 6);
+		if (w.omitted)
+			sb_printf(&sb, "%zu frames narrower than %g px omitted%s", w.omitted,
+				  EXPORT_SVG_MIN_PX, w.gone ? "; " : "");
+		if (w.gone)
+			sb_printf(&sb, "%zu frames only in the baseline", w.gone);
+		sb_puts(&sb, "</text>\n");
+	}
 	all.value = w.total;
 	all.max_delta = w.max_delta;
 	svg_frame(&sb, "all", 3, true, &all, w.total, unit, SVG_PAD, w.base, w.total ? width : 0);
@@ -968,9 +994,9 @@ int export_write(enum export_format fmt, const struct export_opts *opts, const c
 		return -EINVAL;
 	}
 	for (size_t i = 0; i < n; i++) {
-		if (values[i] < 0 || (o.before && o.before[i] < 0)) {
-			log_error("stack %zu: negative value %lld", i,
-				  (long long)(values[i] < 0 ? values[i] : o.before[i]));
+		if (values[i] < 0 || (o.before && !(o.before[i] >= 0))) {
+			log_error("stack %zu: negative value %g", i,
+				  values[i] < 0 ? (double)values[i] : o.before[i]);
 			return -EINVAL;
 		}
 	}

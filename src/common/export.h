@@ -57,13 +57,14 @@ struct export_opts {
 	int64_t period;	   /* µs per sample (10101 at 99 Hz); 0: unknown. pprof only */
 	/*
 	 * SVG only, a differential flame graph: before[i] >= 0 is stack i's value in a baseline
-	 * (scaled to the same total by the caller when shares are to be compared). Widths stay
-	 * the values; each frame is coloured by its change (after - before): red grew, blue
-	 * shrank, the deeper the more, relative to the largest change of any frame; near white
-	 * unchanged. Its title gives both values. Stacks only in the baseline have value 0 and no
-	 * width. NULL: a plain flame graph.
+	 * (scaled to the same total by the caller when shares are to be compared: fractions
+	 * kept). Widths stay the values; each frame is coloured by its change (value - before):
+	 * red grew, blue shrank, the deeper the more, relative to the largest change of any frame;
+	 * near white unchanged. Its title gives both values. Stacks only in the baseline have
+	 * value 0 and no width; the note under the graph counts their frames. NULL: a plain
+	 * flame graph.
 	 */
-	const int64_t *before;
+	const double *before;
 	size_t max_frames; /* speedscope, pprof; 0: EXPORT_DEFAULT_MAX_FRAMES */
 };
 

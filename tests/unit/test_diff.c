@@ -66,24 +66,99 @@ static void test_merge(void **state)
 	diff_free(&d);
 }
 
-/* A run twice as long compares by shares: the baseline is scaled to the new total. */
-static void test_normalize(void **state)
+static double scaled_of(const struct diff_set *d, const char *stack)
 {
-	const char *a = "x 30\ny 10\n", *b = "x 40\ny 40\n";
+	for (size_t i = 0; i < d->n; i++)
+		if (d->lens[i] == strlen(stack) && memcmp(d->stacks[i], stack, d->lens[i]) == 0)
+			return d->scaled[i];
+	fail_msg("no stack %s", stack);
+	return -1;
+}
+
+/*
+ * A run twice as long compares by shares: the baseline is drawn scaled to the new total, the
+ * recorded values stay. Scaling down keeps fractions: a long baseline against a short run
+ * does not round to nothing.
+ */
+static void test_scale(void **state)
+{
+	const char *a = "x 30\ny 10\n", *b = "x 40\ny 40\n", *big = "x 4000\ny 6000\n";
 	struct diff_set d;
 
 	assert_int_equal(diff_merge(a, strlen(a), b, strlen(b), &d, NULL, NULL), 0);
-	diff_normalize(&d);
-	assert_int_equal(value_of(&d, "x", 0), 60);
-	assert_int_equal(value_of(&d, "y", 0), 20);
-	assert_int_equal(d.total_before, 80);
+	assert_int_equal(diff_scale(&d, 0), 0);
+	assert_true(scaled_of(&d, "x") == 60 && scaled_of(&d, "y") == 20);
+	assert_int_equal(value_of(&d, "x", 0), 30);
+	assert_int_equal(d.total_before, 40);
+	assert_int_equal(diff_scale(&d, 1), 0); /* raw */
+	assert_true(scaled_of(&d, "x") == 30);
+	diff_free(&d);
+
+	assert_int_equal(diff_merge(big, strlen(big), "x 1\n", 4, &d, NULL, NULL), 0);
+	assert_int_equal(diff_scale(&d, 0), 0);
+	assert_true(scaled_of(&d, "x") == 0.4 && scaled_of(&d, "y") == 0.6);
 	diff_free(&d);
 
 	/* an empty side: nothing to scale by */
 	assert_int_equal(diff_merge("", 0, b, strlen(b), &d, NULL, NULL), 0);
-	diff_normalize(&d);
-	assert_int_equal(value_of(&d, "x", 0), 0);
-	assert_int_equal(d.total_before, 0);
+	assert_int_equal(diff_scale(&d, 0), 0);
+	assert_true(scaled_of(&d, "x") == 0);
+	diff_free(&d);
+}
+
+/* Output of fn into a malloc'ed string. */
+static char *written(int (*fn)(const struct diff_set *, FILE *), const struct diff_set *d)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	assert_non_null(f);
+	assert_int_equal(fn(d, f), 0);
+	fclose(f);
+	return buf;
+}
+
+static int write_table_3(const struct diff_set *d, FILE *f)
+{
+	return diff_write_table(d, 3, "samples", f);
+}
+
+/*
+ * The table ranks by the change of share, whatever the totals: hot grew tenfold in value but
+ * its share went 50 % → 50 %, cold kept its value and fell to 5 %; the columns line up under
+ * the header, values as recorded, and equal shares end the list.
+ */
+static void test_table(void **state)
+{
+	const char *a = "x;hot 100\nx;cold 100\n", *b = "x;hot 1000\nx;cold 100\nx;mid 900\n";
+	struct diff_set d;
+	char *t;
+
+	assert_int_equal(diff_merge(a, strlen(a), b, strlen(b), &d, NULL, NULL), 0);
+	assert_int_equal(diff_scale(&d, 0), 0);
+	t = written(write_table_3, &d);
+	assert_string_equal(t, " before%   after%   change         before          after  leaf frame\n"
+			       "  50.00%    5.00%   -45.00            100            100  cold\n"
+			       "   0.00%   45.00%   +45.00              0            900  mid\n"
+			       "(change: percentage points of the total; values in samples, as "
+			       "recorded)\n");
+	free(t);
+	diff_free(&d);
+}
+
+/* "stack BEFORE AFTER", the baseline as scaled: whole numbers bare, fractions with two decimals. */
+static void test_folded(void **state)
+{
+	const char *a = "p;a 1\np;b 2\n", *b = "p;a 2\np;c 2\n";
+	struct diff_set d;
+	char *t;
+
+	assert_int_equal(diff_merge(a, strlen(a), b, strlen(b), &d, NULL, NULL), 0);
+	assert_int_equal(diff_scale(&d, 0), 0);
+	t = written(diff_write_folded, &d);
+	assert_string_equal(t, "p;a 1.33 2\np;b 2.67 0\np;c 0 2\n");
+	free(t);
 	diff_free(&d);
 }
 
@@ -97,7 +172,8 @@ static void test_leaves(void **state)
 				    &d, NULL, NULL),
 			 0);
 	assert_int_equal(diff_leaves(&d, &l, &n), 0);
-	/* hot: 50 → 40 (two stacks summed), parse 15 → 60, gone 35 → 0 */
+	/* by the change of share: parse 15 % → 60 %, gone 35 % → 0 %, hot 50 % → 40 % (two
+	 * stacks summed) */
 	assert_int_equal(n, 3);
 	assert_int_equal((int)l[0].len, 5);
 	assert_memory_equal(l[0].name, "parse", 5);
@@ -116,7 +192,9 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_merge),
-	    cmocka_unit_test(test_normalize),
+	    cmocka_unit_test(test_scale),
+	    cmocka_unit_test(test_table),
+	    cmocka_unit_test(test_folded),
 	    cmocka_unit_test(test_leaves),
 	};
 

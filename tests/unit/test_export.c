@@ -393,7 +393,8 @@ static void test_svg_diff(void **state)
 {
 	const char *s[] = {"a;b", "a;c", "d", "gone"};
 	size_t l[] = {3, 3, 1, 4};
-	int64_t after[] = {40, 30, 30, 0}, before[] = {10, 30, 50, 10};
+	int64_t after[] = {40, 30, 30, 0};
+	double before[] = {10, 30, 50, 10};
 	struct export_opts opts = {.title = "diff", .before = before};
 	struct svg_frame a, b, c, d, all;
 	struct out o;
@@ -408,6 +409,9 @@ static void test_svg_diff(void **state)
 	c = svg_find(o.buf, "c (30 samples, 30.00%; before 30, +0, +0.00%)");
 	d = svg_find(o.buf, "d (30 samples, 30.00%; before 50, -20, -40.00%)");
 	assert_null(strstr(o.buf, "<title>gone"));
+	/* the stack that is gone is counted as such, not as too narrow */
+	assert_non_null(strstr(o.buf, ">1 frames only in the baseline</text>"));
+	assert_null(strstr(o.buf, "narrower"));
 	assert_width_of(&all, 100, 100);
 	assert_width_of(&a, 70, 100);
 	assert_width_of(&b, 40, 100);
@@ -425,6 +429,15 @@ static void test_svg_diff(void **state)
 	before[0] = 0;
 	assert_int_equal(run(EXPORT_SVG, &opts, s, l, after, 4, &o), 0);
 	svg_find(o.buf, "b (40 samples, 40.00%; before 0, new)");
+	free(o.buf);
+
+	/* a scaled baseline keeps its fractions; a root that changed more than any frame (a raw
+	 * comparison) stays a colour, the deepest red */
+	before[0] = 2.5, before[1] = 7.25, before[2] = 7.5, before[3] = 2.75;
+	assert_int_equal(run(EXPORT_SVG, &opts, s, l, after, 4, &o), 0);
+	svg_find(o.buf, "b (40 samples, 40.00%; before 2.5, +37.5, +1500.00%)");
+	all = svg_find(o.buf, "all (100 samples, 100.00%; before 20, +80, +400.00%)");
+	assert_string_equal(all.fill, "rgb(255,50,50)");
 	free(o.buf);
 
 	before[0] = -1;
