@@ -113,6 +113,7 @@ static int query_print(json_t *result, enum query_format fmt, enum export_format
 	struct qnode *nodes;
 	size_t n;
 	int64_t root_total;
+	int rc = 0;
 
 	if (query_nodes(result, &nodes, &n) < 0)
 		return -ENOMEM;
@@ -141,16 +142,17 @@ static int query_print(json_t *result, enum query_format fmt, enum export_format
 					   ? NULL
 					   : event,
 		};
-		int rc = export_write_folded_text(efmt, &eo, folded.buf ? folded.buf : "",
-						  folded.len, out, NULL);
-
+		rc = export_write_folded_text(efmt, &eo, folded.buf ? folded.buf : "", folded.len,
+					      out, NULL);
 		if (rc < 0)
 			fprintf(stderr, "ember query: writing %s failed: %s\n",
 				export_format_name(efmt), strerror(-rc));
 	}
 	sb_free(&folded);
 	free(nodes);
-	return 0;
+	if (rc == 0 && (fflush(out) != 0 || ferror(out)))
+		rc = -EIO;
+	return rc;
 }
 
 struct query_req {
