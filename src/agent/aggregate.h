@@ -18,7 +18,7 @@
  *  - with DWARF unwinding, every stack row of a process carries the custom tag
  *    AGGREGATE_TAG_UNWIND_COMPLETE = "000".."100": ⌊100 × complete walks / walks⌋ of that
  *    process in the window, three digits so string comparisons order it ("100" only when
-	 *    every walk reached the entry point). Total rows and frame-pointer rows have none;
+ *    every walk reached the entry point). Total rows and frame-pointer rows have none;
  *  - every off-CPU row carries AGGREGATE_TAG_OFFCPU_STATE = "S" (its threads slept:
  *    TASK_INTERRUPTIBLE) or "D" (uninterruptible: disk I/O, some locks, a vfork parent), one
  *    row per state when a stack has both.

@@ -399,18 +399,57 @@ static int sampler_attach_events(struct sampler *s)
 	return 0;
 }
 
+/*
+ * The kernel's entry text and, inside it, the interrupt and exception entries' (irqentry), where
+ * waker stacks are cut and their comm left out (oncpu.bpf.c): [r[0], r[1]) and [r[2], r[3]),
+ * 0s for a range kallsyms does not give.
+ */
+static void sampler_entry_text(uint64_t r[4])
+{
+	static const char *const names[4] = {"__entry_text_start", "__entry_text_end",
+					     "__irqentry_text_start", "__irqentry_text_end"};
+	char line[256], name[128], type;
+	unsigned long long addr;
+	FILE *f = fopen("/proc/kallsyms", "r");
+	int found = 0;
+
+	memset(r, 0, 4 * sizeof(*r));
+	if (!f)
+		return;
+	while (found < 4 && fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%llx %c %127s", &addr, &type, name) != 3)
+			continue;
+		for (int i = 0; i < 4; i++)
+			if (!r[i] && strcmp(name, names[i]) == 0) {
+				r[i] = addr;
+				found++;
+			}
+	}
+	fclose(f);
+	for (int i = 0; i < 4; i += 2)
+		if (!r[i] || r[i + 1] <= r[i])
+			r[i] = r[i + 1] = 0;
+}
+
 static void sampler_size_maps(struct sampler *s, int ncpu)
 {
-	double per_window = (double)ncpu * s->opts.frequency * s->opts.flush_seconds;
+	int on = !!(s->opts.events & SAMPLER_EVENT_ON_CPU), off = !!(s->opts.events &
+								     SAMPLER_EVENT_OFF_CPU);
+	double per_window = on ? (double)ncpu * s->opts.frequency * s->opts.flush_seconds : 0;
+	/* Off-CPU: the captures of a drain period at most, each a key and up to three stacks
+	 * (user, kernel, waker) in ustacks — reused captures store nothing new. */
+	double off_window = off ? (double)ncpu * s->opts.off_cpu_captures * s->opts.flush_seconds : 0;
+	int off_stacks = s->opts.off_cpu_wakers ? 3 : 2;
 
 	s->kstacks_max = sampler_pow2_clamp(per_window * SAMPLER_KSTACK_FACTOR, SAMPLER_STACK_MIN,
 					    SAMPLER_STACK_MAX);
-	s->ustacks_max = sampler_pow2_clamp(per_window * SAMPLER_USTACK_FACTOR, SAMPLER_STACK_MIN,
-					    SAMPLER_STACK_MAX);
+	s->ustacks_max = sampler_pow2_clamp(per_window * SAMPLER_USTACK_FACTOR +
+						off_window * off_stacks,
+					    SAMPLER_STACK_MIN, SAMPLER_STACK_MAX);
 	if (s->opts.counts_entries)
 		s->counts_max = s->opts.counts_entries;
 	else
-		s->counts_max = sampler_pow2_clamp(per_window * SAMPLER_COUNTS_FACTOR,
+		s->counts_max = sampler_pow2_clamp(per_window * SAMPLER_COUNTS_FACTOR + off_window,
 						   SAMPLER_COUNTS_MIN, SAMPLER_COUNTS_MAX);
 	bpf_map__set_max_entries(s->skel->maps.kstacks_a, s->kstacks_max);
 	bpf_map__set_max_entries(s->skel->maps.kstacks_b, s->kstacks_max);
@@ -423,8 +462,9 @@ static void sampler_size_maps(struct sampler *s, int ncpu)
 	       (uint64_t)s->ccache_entries * s->n_possible_cpus * SAMPLER_CCACHE_SHARE > s->counts_max)
 		s->ccache_entries /= 2;
 	s->skel->rodata->ccache_entries = s->ccache_entries;
-	/* Three hashes per off-CPU key (user, kernel and waker frames), one per on-CPU key. */
-	s->used_uhash_max = 3 * (s->counts_max + s->ccache_entries * (uint32_t)s->n_possible_cpus);
+	/* Hashes per key: one on-CPU (user frames); off-CPU also the kernel and waker frames. */
+	s->used_uhash_max = (uint32_t)(off ? off_stacks : 1) *
+			    (s->counts_max + s->ccache_entries * (uint32_t)s->n_possible_cpus);
 	if (s->opts.unwind == SAMPLER_UNWIND_DWARF) {
 		bpf_map__set_max_entries(s->skel->maps.unw_slots, SAMPLER_UNW_SLOTS);
 		bpf_map__set_max_entries(s->skel->maps.unw_procs, SAMPLER_UNW_PROCS);
@@ -872,6 +912,15 @@ int sampler_open(const struct sampler_opts *opts, struct sampler **out)
 	s->skel->rodata->offcpu_wakers_on = s->opts.off_cpu_wakers;
 	if (!s->opts.off_cpu_wakers)
 		bpf_program__set_autoload(s->skel->progs.oncpu_waking, false);
+	else {
+		uint64_t r[4];
+
+		sampler_entry_text(r);
+		s->skel->rodata->entry_text_start = r[0];
+		s->skel->rodata->entry_text_end = r[1];
+		s->skel->rodata->irqentry_text_start = r[2];
+		s->skel->rodata->irqentry_text_end = r[3];
+	}
 	sampler_size_maps(s, ncpu);
 
 	ret = oncpu_bpf__load(s->skel);

@@ -391,12 +391,22 @@ int sym_append_kernel_blocked(struct symbolizer *sym, const uint64_t *ips, size_
 	return sym_append_kernel_from(sym, ips, first, n, 1, out);
 }
 
+/* Frames of the tracing machinery itself: the tracepoint and the BPF program that took the stack. */
+static int sym_is_tracing_frame(const char *name)
+{
+	return strncmp(name, "bpf_", 4) == 0 || strncmp(name, "__bpf_", 6) == 0 ||
+	       strncmp(name, "__traceiter_", 12) == 0 || strncmp(name, "trace_", 6) == 0;
+}
+
 int sym_append_waker(struct symbolizer *sym, const char *comm, const uint64_t *ips, size_t n,
 		     struct strbuf *out)
 {
-	size_t first = 0, end = n;
-	int in_irq = 0, count = 0;
+	const char *entry = NULL;
+	size_t first = n, end = n;
+	int count = 0;
 
+	/* From try_to_wake_up; without it (a renamed clone), from the first frame that is not
+	 * the tracing machinery's. */
 	for (size_t i = 0; i < n; i++) {
 		const char *name = ips[i] ? sym_kernel_lookup(sym, ips[i] - 1) : NULL;
 
@@ -404,22 +414,26 @@ int sym_append_waker(struct symbolizer *sym, const char *comm, const uint64_t *i
 			first = i;
 			break;
 		}
+		if (first == n && (!name || !sym_is_tracing_frame(name)))
+			first = i;
 	}
+	/* An interrupt's or exception's entry (asm_*): the frames beyond it are whatever it found
+	 * running (BPF cuts there already when it knows the entry text). */
 	for (size_t i = first; i < n; i++) {
 		const char *name = ips[i] ? sym_kernel_lookup(sym, ips[i] - 1) : NULL;
 
-		/* An entry from an interrupt or an exception: the frames beyond it are whatever
-		 * it found running. An exception (a page fault) ran for the task named. */
 		if (name && strncmp(name, "asm_", 4) == 0) {
+			entry = name;
 			end = i + 1;
-			in_irq = strncmp(name, "asm_exc_", 8) != 0;
 			break;
 		}
 	}
 	if (out->len)
 		sb_putc(out, ';');
 	sb_puts(out, "[w] ");
-	if (in_irq) {
+	if (entry && strncmp(entry, "asm_exc_", 8) == 0 && !comm[0]) {
+		sb_puts(out, "exception"); /* BPF leaves the comm out of every irqentry stub */
+	} else if ((entry && strncmp(entry, "asm_exc_", 8) != 0) || !comm[0]) {
 		sb_puts(out, "interrupt");
 	} else {
 		for (const char *c = comm; *c; c++)
@@ -433,7 +447,7 @@ int sym_append_waker(struct symbolizer *sym, const char *comm, const uint64_t *i
 		name = sym_kernel_lookup(sym, ips[i] - 1);
 		sym->stats.frames++;
 		if (name) {
-			sb_puts(out, ";[k] ");
+			sb_puts(out, ";[wk] ");
 			sb_puts(out, name);
 		} else {
 			sym->stats.frames_unknown++;

@@ -82,13 +82,16 @@ int sym_append_kernel_blocked(struct symbolizer *sym, const uint64_t *ips, size_
 			      struct strbuf *out);
 /*
  * The waker of a block (--off-cpu-wakers), appended above the blocked thread's frames as
- * "[w] comm" and then the waker's kernel frames innermost first, from try_to_wake_up outwards
- * (flame graphs draw the waker upside down on top of the wait it ended, as bcc's offwaketime
- * does); the frames of the tracepoint and the BPF program are left out. A wake-up from an
- * interrupt (a timer, a device) is "[w] interrupt", its frames ending at the interrupt entry
- * (asm_*, not asm_exc_*): what lies beyond belongs to whichever task the interrupt found. One
- * from an exception (a page fault) keeps the comm and also ends at its entry. ';' in comm
- * becomes ':'. Returns the frames appended.
+ * "[w] comm" and then the waker's kernel frames as "[wk] name", innermost first, from
+ * try_to_wake_up outwards (flame graphs draw the waker upside down on top of the wait it
+ * ended, as bcc's offwaketime does; "[wk]", not "[k]", so that kernel depth clipping and
+ * function totals keep to the blocked thread's frames); the frames of the tracepoint and the
+ * BPF program are left out. A wake-up from an interrupt (a timer, a device: an asm_* entry
+ * frame that is not asm_exc_*, or an empty comm) is "[w] interrupt", its frames ending at the
+ * entry: what lies beyond belongs to whichever task the interrupt found. One from an exception
+ * (a page fault) keeps the comm, or is "[w] exception" when BPF left it out (it does for every
+ * interrupt and exception entry), and also ends at its entry. ';' in comm becomes ':'. Returns
+ * the frames appended.
  */
 int sym_append_waker(struct symbolizer *sym, const char *comm, const uint64_t *ips, size_t n,
 		     struct strbuf *out);

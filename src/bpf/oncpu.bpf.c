@@ -43,6 +43,7 @@
 #define EEXIST 17
 #define TASK_INTERRUPTIBLE 0x1
 #define TASK_UNINTERRUPTIBLE 0x2
+#define TASK_NOLOAD 0x400 /* with UNINTERRUPTIBLE: TASK_IDLE, "I" in ps, not "D" */
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -1047,7 +1048,7 @@ struct {
 
 struct offcpu_budget {
 	__u64 window_ns; /* start of the current second */
-	__u64 used;	 /* captures in it */
+	__u64 used[2];	 /* captures in it: blocked stacks, wakers */
 };
 
 struct {
@@ -1059,12 +1060,21 @@ struct {
 
 /*
  * Wakers (--off-cpu-wakers): when a followed thread that blocked is woken, the waker's kernel
- * stack and comm — the task running try_to_wake_up, or the one an interrupt found running — go
- * into the wakee's second task storage, tied to that block by its start time, under the same
- * per-CPU capture budget. At switch-in the block counts with them (profile_key.waker). A map of
- * its own, so that threads pay its ~1 KiB only with wakers on.
+ * stack and comm go into the wakee's second task storage, tied to that block by its start time,
+ * under a per-CPU budget of their own (as many a second as blocked stacks). At switch-in the
+ * block counts with them (profile_key.waker). A map of its own, so that only threads whose
+ * waker was taken pay its ~1 KiB. The stack is cut after its first frame in the kernel's entry
+ * text (a system call, interrupt or exception entry: what lies beyond belongs to whatever the
+ * entry interrupted), and when that frame is an interrupt's or exception's entry (irqentry
+ * text) the comm is left empty: the task an interrupt found running woke no one. Both make one
+ * waker one stack whatever it hit. (The per-CPU preempt count would tell interrupt context
+ * apart, but per-CPU variables are not in this kernel's kallsyms, so a ksym of it cannot load.)
  */
 const volatile __u32 offcpu_wakers_on = 0;
+const volatile __u64 entry_text_start = 0; /* [__entry_text_start, __entry_text_end); 0: none */
+const volatile __u64 entry_text_end = 0;
+const volatile __u64 irqentry_text_start = 0; /* [__irqentry_text_start, __irqentry_text_end) */
+const volatile __u64 irqentry_text_end = 0;
 
 struct offcpu_waker {
 	__u64 block_ns; /* start_ns of the block this wake-up ended; 0: none */
@@ -1079,8 +1089,8 @@ struct {
 	__type(value, struct offcpu_waker);
 } offcpu_wakers SEC(".maps");
 
-/* 1 when this CPU may capture one more block's stacks this second. */
-static __always_inline int offcpu_budget_take(__u64 now)
+/* 1 when this CPU may capture one more block's stacks (which 0) or waker (1) this second. */
+static __always_inline int offcpu_budget_take(__u64 now, int which)
 {
 	__u32 zero = 0;
 	struct offcpu_budget *b = bpf_map_lookup_elem(&offcpu_budgets, &zero);
@@ -1089,11 +1099,11 @@ static __always_inline int offcpu_budget_take(__u64 now)
 		return 0;
 	if (now - b->window_ns >= 1000000000ull) {
 		b->window_ns = now;
-		b->used = 0;
+		b->used[0] = b->used[1] = 0;
 	}
-	if (b->used >= offcpu_captures_per_sec)
+	if (b->used[which & 1] >= offcpu_captures_per_sec)
 		return 0;
-	b->used++;
+	b->used[which & 1]++;
 	return 1;
 }
 
@@ -1125,7 +1135,7 @@ static __always_inline void offcpu_start(void *ctx, struct task_struct *prev, __
 	t->start_ns = now;
 	t->dstate = dstate;
 	key = &t->key;
-	if (!offcpu_budget_take(now)) {
+	if (!offcpu_budget_take(now, 0)) {
 		/* The thread's last capture, if it blocks from the same place again. */
 		t->nocap = !(t->captured && t->at_mm == (__u64)prev->mm && t->at_ip == ip &&
 			     t->at_sp == sp && t->at_bp == bp && t->at_nr == nr);
@@ -1230,7 +1240,9 @@ int BPF_PROG(oncpu_switch, bool preempt, struct task_struct *prev, struct task_s
 	if (!prev->pid || !prev->mm || !tgid_wanted(prev->tgid))
 		return 0;
 	offcpu_start(ctx, prev, now,
-		     prev_state & TASK_UNINTERRUPTIBLE ? PROFILE_OFFCPU_D_BIT : 0);
+		     (prev_state & (TASK_UNINTERRUPTIBLE | TASK_NOLOAD)) == TASK_UNINTERRUPTIBLE
+			 ? PROFILE_OFFCPU_D_BIT
+			 : 0);
 	return 0;
 }
 
@@ -1244,34 +1256,63 @@ int BPF_PROG(oncpu_waking, struct task_struct *p)
 {
 	struct offcpu_task *t = bpf_task_storage_get(&offcpu_tasks, p, 0, 0);
 	struct offcpu_waker *w;
-	__u64 h;
-	long n;
+	__u64 start, now, h, cut = 0;
+	__u32 n = 0;
+	long len;
 
-	if (!t || !t->start_ns)
-		return 0; /* not a block we follow */
-	w = bpf_task_storage_get(&offcpu_wakers, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!t)
+		return 0;
+	start = *(volatile __u64 *)&t->start_ns;
+	/* Not a block we follow; one without stacks (the budget), whose waker would not show;
+	 * or one so short yet that it will most likely not count. */
+	if (!start || t->nocap)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (now - start < offcpu_min_ns)
+		return 0;
+	w = bpf_task_storage_get(&offcpu_wakers, p, 0, 0);
+	if (w && w->block_ns == start)
+		return 0; /* this block's waker is known */
+	if (!offcpu_budget_take(now, 1)) {
+		counter_inc(PROFILE_CNT_WAKERS_SKIPPED);
+		return 0;
+	}
+	if (!w)
+		w = bpf_task_storage_get(&offcpu_wakers, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!w) {
 		counter_inc(PROFILE_CNT_WAKERS_SKIPPED);
 		return 0;
 	}
-	if (w->block_ns == t->start_ns)
-		return 0; /* this block's waker is known */
-	w->block_ns = t->start_ns;
+	w->block_ns = start;
 	w->hash = 0;
-	if (!offcpu_budget_take(bpf_ktime_get_ns())) {
-		counter_inc(PROFILE_CNT_WAKERS_SKIPPED);
-		return 0;
-	}
 	/* The frames, zero-filled up to the comm's slots (bpf_get_stack zeroes the rest). */
-	n = bpf_get_stack(ctx, &w->stack, PROFILE_WAKER_COMM_SLOT * sizeof(__u64), 0);
-	if (n <= 0) {
+	len = bpf_get_stack(ctx, &w->stack, PROFILE_WAKER_COMM_SLOT * sizeof(__u64), 0);
+	if (len <= 0) {
 		counter_inc(PROFILE_CNT_WAKERS_SKIPPED);
 		return 0;
 	}
+	/* Cut after the first frame in the entry text, the rest zeroed. */
+	for (__u32 i = 0; i < PROFILE_WAKER_COMM_SLOT; i++) {
+		__u64 ip = w->stack.ips[i];
+
+		if (n) {
+			w->stack.ips[i] = 0;
+			continue;
+		}
+		if (!ip)
+			break;
+		if (ip >= entry_text_start && ip < entry_text_end) {
+			n = i + 1;
+			cut = ip;
+		}
+	}
+	if (!n)
+		n = (__u32)len / sizeof(__u64);
 	w->stack.ips[PROFILE_WAKER_COMM_SLOT] = 0;
 	w->stack.ips[PROFILE_WAKER_COMM_SLOT + 1] = 0;
-	bpf_get_current_comm(&w->stack.ips[PROFILE_WAKER_COMM_SLOT], PROFILE_COMM_LEN);
-	h = stack_hash(&w->stack, (__u32)n / sizeof(__u64));
+	if (!(cut >= irqentry_text_start && cut < irqentry_text_end))
+		bpf_get_current_comm(&w->stack.ips[PROFILE_WAKER_COMM_SLOT], PROFILE_COMM_LEN);
+	h = stack_hash(&w->stack, n);
 	h = hash_mix(h, w->stack.ips[PROFILE_WAKER_COMM_SLOT]);
 	w->hash = hash_mix(h, w->stack.ips[PROFILE_WAKER_COMM_SLOT + 1]) | 1; /* never 0 */
 	counter_inc(PROFILE_CNT_WAKERS);

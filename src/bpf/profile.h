@@ -142,6 +142,10 @@ struct profile_ccache {
 	struct profile_ccache_entry e[PROFILE_CCACHE_ENTRIES];
 };
 
+/* key_equal (oncpu.bpf.c) compares the key as 7 words; a cache entry is one 64-byte line. */
+_Static_assert(sizeof(struct profile_key) == 56, "profile_key: 7 words, no padding");
+_Static_assert(sizeof(struct profile_ccache_entry) == 64, "counts cache entry: one cache line");
+
 #define PROFILE_OVERFLOW_RB_DEFAULT (256u << 10) /* bytes */
 #define PROFILE_UNW_EVENTS_RB_DEFAULT (256u << 10)
 

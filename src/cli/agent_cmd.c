@@ -265,13 +265,14 @@ static void record_usage(FILE *f)
 		"                    [--format folded|svg|speedscope|pprof]\n"
 		"                    [--value samples|us] [--unwind dwarf|fp (default dwarf)]\n"
 		"                    [--max-keys N] [--off-cpu [--off-cpu-min US]]\n"
-		"                    [--off-cpu-wakers]\n"
+		"                    [--off-cpu-wakers] [--off-cpu-captures N]\n"
 		"Profiles one process (or runs CMD and profiles it) and writes folded stacks\n"
 		"('comm;frame;...;frame VALUE' lines, flamegraph.pl's input). With --off-cpu it\n"
 		"records where the threads were blocked instead of where they ran: the µs each\n"
 		"stack spent sleeping or waiting, blocks of at least --off-cpu-min µs (default 50),\n"
 		"kernel frames from the scheduler out; --off-cpu-wakers adds who woke each block\n"
-		"('[w] comm' and its kernel frames, above the wait). Without -d it stops\n"
+		"('[w] comm' and its kernel frames, above the wait); --off-cpu-captures N, blocks\n"
+		"(and wakers) per second and CPU whose stacks are taken (1000). Without -d it stops\n"
 		"when the process exits or on Ctrl-C. --format (default: from the -o name: .svg,\n"
 		".json = speedscope, .pb.gz/.pprof = pprof; else folded) picks another output.\n"
 		"--max-keys N bounds the in-kernel counts map (distinct stacks per 0.2 s drain,\n"
@@ -417,6 +418,7 @@ int cli_record(int argc, char **argv)
 		{"off-cpu", no_argument, NULL, 'O'},
 		{"off-cpu-min", required_argument, NULL, 'M'},
 		{"off-cpu-wakers", no_argument, NULL, 'W'},
+		{"off-cpu-captures", required_argument, NULL, 'C'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -473,6 +475,14 @@ int cli_record(int argc, char **argv)
 		case 'W':
 			so.events = SAMPLER_EVENT_OFF_CPU;
 			so.off_cpu_wakers = 1;
+			break;
+		case 'C':
+			if (cli_parse_int(optarg, 1, 1000000, &v) < 0) {
+				fprintf(stderr,
+					"ember record: --off-cpu-captures wants 1..1000000 per second\n");
+				return 2;
+			}
+			so.off_cpu_captures = (uint32_t)v;
 			break;
 		case 'M':
 			if (cli_parse_int(optarg, 1, 60000000, &v) < 0) {

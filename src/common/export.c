@@ -298,7 +298,8 @@ static void svg_label(struct strbuf *sb, const char *s, size_t len, double w)
 
 /*
  * Colour by frame kind, the variation hashed from the name so a function keeps its colour:
- * kernel orange, library yellow, process/thread/container blue, everything else warm red.
+ * kernel orange, library yellow, process/thread/container blue, a waker ([w], [wk]) violet,
+ * everything else warm red.
  */
 static void svg_color(struct strbuf *sb, const char *s, size_t len, bool root)
 {
@@ -310,6 +311,9 @@ static void svg_color(struct strbuf *sb, const char *s, size_t len, bool root)
 		r = 200, g = 200, b = 200;
 	} else if (len >= 4 && memcmp(s, "[k] ", 4) == 0) {
 		r = 230 + (int)(25 * v1), g = 120 + (int)(50 * v2), b = (int)(40 * v1);
+	} else if ((len >= 4 && memcmp(s, "[w] ", 4) == 0) ||
+		   (len >= 5 && memcmp(s, "[wk] ", 5) == 0)) {
+		r = 170 + (int)(30 * v1), g = 140 + (int)(30 * v2), b = 220 + (int)(30 * v1);
 	} else if (len >= 4 && memcmp(s, "[l] ", 4) == 0) {
 		r = 220 + (int)(25 * v1), g = 200 + (int)(30 * v2), b = 40 + (int)(40 * v1);
 	} else if (len >= 4 && (memcmp(s, "[p] ", 4) == 0 || memcmp(s, "[t] ", 4) == 0 ||

@@ -742,6 +742,7 @@ static const char *ft_function_type(const struct flame_emit *e, uint32_t f)
 		const char *prefix, *type;
 	} kinds[] = {
 		{"[c] ", "C"}, {"[k] ", "K"}, {"[l] ", "L"}, {"[p] ", "P"}, {"[t] ", "T"},
+		{"[wk] ", "K"}, /* a waker's kernel frame (off-CPU with wakers) */
 	};
 	size_t elen = strlen(e->event_type);
 	const char *s;

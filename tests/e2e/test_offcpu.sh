@@ -25,7 +25,9 @@ SECS=2
 STORE=${EMBER_TEST_STORE:-sqlite:$E2E_TMP/run.db}
 
 if [ "${OFFCPU_API_ONLY:-0}" != 1 ]; then
-	"$EMBER_BIN" record --off-cpu -o "$E2E_TMP/off.folded" -- "$W/offcpu" $SECS >"$E2E_TMP/off.out" \
+	# A budget no CPU reaches here (the workload blocks ~900 times a second): every block has
+	# its stacks, so the checks below can ask for them all.
+	"$EMBER_BIN" record --off-cpu --off-cpu-captures 100000 -o "$E2E_TMP/off.folded" -- "$W/offcpu" $SECS >"$E2E_TMP/off.out" \
 		2>"$E2E_TMP/off.err" || { cat "$E2E_TMP/off.err"; fail "record --off-cpu"; }
 	nap=$(sum "$E2E_TMP/off.folded" ";[t] napper;[l] clone3;[l] start_thread;napper;nap;")
 	wait_=$(sum "$E2E_TMP/off.folded" ";[t] waiter;[l] clone3;[l] start_thread;waiter;wait_pipe;[l] read")
@@ -47,15 +49,18 @@ if [ "${OFFCPU_API_ONLY:-0}" != 1 ]; then
 
 	# Who ended each wait: the pipe reader by main's write, the sleepers by the timer interrupt,
 	# the vfork parent by its child's exit; the blocked time is the same as without wakers.
-	"$EMBER_BIN" record --off-cpu-wakers -o "$E2E_TMP/wk.folded" -- "$W/offcpu" $SECS >"$E2E_TMP/wk.out" \
+	"$EMBER_BIN" record --off-cpu-wakers --off-cpu-captures 100000 -o "$E2E_TMP/wk.folded" -- "$W/offcpu" $SECS >"$E2E_TMP/wk.out" \
 		2>"$E2E_TMP/wk.err" || { cat "$E2E_TMP/wk.err"; fail "record --off-cpu-wakers"; }
 	tail -n 1 "$E2E_TMP/wk.err"
-	check "wakers: wait_pipe's read woken by offcpu's pipe write" grep -qE ';wait_pipe;\[l\] read;.*\[k\] __schedule;\[w\] offcpu;\[k\] try_to_wake_up;.*\[k\] (anon_)?pipe_write;.*\[k\] do_syscall_64' "$E2E_TMP/wk.folded"
-	check "wakers: nap woken by the timer interrupt" grep -qE ';nap;.*\[k\] __schedule;\[w\] interrupt;\[k\] try_to_wake_up;\[k\] hrtimer_wakeup;.*\[k\] asm_sysvec_apic_timer_interrupt [0-9]+$' "$E2E_TMP/wk.folded"
-	check "wakers: the vfork parent woken by its child's exit" grep -qE ';\[t\] vforker;.*__do_sys_vfork;.*\[k\] __schedule;\[w\] vforker;\[k\] try_to_wake_up;.*\[k\] do_exit' "$E2E_TMP/wk.folded"
+	check "wakers: wait_pipe's read woken by offcpu's pipe write" grep -qE ';wait_pipe;\[l\] read;.*\[k\] __schedule;\[w\] offcpu;\[wk\] try_to_wake_up;.*\[wk\] (anon_)?pipe_write;.*\[wk\] do_syscall_64' "$E2E_TMP/wk.folded"
+	check "wakers: nap woken by the timer interrupt" grep -qE ';nap;.*\[k\] __schedule;\[w\] interrupt;\[wk\] try_to_wake_up;\[wk\] hrtimer_wakeup;.*\[wk\] asm_sysvec_apic_timer_interrupt [0-9]+$' "$E2E_TMP/wk.folded"
+	check "wakers: the vfork parent woken by its child's exit" grep -qE ';\[t\] vforker;.*__do_sys_vfork;.*\[k\] __schedule;\[w\] vforker;\[wk\] try_to_wake_up;.*\[wk\] do_exit' "$E2E_TMP/wk.folded"
 	wnap=$(sum "$E2E_TMP/wk.folded" ";[t] napper;[l] clone3;[l] start_thread;napper;nap;")
 	check "wakers: napper's blocked time unchanged ($wnap µs)" blocked_ok "$wnap" "$(mine napper "$E2E_TMP/wk.out")"
 	check "wakers: the summary counts them" grep -qE '^ember record: [1-9][0-9]* wakers taken' "$E2E_TMP/wk.err"
+	check "wakers: every block still has its stacks" grep -qE '^ember record: [1-9][0-9]* off-CPU blocks \(0 without stacks' "$E2E_TMP/wk.err"
+	check "wakers: no frame of the tracepoint or the BPF program" bash -c "! grep -qE '\\[w?k\\] (bpf_|__bpf_|__traceiter_|trace_)' '$E2E_TMP/wk.folded'"
+	check "wakers: one row per waker, not per task an interrupt found (no '[w] swapper')" bash -c "! grep -q '\\[w\\] swapper' '$E2E_TMP/wk.folded'"
 
 	"$EMBER_BIN" record --off-cpu --unwind fp -o "$E2E_TMP/offfp.folded" -- "$W/offcpu" 1 >/dev/null 2>&1 || fail "record --off-cpu --unwind fp"
 	check "--unwind fp: napper blocked in a nanosleep" grep -qE '^offcpu;\[t\] napper;.*\[k\] [^;]*nanosleep' "$E2E_TMP/offfp.folded"
@@ -82,7 +87,7 @@ if [ "${OFFCPU_API_ONLY:-0}" != 1 ]; then
 fi
 
 # ember run --off-cpu: the agent's rows through the API.
-ember_start run "profiling this host" run --off-cpu --store "$STORE"
+ember_start run "profiling this host" run --off-cpu-wakers --store "$STORE"
 "$W/offcpu" $SECS >"$E2E_TMP/run-workload.out"
 all_ms=$(awk '{for (i = 2; i <= NF; i++) {split($i, kv, "="); s += kv[2]}} END {printf "%d", s}' "$E2E_TMP/run-workload.out")
 tree() { # app event [tag_filter] → HTTP status; body in resp.json
@@ -103,6 +108,7 @@ echo "API off-cpu root of offcpu: $root µs; its threads say they were blocked $
 check "API: off-cpu tree of the process, the blocked time of its threads" blocked_ok "$root" "$all_ms"
 check "API: nap and wait_pipe nodes" bash -c "jq -r '.result[].profile_location_str' '$E2E_TMP/resp.json' | grep -qx nap && jq -r '.result[].profile_location_str' '$E2E_TMP/resp.json' | grep -qx wait_pipe"
 check "API: the kernel frames end at [k] __schedule" bash -c "jq -r '.result[].profile_location_str' '$E2E_TMP/resp.json' | grep -qx '\\[k\\] __schedule'"
+check "API (run --off-cpu-wakers): the pipe reader's waker, offcpu's pipe write" bash -c "jq -r '.result[].profile_location_str' '$E2E_TMP/resp.json' | grep -qx '\\[w\\] offcpu' && jq -r '.result[].profile_location_str' '$E2E_TMP/resp.json' | grep -qxE '\\[wk\\] (anon_)?pipe_write'"
 frames() { jq -r '.result[].profile_location_str' "$E2E_TMP/resp.json"; }
 has() { frames | grep -qxF "$1"; }
 tree offcpu off-cpu "tag.ember.offcpu.state = 'D'" >/dev/null

@@ -205,16 +205,17 @@ static void test_kernel(void **state)
 }
 
 /*
- * A waker's frames (innermost first, as bpf_get_stack gives them): the tracepoint's frames
- * before try_to_wake_up are dropped, the rest follow "[w] comm" innermost first; from an
- * interrupt the label is "interrupt" and the frames stop at its entry, from an exception
- * (a page fault) the comm stays.
+ * A waker's frames (innermost first, as bpf_get_stack gives them): the frames before
+ * try_to_wake_up are dropped, the rest follow "[w] comm" innermost first as "[wk] name"; from an
+ * interrupt (an asm_ entry that is not an exception's, or an empty comm: BPF saw interrupt
+ * context) the label is "interrupt" and the frames stop at the entry; from an exception (a page
+ * fault) the comm stays.
  */
 static void test_waker(void **state)
 {
-	static const char *const names[] = {"__traceiter_sched_waking", "try_to_wake_up",
-					    "hrtimer_wakeup", "asm_sysvec_apic_timer_interrupt",
-					    "do_idle", "asm_exc_page_fault", "do_syscall_64"};
+	static const char *const names[] = {"schedule", "try_to_wake_up", "hrtimer_wakeup",
+					    "asm_sysvec_apic_timer_interrupt", "do_nanosleep",
+					    "asm_exc_page_fault", "do_syscall_64"};
 	struct symbolizer *sym = open_sym(0);
 	struct strbuf sb = STRBUF_INIT;
 	uint64_t a[7], ips[4];
@@ -229,19 +230,28 @@ static void test_waker(void **state)
 	}
 	ips[0] = a[0], ips[1] = a[1], ips[2] = a[6];
 	assert_int_equal(sym_append_waker(sym, "wr;iter", ips, 3, &sb), 2);
-	assert_string_equal(sb.buf, "[w] wr:iter;[k] try_to_wake_up;[k] do_syscall_64");
+	assert_string_equal(sb.buf, "[w] wr:iter;[wk] try_to_wake_up;[wk] do_syscall_64");
 	sb_reset(&sb);
 
 	ips[0] = a[1], ips[1] = a[2], ips[2] = a[3], ips[3] = a[4];
 	assert_int_equal(sym_append_waker(sym, "swapper/1", ips, 4, &sb), 3);
-	assert_string_equal(sb.buf, "[w] interrupt;[k] try_to_wake_up;[k] hrtimer_wakeup;"
-				    "[k] asm_sysvec_apic_timer_interrupt");
+	assert_string_equal(sb.buf, "[w] interrupt;[wk] try_to_wake_up;[wk] hrtimer_wakeup;"
+				    "[wk] asm_sysvec_apic_timer_interrupt");
 	sb_reset(&sb);
 
 	ips[2] = a[5];
 	assert_int_equal(sym_append_waker(sym, "app", ips, 4, &sb), 3);
-	assert_string_equal(sb.buf, "[w] app;[k] try_to_wake_up;[k] hrtimer_wakeup;"
-				    "[k] asm_exc_page_fault");
+	assert_string_equal(sb.buf, "[w] app;[wk] try_to_wake_up;[wk] hrtimer_wakeup;"
+				    "[wk] asm_exc_page_fault");
+	sb_reset(&sb);
+
+	/* the comm left out by BPF (an irqentry stub): an interrupt, or an exception */
+	assert_int_equal(sym_append_waker(sym, "", ips, 2, &sb), 2);
+	assert_string_equal(sb.buf, "[w] interrupt;[wk] try_to_wake_up;[wk] hrtimer_wakeup");
+	sb_reset(&sb);
+	assert_int_equal(sym_append_waker(sym, "", ips, 3, &sb), 3);
+	assert_string_equal(sb.buf, "[w] exception;[wk] try_to_wake_up;[wk] hrtimer_wakeup;"
+				    "[wk] asm_exc_page_fault");
 	sb_free(&sb);
 	sym_close(sym);
 }
