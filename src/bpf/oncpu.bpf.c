@@ -1250,6 +1250,13 @@ int BPF_PROG(oncpu_switch, bool preempt, struct task_struct *prev, struct task_s
  * A wake-up (attached only with --off-cpu-wakers). sched_waking runs in the waker's context,
  * once per real wake-up (after try_to_wake_up matched the sleeping state), before the wakee can
  * run anywhere; sched_wakeup of a remote wake-up would run on the wakee's CPU instead.
+ *
+ * Nothing is locked between this program and the wakee's switch-in on another CPU: wakers of
+ * one task are serialised by its pi_lock, and the wakee is enqueued only after this runs, so
+ * its switch-in reads a finished stack (x86 keeps stores in order; hash is written last). A
+ * wake-up racing the switch-out (before start_ns is stored) finds no block and takes nothing:
+ * that block counts without a waker. The worst outcome of any race is a block without its
+ * waker, never lost blocked time.
  */
 SEC("tp_btf/sched_waking")
 int BPF_PROG(oncpu_waking, struct task_struct *p)
