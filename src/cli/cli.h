@@ -15,6 +15,7 @@ int cli_agent(int argc, char **argv);
 int cli_run(int argc, char **argv);
 int cli_record(int argc, char **argv);
 int cli_diff(int argc, char **argv);
+int cli_top(int argc, char **argv);
 
 /* "90", "30s", "10m", "72h", "7d" → seconds. Returns 0 or -EINVAL. */
 int cli_parse_duration(const char *text, int64_t *seconds);

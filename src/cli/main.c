@@ -20,6 +20,7 @@ static void usage(FILE *f)
 		"  server    serve the API, ingest and page over a store (sqlite:PATH | clickhouse://...)\n"
 		"  agent     profile this host and send rows to a server (--server URL)\n"
 		"  record    one-shot profile to folded stacks: record [-F HZ] [-d S] [-p PID | -- CMD]\n"
+		"  top       the functions burning the CPU now, refreshed (as perf top)\n"
 		"  import    load folded stacks into a server\n"
 		"  query     print a flame tree, folded stacks or JSON from a server\n"
 		"  diff      what changed between two folded profiles: a table, or a red/blue SVG\n"
@@ -56,6 +57,8 @@ int main(int argc, char **argv)
 		return cli_record(argc, argv);
 	if (strcmp(argv[0], "diff") == 0)
 		return cli_diff(argc, argv);
+	if (strcmp(argv[0], "top") == 0)
+		return cli_top(argc, argv);
 	if (strcmp(argv[0], "version") == 0 || strcmp(argv[0], "--version") == 0) {
 		printf("ember %s\n", EMBER_VERSION);
 		return 0;

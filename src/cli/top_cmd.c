@@ -1,0 +1,355 @@
+/*
+ * ember top — which functions burn the CPU right now, as `perf top` shows it, with ember's
+ * stacks (DWARF unwinding, so Debian's binaries without frame pointers count their callers too)
+ * and no server: the sampler and aggregator of `ember record`, and every --interval seconds a
+ * table of the functions with the most samples of that interval, by self (the function was
+ * running) and total (it was on the stack), each with the process it ran in. Host-wide, or one
+ * process with -p. On a terminal the table replaces the last one; with --batch (or when stdout
+ * is not a terminal) tables follow each other, -n of them.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent/aggregate.h"
+#include "agent/procinfo.h"
+#include "agent/sampler.h"
+#include "agent/symbolize.h"
+#include "cli/cli.h"
+#include "common/folded.h"
+#include "common/strbuf.h"
+
+#define TOP_LINES_DEFAULT 20
+#define TOP_LINES_MAX 1000
+#define TOP_MAX_FRAMES 4096 /* frames of one stack looked at for its totals */
+#define TOP_MAX_ENTRIES (1u << 20) /* distinct (process, function) pairs of one interval */
+
+static volatile sig_atomic_t top_stop;
+
+static void top_on_signal(int sig)
+{
+	(void)sig;
+	top_stop = 1;
+}
+
+static void top_usage(FILE *f)
+{
+	fprintf(f,
+		"usage: ember top [-F HZ] [-p PID] [--interval SECONDS] [-n COUNT] [--lines N]\n"
+		"                 [--unwind dwarf|fp] [--batch]\n"
+		"Samples this host (or process PID) and every --interval seconds (default 2) shows\n"
+		"the functions with the most samples of that interval: self %% (running), total %%\n"
+		"(on the stack), and the process. -n stops after COUNT tables; Ctrl-C stops.\n");
+}
+
+/* One (process, function) of the interval: samples where it ran, and where it was on the stack. */
+struct top_entry {
+	const char *app, *fn;
+	size_t app_len, fn_len;
+	uint64_t self, total;
+	uint32_t seen; /* the stack that last counted its total (a recursion counts once) */
+};
+
+struct top_table {
+	struct top_entry *v;
+	size_t n, cap;
+	uint64_t samples;
+	uint32_t stack_no;
+	size_t *slots; /* open addressing over v, index + 1; 0 empty */
+	size_t nslots;
+};
+
+static uint64_t top_hash(const char *a, size_t al, const char *b, size_t bl)
+{
+	uint64_t h = 1469598103934665603ull;
+
+	for (size_t i = 0; i < al; i++)
+		h = (h ^ (unsigned char)a[i]) * 1099511628211ull;
+	h = (h ^ 0xff) * 1099511628211ull;
+	for (size_t i = 0; i < bl; i++)
+		h = (h ^ (unsigned char)b[i]) * 1099511628211ull;
+	return h;
+}
+
+static int top_grow(struct top_table *t)
+{
+	size_t nslots = t->nslots ? t->nslots * 2 : 4096;
+	size_t *slots = calloc(nslots, sizeof(*slots));
+
+	if (!slots)
+		return -ENOMEM;
+	for (size_t i = 0; i < t->n; i++) {
+		const struct top_entry *e = &t->v[i];
+		size_t k = top_hash(e->app, e->app_len, e->fn, e->fn_len) & (nslots - 1);
+
+		while (slots[k])
+			k = (k + 1) & (nslots - 1);
+		slots[k] = i + 1;
+	}
+	free(t->slots);
+	t->slots = slots;
+	t->nslots = nslots;
+	return 0;
+}
+
+static struct top_entry *top_get(struct top_table *t, const char *app, size_t al, const char *fn,
+				 size_t fl)
+{
+	size_t k;
+
+	if ((t->n + 1) * 2 > t->nslots && top_grow(t) < 0)
+		return NULL;
+	k = top_hash(app, al, fn, fl) & (t->nslots - 1);
+	for (; t->slots[k]; k = (k + 1) & (t->nslots - 1)) {
+		struct top_entry *e = &t->v[t->slots[k] - 1];
+
+		if (e->app_len == al && e->fn_len == fl && memcmp(e->app, app, al) == 0 &&
+		    memcmp(e->fn, fn, fl) == 0)
+			return e;
+	}
+	if (t->n >= TOP_MAX_ENTRIES)
+		return NULL;
+	if (t->n == t->cap) {
+		size_t cap = t->cap ? t->cap * 2 : 1024;
+		struct top_entry *v = realloc(t->v, cap * sizeof(*v));
+
+		if (!v)
+			return NULL;
+		t->v = v;
+		t->cap = cap;
+	}
+	t->v[t->n] = (struct top_entry){app, fn, al, fl, 0, 0, 0};
+	t->slots[k] = ++t->n;
+	return &t->v[t->n - 1];
+}
+
+/*
+ * A folded line "app;[p] comm;frame;...;leaf N": N counts as self of the leaf and as total of
+ * every frame below the process and thread levels, once per stack.
+ */
+static int top_add_line(void *arg, const char *stack, size_t len, int64_t value, size_t line)
+{
+	struct top_table *t = arg;
+	const char *end = stack + len, *app = stack, *p = memchr(stack, ';', len), *fn;
+	size_t app_len = p ? (size_t)(p - stack) : len, frames = 0;
+	struct top_entry *e = NULL;
+
+	(void)line;
+	t->samples += (uint64_t)value;
+	t->stack_no++;
+	for (fn = p ? p + 1 : end; fn < end && frames < TOP_MAX_FRAMES; frames++) {
+		const char *q = memchr(fn, ';', (size_t)(end - fn));
+		size_t fl = q ? (size_t)(q - fn) : (size_t)(end - fn);
+
+		if (!(fl >= 4 && (memcmp(fn, "[p] ", 4) == 0 || memcmp(fn, "[t] ", 4) == 0))) {
+			e = top_get(t, app, app_len, fn, fl);
+			if (e && e->seen != t->stack_no) {
+				e->seen = t->stack_no;
+				e->total += (uint64_t)value;
+			}
+		}
+		if (!q)
+			break;
+		fn = q + 1;
+	}
+	if (e) /* the last frame counted is the leaf */
+		e->self += (uint64_t)value;
+	return 0;
+}
+
+static int top_cmp(const void *a, const void *b)
+{
+	const struct top_entry *x = a, *y = b;
+
+	if (x->self != y->self)
+		return x->self > y->self ? -1 : 1;
+	return x->total > y->total ? -1 : x->total < y->total;
+}
+
+/* One table: the interval's folded stacks, ranked by self samples. */
+static int top_print(const char *folded, size_t len, double seconds, int frequency, int ncpu,
+		     size_t lines, int clear, FILE *out)
+{
+	struct top_table t = {0};
+	int rc = folded_parse(folded, len, top_add_line, &t, NULL, 0, NULL);
+
+	if (rc < 0)
+		goto out;
+	if (t.n)
+		qsort(t.v, t.n, sizeof(*t.v), top_cmp);
+	if (clear)
+		fputs("\033[H\033[2J", out);
+	fprintf(out, "ember top: %.1f s, %" PRIu64 " samples at %d Hz on %d CPUs (%.1f %% busy)\n",
+		seconds, t.samples, frequency, ncpu,
+		seconds > 0 ? 100.0 * (double)t.samples / (seconds * frequency * ncpu) : 0.0);
+	fprintf(out, "%7s %7s  %-16s %s\n", "self%", "total%", "process", "function");
+	for (size_t i = 0; i < t.n && i < lines && t.v[i].self; i++) {
+		const struct top_entry *e = &t.v[i];
+
+		fprintf(out, "%6.2f%% %6.2f%%  %-16.*s %.*s\n",
+			100.0 * (double)e->self / (double)t.samples,
+			100.0 * (double)e->total / (double)t.samples, (int)e->app_len, e->app,
+			(int)e->fn_len, e->fn);
+	}
+	fputc('\n', out);
+	fflush(out);
+out:
+	free(t.v);
+	free(t.slots);
+	return rc;
+}
+
+static int top_discard(void *arg, const struct profile_row *rows, size_t n)
+{
+	(void)arg, (void)rows, (void)n;
+	return 0;
+}
+
+static double top_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int cli_top(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+	    {"frequency", required_argument, NULL, 'F'}, {"pid", required_argument, NULL, 'p'},
+	    {"interval", required_argument, NULL, 'i'},	 {"count", required_argument, NULL, 'n'},
+	    {"lines", required_argument, NULL, 'l'},	 {"unwind", required_argument, NULL, 'u'},
+	    {"batch", no_argument, NULL, 'b'},		 {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	struct sampler_opts so = {
+	    .frequency = 99, .unwind = SAMPLER_UNWIND_DWARF, .flush_seconds = 0.2};
+	struct aggregate_opts ao = {0};
+	struct sampler *sampler = NULL;
+	struct symbolizer *sym = NULL;
+	struct procinfo *procs = NULL;
+	struct aggregate *agg = NULL;
+	struct timespec tick = {0, 200 * 1000 * 1000};
+	int64_t pid = 0, count = 0, lines = TOP_LINES_DEFAULT, v;
+	double interval = 2, start;
+	int opt, batch = !isatty(STDOUT_FILENO), ret = 1, shown = 0;
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+
+	while ((opt = getopt_long(argc, argv, "F:p:n:h", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 'F':
+			if (cli_parse_int(optarg, 1, 1000, &v) < 0) {
+				fprintf(stderr, "ember top: -F wants 1..1000 Hz\n");
+				return 2;
+			}
+			so.frequency = (int)v;
+			break;
+		case 'p':
+			if (cli_parse_int(optarg, 1, INT32_MAX, &pid) < 0) {
+				fprintf(stderr, "ember top: -p wants a pid\n");
+				return 2;
+			}
+			break;
+		case 'i': {
+			char *end;
+
+			interval = strtod(optarg, &end);
+			if (*end || !(interval >= 0.2 && interval <= 3600)) {
+				fprintf(stderr, "ember top: --interval wants 0.2..3600 seconds\n");
+				return 2;
+			}
+			break;
+		}
+		case 'n':
+			if (cli_parse_int(optarg, 1, INT32_MAX, &count) < 0) {
+				fprintf(stderr, "ember top: -n wants a count of tables\n");
+				return 2;
+			}
+			break;
+		case 'l':
+			if (cli_parse_int(optarg, 1, TOP_LINES_MAX, &lines) < 0) {
+				fprintf(stderr, "ember top: --lines wants 1..%d\n", TOP_LINES_MAX);
+				return 2;
+			}
+			break;
+		case 'u':
+			if (strcmp(optarg, "fp") == 0)
+				so.unwind = SAMPLER_UNWIND_FP;
+			else if (strcmp(optarg, "dwarf") != 0) {
+				fprintf(stderr, "ember top: --unwind is dwarf or fp\n");
+				return 2;
+			}
+			break;
+		case 'b': batch = 1; break;
+		case 'h': top_usage(stdout); return 0;
+		default: top_usage(stderr); return 2;
+		}
+	}
+	if (optind != argc) {
+		fprintf(stderr, "ember top: unexpected argument '%s'\n", argv[optind]);
+		top_usage(stderr);
+		return 2;
+	}
+	if (pid && kill((pid_t)pid, 0) < 0 && errno == ESRCH) {
+		fprintf(stderr, "ember top: no process %" PRId64 "\n", pid);
+		return 1;
+	}
+	so.only_tgid = (uint32_t)pid;
+	if (sym_open(&(struct sym_opts){0}, &sym) < 0 || procinfo_open(0, NULL, &procs) < 0)
+		goto out;
+	ao.frequency = so.frequency;
+	ao.sym = sym;
+	ao.procs = procs;
+	if (aggregate_new(&ao, &agg) < 0)
+		goto out;
+	if (sampler_open(&so, &sampler) < 0) {
+		fprintf(stderr, "ember top: cannot start sampling (root, BPF and perf events needed)\n");
+		goto out;
+	}
+	signal(SIGINT, top_on_signal);
+	signal(SIGTERM, top_on_signal);
+	start = top_now();
+	while (!top_stop) {
+		char *buf = NULL;
+		size_t len = 0;
+		FILE *mem;
+		double now;
+
+		nanosleep(&tick, NULL);
+		sampler_drain(sampler, aggregate_add, agg);
+		now = top_now();
+		if (now - start < interval && !top_stop)
+			continue;
+		if (pid && kill((pid_t)pid, 0) < 0 && errno == ESRCH)
+			top_stop = 1; /* the last table, then stop */
+		mem = open_memstream(&buf, &len);
+		if (!mem || aggregate_write_folded(agg, mem, AGGREGATE_VALUE_SAMPLES) < 0) {
+			if (mem)
+				fclose(mem);
+			free(buf);
+			fprintf(stderr, "ember top: out of memory\n");
+			goto out;
+		}
+		fclose(mem);
+		top_print(buf, len, now - start, so.frequency, (int)ncpu, (size_t)lines, !batch,
+			  stdout);
+		free(buf);
+		aggregate_flush(agg, 0, top_discard, NULL);
+		start = now;
+		if (count && ++shown >= count)
+			break;
+	}
+	ret = 0;
+out:
+	sampler_close(sampler);
+	aggregate_free(agg);
+	procinfo_close(procs);
+	sym_close(sym);
+	return ret;
+}

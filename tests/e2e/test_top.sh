@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `ember top` as a user runs it: a program burns 70 % of its CPU in hot_a and 30 % in hot_b;
+# `ember top -p PID` must show both, in that proportion, as the functions burning the CPU, once
+# per interval, and stop when the process is gone; bad flags get clear errors.
+. "$(dirname "$0")/../lib/e2e.sh"
+[ "$(id -u)" -eq 0 ] || { echo "needs root for BPF"; exit 77; }
+W=${EMBER_BUILD:?}/workloads
+[ -x "$W/cpu_split" ] || fail "workload cpu_split not built"
+within() { awk -v v="$1" -v lo="$2" -v hi="$3" 'BEGIN {exit !(v >= lo && v <= hi)}'; }
+
+"$W/cpu_split" 5 >/dev/null &
+P=$!
+# 999 Hz: ~1,000 samples a table, a share good to a few points.
+"$EMBER_BIN" top -F 999 -p $P --interval 1 -n 2 --batch >"$E2E_TMP/top.txt" 2>"$E2E_TMP/top.err" ||
+	{ cat "$E2E_TMP/top.err"; fail "ember top"; }
+cat "$E2E_TMP/top.txt"
+check "two tables, as -n 2 asked" [ "$(grep -c '^ember top: ' "$E2E_TMP/top.txt")" = 2 ]
+last() { awk -v f="$1" '/^ember top: /{t++} t == 2 && $NF == f && $3 == "cpu_split" {sub("%", "", $1); print $1}' "$E2E_TMP/top.txt"; }
+a=$(last hot_a)
+b=$(last hot_b)
+check "hot_a burns ~70 % (60-80): ${a:-none}" within "${a:-0}" 60 80
+check "hot_b burns ~30 % (20-40): ${b:-none}" within "${b:-0}" 20 40
+check "hot_a first: the table is ranked by self" bash -c "awk '/^ember top: /{t++; n=0; next} t == 2 && /^ *[0-9.]+%/ {n++; if (n == 1) print \$NF}' '$E2E_TMP/top.txt' | grep -qx hot_a"
+check "the header counts samples and how busy the CPUs were" grep -qE '^ember top: [0-9.]+ s, [1-9][0-9]* samples at 999 Hz on [0-9]+ CPUs \([0-9.]+ % busy\)$' "$E2E_TMP/top.txt"
+
+# Without -n it stops by itself once the process is gone.
+"$EMBER_BIN" top -p $P --interval 1 --batch >"$E2E_TMP/top2.txt" 2>/dev/null
+rc=$?
+check "without -n: exits 0 when the process is gone" [ $rc -eq 0 ]
+check "without -n: showed tables until then" grep -q '^ember top: ' "$E2E_TMP/top2.txt"
+wait $P
+
+"$EMBER_BIN" top -p 999999999 >/dev/null 2>"$E2E_TMP/e1"
+check "a pid that does not exist: exit 1 saying so" bash -c "[ $? -eq 1 ] && grep -q 'no process 999999999' '$E2E_TMP/e1'"
+"$EMBER_BIN" top --interval 0.05 >/dev/null 2>"$E2E_TMP/e2"
+check "--interval 0.05: exit 2 naming the range" bash -c "[ $? -eq 2 ] && grep -q 'interval wants 0.2..3600' '$E2E_TMP/e2'"
+e2e_done
