@@ -26,6 +26,7 @@
 #include "agent/symbolize.h"
 #include "agent/unwind.h"
 #include "cli/cli.h"
+#include "cli/profiler.h"
 #include "cli/server_flags.h"
 #include "common/export.h"
 #include "common/log.h"
@@ -424,12 +425,8 @@ int cli_record(int argc, char **argv)
 	};
 	struct sampler_opts so = {
 	    .frequency = 99, .unwind = SAMPLER_UNWIND_DWARF, .flush_seconds = 0.2};
-	struct aggregate_opts ao = {0};
 	enum aggregate_value unit = AGGREGATE_VALUE_SAMPLES;
-	struct sampler *sampler = NULL;
-	struct symbolizer *sym = NULL;
-	struct procinfo *procs = NULL;
-	struct aggregate *agg = NULL;
+	struct cli_profiler pr = {0};
 	const char *output = NULL;
 	char title[256];
 	int64_t duration = 0, pid = 0, v;
@@ -545,17 +542,8 @@ int cli_record(int argc, char **argv)
 	}
 	so.only_tgid = (uint32_t)pid;
 	so.follow_children = child != 0; /* a command's children are part of it; -p PID is one */
-	if (sym_open(&(struct sym_opts){0}, &sym) < 0 || procinfo_open(0, NULL, &procs) < 0)
+	if (cli_profiler_open("ember record", &so, &pr) < 0)
 		goto out;
-	ao.frequency = so.frequency;
-	ao.sym = sym;
-	ao.procs = procs;
-	if (aggregate_new(&ao, &agg) < 0)
-		goto out;
-	if (sampler_open(&so, &sampler) < 0) {
-		fprintf(stderr, "ember record: cannot start sampling (root, BPF and perf events needed)\n");
-		goto out;
-	}
 	signal(SIGINT, record_on_signal);
 	signal(SIGTERM, record_on_signal);
 	if (child && write(go_fd, "g", 1) != 1)
@@ -563,7 +551,7 @@ int cli_record(int argc, char **argv)
 	clock_gettime(CLOCK_MONOTONIC, &start);
 	while (!record_stop) {
 		nanosleep(&tick, NULL);
-		sampler_drain(sampler, aggregate_add, agg);
+		sampler_drain(pr.sampler, aggregate_add, pr.agg);
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		if (duration && now.tv_sec - start.tv_sec >= duration)
 			break;
@@ -574,7 +562,7 @@ int cli_record(int argc, char **argv)
 		if (!child && kill((pid_t)pid, 0) < 0 && errno == ESRCH)
 			break;
 	}
-	sampler_drain(sampler, aggregate_add, agg);
+	sampler_drain(pr.sampler, aggregate_add, pr.agg);
 	if (output && !(out = fopen(output, "w"))) {
 		fprintf(stderr, "ember record: cannot write %s: %s\n", output, strerror(errno));
 		out = stdout;
@@ -586,13 +574,13 @@ int cli_record(int argc, char **argv)
 		snprintf(title, sizeof(title), "pid %" PRId64, pid);
 	if (so.events == SAMPLER_EVENT_OFF_CPU)
 		snprintf(title + strlen(title), sizeof(title) - strlen(title), " (off-CPU)");
-	if (record_write(agg, fmt, unit, so.frequency, so.events == SAMPLER_EVENT_OFF_CPU, title,
+	if (record_write(pr.agg, fmt, unit, so.frequency, so.events == SAMPLER_EVENT_OFF_CPU, title,
 			 out) < 0)
 		goto out;
 	{
 		struct sampler_stats st;
 
-		sampler_get_stats(sampler, &st);
+		sampler_get_stats(pr.sampler, &st);
 		if (so.events == SAMPLER_EVENT_OFF_CPU)
 			record_summary_offcpu(&st, output);
 		else
@@ -609,9 +597,6 @@ out:
 			kill(child, SIGTERM);
 		waitpid(child, &status, 0);
 	}
-	sampler_close(sampler);
-	aggregate_free(agg);
-	procinfo_close(procs);
-	sym_close(sym);
+	cli_profiler_close(&pr);
 	return ret;
 }

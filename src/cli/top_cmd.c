@@ -17,11 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "agent/aggregate.h"
-#include "agent/procinfo.h"
-#include "agent/sampler.h"
-#include "agent/symbolize.h"
 #include "cli/cli.h"
+#include "cli/profiler.h"
 #include "common/folded.h"
 #include "common/strbuf.h"
 
@@ -230,11 +227,7 @@ int cli_top(int argc, char **argv)
 	};
 	struct sampler_opts so = {
 	    .frequency = 99, .unwind = SAMPLER_UNWIND_DWARF, .flush_seconds = 0.2};
-	struct aggregate_opts ao = {0};
-	struct sampler *sampler = NULL;
-	struct symbolizer *sym = NULL;
-	struct procinfo *procs = NULL;
-	struct aggregate *agg = NULL;
+	struct cli_profiler pr = {0};
 	struct timespec tick = {0, 200 * 1000 * 1000};
 	int64_t pid = 0, count = 0, lines = TOP_LINES_DEFAULT, v;
 	double interval = 2, start;
@@ -301,17 +294,8 @@ int cli_top(int argc, char **argv)
 		return 1;
 	}
 	so.only_tgid = (uint32_t)pid;
-	if (sym_open(&(struct sym_opts){0}, &sym) < 0 || procinfo_open(0, NULL, &procs) < 0)
-		goto out;
-	ao.frequency = so.frequency;
-	ao.sym = sym;
-	ao.procs = procs;
-	if (aggregate_new(&ao, &agg) < 0)
-		goto out;
-	if (sampler_open(&so, &sampler) < 0) {
-		fprintf(stderr, "ember top: cannot start sampling (root, BPF and perf events needed)\n");
-		goto out;
-	}
+	if (cli_profiler_open("ember top", &so, &pr) < 0)
+		return 1;
 	signal(SIGINT, top_on_signal);
 	signal(SIGTERM, top_on_signal);
 	start = top_now();
@@ -322,14 +306,14 @@ int cli_top(int argc, char **argv)
 		double now;
 
 		nanosleep(&tick, NULL);
-		sampler_drain(sampler, aggregate_add, agg);
+		sampler_drain(pr.sampler, aggregate_add, pr.agg);
 		now = top_now();
 		if (now - start < interval && !top_stop)
 			continue;
 		if (pid && kill((pid_t)pid, 0) < 0 && errno == ESRCH)
 			top_stop = 1; /* the last table, then stop */
 		mem = open_memstream(&buf, &len);
-		if (!mem || aggregate_write_folded(agg, mem, AGGREGATE_VALUE_SAMPLES) < 0) {
+		if (!mem || aggregate_write_folded(pr.agg, mem, AGGREGATE_VALUE_SAMPLES) < 0) {
 			if (mem)
 				fclose(mem);
 			free(buf);
@@ -340,16 +324,13 @@ int cli_top(int argc, char **argv)
 		top_print(buf, len, now - start, so.frequency, (int)ncpu, (size_t)lines, !batch,
 			  stdout);
 		free(buf);
-		aggregate_flush(agg, 0, top_discard, NULL);
+		aggregate_flush(pr.agg, 0, top_discard, NULL);
 		start = now;
 		if (count && ++shown >= count)
 			break;
 	}
 	ret = 0;
 out:
-	sampler_close(sampler);
-	aggregate_free(agg);
-	procinfo_close(procs);
-	sym_close(sym);
+	cli_profiler_close(&pr);
 	return ret;
 }
