@@ -290,9 +290,16 @@ void agent_write_metrics(struct agent *a, struct strbuf *out)
 		  "stacks (capture budget).\n"
 		  "ember_agent_offcpu_blocks_unstacked_total %" PRIu64 "\n"
 		  "ember_agent_offcpu_bpf_run_seconds_total %.9f\n"
-		  "ember_agent_offcpu_bpf_runs_total %" PRIu64 "\n",
+		  "ember_agent_offcpu_bpf_runs_total %" PRIu64 "\n"
+		  "# HELP ember_agent_offcpu_wakers_total Wakers taken (--off-cpu-wakers).\n"
+		  "# TYPE ember_agent_offcpu_wakers_total counter\n"
+		  "ember_agent_offcpu_wakers_total %" PRIu64 "\n"
+		  "# HELP ember_agent_offcpu_wakers_skipped_total Wakers not taken: their budget.\n"
+		  "# TYPE ember_agent_offcpu_wakers_skipped_total counter\n"
+		  "ember_agent_offcpu_wakers_skipped_total %" PRIu64 "\n",
 		  ss.samples, ss.lost, ss.overflow_samples, ss.stack_collisions,
 		  (double)ss.bpf_run_ns / 1e9, ss.bpf_run_cnt, us.rows_sent, us.rows_dropped,
 		  us.retries, us.queued_bytes + us.spooled_bytes, us.server_ok, ss.offcpu_blocks,
-		  ss.offcpu_skipped, (double)ss.offcpu_bpf_run_ns / 1e9, ss.offcpu_bpf_run_cnt);
+		  ss.offcpu_skipped, (double)ss.offcpu_bpf_run_ns / 1e9, ss.offcpu_bpf_run_cnt,
+		  ss.offcpu_wakers, ss.offcpu_wakers_skipped);
 }

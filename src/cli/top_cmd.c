@@ -6,6 +6,10 @@
  * running) and total (it was on the stack), each with the process it ran in. Host-wide, or one
  * process with -p. On a terminal the table replaces the last one; with --batch (or when stdout
  * is not a terminal) tables follow each other, -n of them.
+ *
+ * With --off-cpu the table is of blocked time instead: every off-CPU stack ends in the kernel at
+ * __schedule, so "self" goes to the innermost frame of the program itself (not [k], not a
+ * waker's): where it called into the kernel and waited.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -39,10 +43,12 @@ static void top_usage(FILE *f)
 {
 	fprintf(f,
 		"usage: ember top [-F HZ] [-p PID] [--interval SECONDS] [-n COUNT] [--lines N]\n"
-		"                 [--unwind dwarf|fp] [--batch]\n"
+		"                 [--unwind dwarf|fp] [--off-cpu] [--batch]\n"
 		"Samples this host (or process PID) and every --interval seconds (default 2) shows\n"
 		"the functions with the most samples of that interval: self %% (running), total %%\n"
-		"(on the stack), and the process. -n stops after COUNT tables; Ctrl-C stops.\n");
+		"(on the stack), and the process. --off-cpu: blocked time instead, self being the\n"
+		"program's innermost frame (where it waited). -n stops after COUNT tables; Ctrl-C\n"
+		"stops.\n");
 }
 
 /* One (process, function) of the interval: samples where it ran, and where it was on the stack. */
@@ -56,7 +62,8 @@ struct top_entry {
 struct top_table {
 	struct top_entry *v;
 	size_t n, cap;
-	uint64_t samples;
+	int off_cpu;	  /* values are µs blocked; self goes to the program's innermost frame */
+	uint64_t samples; /* or µs */
 	uint32_t stack_no;
 	size_t *slots; /* open addressing over v, index + 1; 0 empty */
 	size_t nslots;
@@ -127,15 +134,15 @@ static struct top_entry *top_get(struct top_table *t, const char *app, size_t al
 }
 
 /*
- * A folded line "app;[p] comm;frame;...;leaf N": N counts as self of the leaf and as total of
- * every frame below the process and thread levels, once per stack.
+ * A folded line "app;[p] comm;frame;...;leaf N": N counts as total of every frame below the
+ * process and thread levels, once per stack, and as self of the leaf — off-CPU, of the
+ * innermost frame that is the program's own (not [k], [w] or [wk]).
  */
 static int top_add_line(void *arg, const char *stack, size_t len, int64_t value, size_t line)
 {
 	struct top_table *t = arg;
 	const char *end = stack + len, *app = stack, *p = memchr(stack, ';', len), *fn;
-	size_t app_len = p ? (size_t)(p - stack) : len, frames = 0;
-	struct top_entry *e = NULL;
+	size_t app_len = p ? (size_t)(p - stack) : len, frames = 0, leaf = SIZE_MAX;
 
 	(void)line;
 	t->samples += (uint64_t)value;
@@ -143,20 +150,24 @@ static int top_add_line(void *arg, const char *stack, size_t len, int64_t value,
 	for (fn = p ? p + 1 : end; fn < end && frames < TOP_MAX_FRAMES; frames++) {
 		const char *q = memchr(fn, ';', (size_t)(end - fn));
 		size_t fl = q ? (size_t)(q - fn) : (size_t)(end - fn);
+		int level = fl >= 4 && (memcmp(fn, "[p] ", 4) == 0 || memcmp(fn, "[t] ", 4) == 0);
+		int kernel = (fl >= 4 && (memcmp(fn, "[k] ", 4) == 0 || memcmp(fn, "[w] ", 4) == 0)) ||
+			     (fl >= 5 && memcmp(fn, "[wk] ", 5) == 0);
+		struct top_entry *e = level ? NULL : top_get(t, app, app_len, fn, fl);
 
-		if (!(fl >= 4 && (memcmp(fn, "[p] ", 4) == 0 || memcmp(fn, "[t] ", 4) == 0))) {
-			e = top_get(t, app, app_len, fn, fl);
-			if (e && e->seen != t->stack_no) {
-				e->seen = t->stack_no;
-				e->total += (uint64_t)value;
-			}
+		if (e && e->seen != t->stack_no) {
+			e->seen = t->stack_no;
+			e->total += (uint64_t)value;
 		}
+		/* an index: the next top_get may move the table */
+		if (e && !(t->off_cpu && kernel))
+			leaf = (size_t)(e - t->v);
 		if (!q)
 			break;
 		fn = q + 1;
 	}
-	if (e) /* the last frame counted is the leaf */
-		e->self += (uint64_t)value;
+	if (leaf != SIZE_MAX)
+		t->v[leaf].self += (uint64_t)value;
 	return 0;
 }
 
@@ -169,11 +180,11 @@ static int top_cmp(const void *a, const void *b)
 	return x->total > y->total ? -1 : x->total < y->total;
 }
 
-/* One table: the interval's folded stacks, ranked by self samples. */
+/* One table: the interval's folded stacks, ranked by self samples (off_cpu: µs blocked). */
 static int top_print(const char *folded, size_t len, double seconds, int frequency, int ncpu,
-		     size_t lines, int clear, FILE *out)
+		     int off_cpu, size_t lines, int clear, FILE *out)
 {
-	struct top_table t = {0};
+	struct top_table t = {.off_cpu = off_cpu};
 	int rc = folded_parse(folded, len, top_add_line, &t, NULL, 0, NULL);
 
 	if (rc < 0)
@@ -182,9 +193,15 @@ static int top_print(const char *folded, size_t len, double seconds, int frequen
 		qsort(t.v, t.n, sizeof(*t.v), top_cmp);
 	if (clear)
 		fputs("\033[H\033[2J", out);
-	fprintf(out, "ember top: %.1f s, %" PRIu64 " samples at %d Hz on %d CPUs (%.1f %% busy)\n",
-		seconds, t.samples, frequency, ncpu,
-		seconds > 0 ? 100.0 * (double)t.samples / (seconds * frequency * ncpu) : 0.0);
+	if (off_cpu)
+		fprintf(out, "ember top --off-cpu: %.1f s, %.2f s blocked (threads together)\n",
+			seconds, (double)t.samples / 1e6);
+	else
+		fprintf(out,
+			"ember top: %.1f s, %" PRIu64 " samples at %d Hz on %d CPUs (%.1f %% busy)\n",
+			seconds, t.samples, frequency, ncpu,
+			seconds > 0 ? 100.0 * (double)t.samples / (seconds * frequency * ncpu)
+				    : 0.0);
 	fprintf(out, "%7s %7s  %-16s %s\n", "self%", "total%", "process", "function");
 	for (size_t i = 0; i < t.n && i < lines && t.v[i].self; i++) {
 		const struct top_entry *e = &t.v[i];
@@ -223,6 +240,7 @@ int cli_top(int argc, char **argv)
 	    {"interval", required_argument, NULL, 'i'},	 {"count", required_argument, NULL, 'n'},
 	    {"lines", required_argument, NULL, 'l'},	 {"unwind", required_argument, NULL, 'u'},
 	    {"batch", no_argument, NULL, 'b'},		 {"help", no_argument, NULL, 'h'},
+	    {"off-cpu", no_argument, NULL, 'O'},
 	    {NULL, 0, NULL, 0},
 	};
 	struct sampler_opts so = {
@@ -280,6 +298,7 @@ int cli_top(int argc, char **argv)
 			}
 			break;
 		case 'b': batch = 1; break;
+		case 'O': so.events = SAMPLER_EVENT_OFF_CPU; break;
 		case 'h': top_usage(stdout); return 0;
 		default: top_usage(stderr); return 2;
 		}
@@ -321,8 +340,8 @@ int cli_top(int argc, char **argv)
 			goto out;
 		}
 		fclose(mem);
-		top_print(buf, len, now - start, so.frequency, (int)ncpu, (size_t)lines, !batch,
-			  stdout);
+		top_print(buf, len, now - start, so.frequency, (int)ncpu,
+			  so.events == SAMPLER_EVENT_OFF_CPU, (size_t)lines, !batch, stdout);
 		free(buf);
 		aggregate_flush(pr.agg, 0, top_discard, NULL);
 		start = now;

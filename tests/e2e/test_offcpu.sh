@@ -128,6 +128,8 @@ tree Total on-cpu >/dev/null
 check "API: the on-CPU Total is still there" bash -c "[ \$(jq -r '.result[0].total_value // 0' '$E2E_TMP/resp.json') -gt 0 ]"
 blocks=$(curl -s "$SRV_URL_run/metrics" | sed -n 's/^ember_agent_offcpu_blocks_total \([0-9]*\)$/\1/p')
 check "/metrics: ember_agent_offcpu_blocks_total counts blocks" [ "${blocks:-0}" -gt 0 ]
+wakers=$(curl -s "$SRV_URL_run/metrics" | sed -n 's/^ember_agent_offcpu_wakers_total \([0-9]*\)$/\1/p')
+check "/metrics: ember_agent_offcpu_wakers_total counts wakers taken" [ "${wakers:-0}" -gt 0 ]
 server_stop run
 check "the agent's summary names its off-CPU blocks" grep -qE 'off-CPU: [1-9][0-9]* blocks counted' "$E2E_TMP/run.log"
 e2e_done

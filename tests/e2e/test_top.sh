@@ -30,6 +30,25 @@ check "without -n: exits 0 when the process is gone" [ $rc -eq 0 ]
 check "without -n: showed tables until then" grep -q '^ember top: ' "$E2E_TMP/top2.txt"
 wait $P
 
+# --off-cpu: where the four threads of the offcpu workload wait, by the program's own innermost
+# frame: three in nanosleep (main's pace, nap, the vforker between forks), one in read (25 %).
+"$W/offcpu" 4 >/dev/null &
+P=$!
+"$EMBER_BIN" top --off-cpu -p $P --interval 1 -n 2 --batch >"$E2E_TMP/off.txt" 2>"$E2E_TMP/off.err" ||
+	{ cat "$E2E_TMP/off.err"; fail "ember top --off-cpu"; }
+wait $P
+cat "$E2E_TMP/off.txt"
+offlast() { awk -v f="$1" '/^ember top/{t++} t == 2 && $NF == f {sub("%", "", $1); print $1}' "$E2E_TMP/off.txt"; }
+sl=$(offlast clock_nanosleep)
+rd=$(offlast read)
+check "--off-cpu: nanosleep ~70 % of the blocked time (55-85): ${sl:-none}" within "${sl:-0}" 55 85
+check "--off-cpu: the pipe read ~25 % (15-35): ${rd:-none}" within "${rd:-0}" 15 35
+noks() { ! awk '/^ember top/{t++} t && /^ *[0-9.]+%/ && ($(NF-1) == "[k]" || $(NF-1) == "[w]" || $(NF-1) == "[wk]")' "$E2E_TMP/off.txt" | grep -q .; }
+check "--off-cpu: no kernel frame as self (the program's own frames)" noks
+# "ember top --off-cpu: 1.1 s, 4.41 s blocked": between 1.5 and 4.4 threads' worth
+hdr() { awk '/^ember top --off-cpu: /{gsub(",", ""); s = $4; b = $6; if (b > 4.4 * s || b < 1.5 * s) bad = 1; n++} END {exit bad || n != 2}' "$E2E_TMP/off.txt"; }
+check "--off-cpu: the header gives the blocked seconds, four threads' worth at most" hdr
+
 "$EMBER_BIN" top -p 999999999 >/dev/null 2>"$E2E_TMP/e1"
 check "a pid that does not exist: exit 1 saying so" bash -c "[ $? -eq 1 ] && grep -q 'no process 999999999' '$E2E_TMP/e1'"
 "$EMBER_BIN" top --interval 0.05 >/dev/null 2>"$E2E_TMP/e2"
