@@ -18,6 +18,13 @@ printf '[t] waiter;wait_pipe;[l] read;[k] __schedule 1500000\n' |
 printf '[t] napper;nap;[k] __schedule 250000\n' |
 	"$EMBER_BIN" import --server "$SRV_URL_s" --app-service offsvc2 --event-type off-cpu --time $T - \
 	>/dev/null || fail "import off-cpu 2"
+# Off-CPU rows of one process tagged as the agent tags them: 300 ms uninterruptible, 700 ms asleep.
+printf '[t] w;read_disk;[k] io_schedule 300000\n' |
+	"$EMBER_BIN" import --server "$SRV_URL_s" --app-service statesvc --event-type off-cpu --time $T \
+	--tag ember.offcpu.state=D - >/dev/null || fail "import D rows"
+printf '[t] w;nap;[k] schedule 700000\n' |
+	"$EMBER_BIN" import --server "$SRV_URL_s" --app-service statesvc --event-type off-cpu --time $T \
+	--tag ember.offcpu.state=S - >/dev/null || fail "import S rows"
 # A service whose split turned around within the hour: 70/30 an hour ago, 30/70 now.
 printf '[t] w;work;hot_a 70000\n[t] w;work;hot_b 30000\n' |
 	"$EMBER_BIN" import --server "$SRV_URL_s" --app-service cmpsvc --time $((T - 3600)) - >/dev/null ||

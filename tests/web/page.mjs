@@ -80,8 +80,21 @@ try {
   await page.click("#go");
   await page.waitForFunction(() => /nodes/.test(document.querySelector("#status").textContent));
   st = await page.textContent("#status");
-  check("off-cpu, app_service cleared: both processes merged, 1.75 s", /offsvc.*, .*offsvc.*: \d+ nodes, total 1\.75 s/.test(st), st);
+  check("off-cpu, app_service cleared: the three processes merged, 2.75 s", /^offsvc, offsvc2, statesvc: \d+ nodes, total 2\.75 s/.test(st), st);
   await page.screenshot({ path: `${shots}/page-offcpu.png` });
+
+  // How it blocked: the "blocked" list shows for off-cpu only and narrows the tree to D or S.
+  st = await statusAfter(`${base}/?app=statesvc&event=off-cpu&range=86400&state=D`);
+  check("off-cpu, blocked D: only the uninterruptible 300 ms", /^statesvc: \d+ nodes, total 300\.0 ms/.test(st), st);
+  check("off-cpu: the blocked list is shown", await page.isVisible("[name=state]"), "hidden");
+  await page.selectOption("[name=state]", "S");
+  await page.click("#go");
+  await page.waitForFunction(() => /total 700/.test(document.querySelector("#status").textContent));
+  st = await page.textContent("#status");
+  check("off-cpu, blocked S: the 700 ms asleep", /total 700\.0 ms/.test(st), st);
+  check("the URL keeps the choice", /state=S/.test(page.url()), page.url());
+  await page.selectOption("[name=profile_event_type]", "on-cpu");
+  check("on-cpu: the blocked list is hidden", !(await page.isVisible("[name=state]")), "visible");
 
   // Compare with 1 hour earlier: hot_b grew from 30 % to 70 % (red), hot_a shrank (blue).
   st = await statusAfter(`${base}/?app=cmpsvc&range=900&compare=3600`);
