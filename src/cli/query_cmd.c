@@ -355,8 +355,10 @@ static int query_compare(const struct query_req *q, int64_t from, int64_t to, in
 	if (rc < 0)
 		fprintf(stderr, "ember query: writing failed: %s\n", strerror(-rc));
 out:
-	if (out && out != stdout)
-		fclose(out);
+	if (out && out != stdout && fclose(out) != 0 && rc == 0) {
+		fprintf(stderr, "ember query: writing %s failed: %s\n", output, strerror(errno));
+		rc = -EIO;
+	}
 	diff_free(&d);
 	sb_free(&now);
 	sb_free(&then);
@@ -491,6 +493,11 @@ int cli_query(int argc, char **argv)
 		fwrite(resp.body.buf ? resp.body.buf : "", 1, resp.body.len, out);
 		fputc('\n', out);
 		ret = resp.status == 200 ? 0 : 1;
+		if (fflush(out) != 0 || ferror(out)) {
+			fprintf(stderr, "ember query: writing %s failed: %s\n",
+				output ? output : "stdout", strerror(errno));
+			ret = 1;
+		}
 		goto out;
 	}
 	root = query_parse(&resp);
@@ -507,8 +514,10 @@ int cli_query(int argc, char **argv)
 		      ? 1
 		      : 0;
 out:
-	if (out && out != stdout)
-		fclose(out);
+	if (out && out != stdout && fclose(out) != 0 && ret == 0) {
+		fprintf(stderr, "ember query: writing %s failed: %s\n", output, strerror(errno));
+		ret = 1;
+	}
 	json_decref(root);
 	sb_free(&resp.body);
 	return ret;

@@ -47,8 +47,8 @@ static void top_usage(FILE *f)
 		"Samples this host (or process PID) and every --interval seconds (default 2) shows\n"
 		"the functions with the most samples of that interval: self %% (running), total %%\n"
 		"(on the stack), and the process. --off-cpu: blocked time instead, self being the\n"
-		"program's innermost frame (where it waited). -n stops after COUNT tables; Ctrl-C\n"
-		"stops.\n");
+		"program's innermost frame (where it waited); a block counts, whole, in the table\n"
+		"of the interval it ends in. -n stops after COUNT tables; Ctrl-C stops.\n");
 }
 
 /* One (process, function) of the interval: samples where it ran, and where it was on the stack. */
@@ -162,6 +162,8 @@ static int top_add_line(void *arg, const char *stack, size_t len, int64_t value,
 		/* an index: the next top_get may move the table */
 		if (e && !(t->off_cpu && kernel))
 			leaf = (size_t)(e - t->v);
+		else if (!e && !level && !(t->off_cpu && kernel))
+			leaf = SIZE_MAX; /* the leaf had no room: its self is not the caller's */
 		if (!q)
 			break;
 		fn = q + 1;
@@ -171,13 +173,35 @@ static int top_add_line(void *arg, const char *stack, size_t len, int64_t value,
 	return 0;
 }
 
+/* By self, then total, then process and function: rows keep their order between tables. */
 static int top_cmp(const void *a, const void *b)
 {
 	const struct top_entry *x = a, *y = b;
+	int c;
 
 	if (x->self != y->self)
 		return x->self > y->self ? -1 : 1;
-	return x->total > y->total ? -1 : x->total < y->total;
+	if (x->total != y->total)
+		return x->total > y->total ? -1 : 1;
+	c = memcmp(x->app, y->app, x->app_len < y->app_len ? x->app_len : y->app_len);
+	if (c || x->app_len != y->app_len)
+		return c ? c : x->app_len < y->app_len ? -1 : 1;
+	c = memcmp(x->fn, y->fn, x->fn_len < y->fn_len ? x->fn_len : y->fn_len);
+	return c ? c : x->fn_len < y->fn_len ? -1 : x->fn_len > y->fn_len;
+}
+
+/*
+ * A name as the terminal gets it: control bytes (a process may name itself "\e]0;…") become
+ * '?', padded to width (0: none).
+ */
+static void top_put_name(FILE *out, const char *s, size_t len, int width)
+{
+	int n = 0;
+
+	for (size_t i = 0; i < len; i++, n++)
+		fputc((unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i], out);
+	for (; n < width; n++)
+		fputc(' ', out);
 }
 
 /* One table: the interval's folded stacks, ranked by self samples (off_cpu: µs blocked). */
@@ -194,7 +218,9 @@ static int top_print(const char *folded, size_t len, double seconds, int frequen
 	if (clear)
 		fputs("\033[H\033[2J", out);
 	if (off_cpu)
-		fprintf(out, "ember top --off-cpu: %.1f s, %.2f s blocked (threads together)\n",
+		fprintf(out,
+			"ember top --off-cpu: %.1f s, %.2f s of blocks that ended in it (threads "
+			"together; a block counts whole when it ends)\n",
 			seconds, (double)t.samples / 1e6);
 	else
 		fprintf(out,
@@ -206,13 +232,16 @@ static int top_print(const char *folded, size_t len, double seconds, int frequen
 	for (size_t i = 0; i < t.n && i < lines && t.v[i].self; i++) {
 		const struct top_entry *e = &t.v[i];
 
-		fprintf(out, "%6.2f%% %6.2f%%  %-16.*s %.*s\n",
-			100.0 * (double)e->self / (double)t.samples,
-			100.0 * (double)e->total / (double)t.samples, (int)e->app_len, e->app,
-			(int)e->fn_len, e->fn);
+		fprintf(out, "%6.2f%% %6.2f%%  ", 100.0 * (double)e->self / (double)t.samples,
+			100.0 * (double)e->total / (double)t.samples);
+		top_put_name(out, e->app, e->app_len, 16);
+		fputc(' ', out);
+		top_put_name(out, e->fn, e->fn_len, 0);
+		fputc('\n', out);
 	}
 	fputc('\n', out);
-	fflush(out);
+	if (fflush(out) != 0 || ferror(out))
+		rc = errno == EPIPE ? -EPIPE : -EIO;
 out:
 	free(t.v);
 	free(t.slots);
@@ -249,7 +278,7 @@ int cli_top(int argc, char **argv)
 	struct timespec tick = {0, 200 * 1000 * 1000};
 	int64_t pid = 0, count = 0, lines = TOP_LINES_DEFAULT, v;
 	double interval = 2, start;
-	int opt, batch = !isatty(STDOUT_FILENO), ret = 1, shown = 0;
+	int opt, batch = !isatty(STDOUT_FILENO), ret = 1, shown = 0, rc;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 
 	while ((opt = getopt_long(argc, argv, "F:p:n:h", longopts, NULL)) != -1) {
@@ -312,6 +341,8 @@ int cli_top(int argc, char **argv)
 		fprintf(stderr, "ember top: no process %" PRId64 "\n", pid);
 		return 1;
 	}
+	if (ncpu < 1)
+		ncpu = 1;
 	so.only_tgid = (uint32_t)pid;
 	if (cli_profiler_open("ember top", &so, &pr) < 0)
 		return 1;
@@ -327,10 +358,11 @@ int cli_top(int argc, char **argv)
 		nanosleep(&tick, NULL);
 		sampler_drain(pr.sampler, aggregate_add, pr.agg);
 		now = top_now();
+		/* -p: the process gone ends the interval, with its last table */
+		if (pid && kill((pid_t)pid, 0) < 0 && errno == ESRCH)
+			top_stop = 1;
 		if (now - start < interval && !top_stop)
 			continue;
-		if (pid && kill((pid_t)pid, 0) < 0 && errno == ESRCH)
-			top_stop = 1; /* the last table, then stop */
 		mem = open_memstream(&buf, &len);
 		if (!mem || aggregate_write_folded(pr.agg, mem, AGGREGATE_VALUE_SAMPLES) < 0) {
 			if (mem)
@@ -340,9 +372,15 @@ int cli_top(int argc, char **argv)
 			goto out;
 		}
 		fclose(mem);
-		top_print(buf, len, now - start, so.frequency, (int)ncpu,
-			  so.events == SAMPLER_EVENT_OFF_CPU, (size_t)lines, !batch, stdout);
+		rc = top_print(buf, len, now - start, so.frequency, (int)ncpu,
+			       so.events == SAMPLER_EVENT_OFF_CPU, (size_t)lines, !batch, stdout);
 		free(buf);
+		if (rc < 0) {
+			/* a closed pipe (ember top | head) or a full disk: nobody reads any more */
+			if (rc != -EPIPE)
+				fprintf(stderr, "ember top: writing the table: %s\n", strerror(-rc));
+			goto out;
+		}
 		aggregate_flush(pr.agg, 0, top_discard, NULL);
 		start = now;
 		if (count && ++shown >= count)

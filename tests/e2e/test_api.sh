@@ -149,6 +149,8 @@ check "query --format speedscope: frames and weights add up to the total" [ "$(j
 check "query --format svg: an SVG with the frames" bash -c "grep -q '<svg' '$E2E_TMP/q.svg' && grep -q 'tokio-runtime-w' '$E2E_TMP/q.svg'"
 "${Q[@]}" --format pprof -o "$E2E_TMP/q.pb.gz" || fail "query pprof"
 check "query --format pprof: gzip'ed protobuf naming the functions" bash -c "gzip -t '$E2E_TMP/q.pb.gz' && zcat '$E2E_TMP/q.pb.gz' | grep -aq main_loop"
+"${Q[@]}" --format json -o /dev/full 2>"$E2E_TMP/full.err"
+check "query to a full disk: exit 1 naming the failed write" bash -c "[ $? -eq 1 ] && grep -q 'writing /dev/full failed' '$E2E_TMP/full.err'"
 "${Q[@]}" --tag-filter 'nosuchfield = 1' 2>"$E2E_TMP/q.err" >/dev/null
 check "query with a bad filter: non-zero exit and the server's message" bash -c "[ $? -ne 0 ] && grep -q 'nosuchfield' '$E2E_TMP/q.err'"
 "$EMBER_BIN" query --server "$URL" --app-service deepflow-agent --since 10m --max-kernel-depth 0 --format folded > "$E2E_TMP/q0.folded" 2>/dev/null

@@ -54,6 +54,11 @@ try {
   await page.waitForFunction(() => document.querySelector("#status").className === "error");
   const err = await page.textContent("#status");
   check("a bad tag_filter shows the server's error with its position", /INVALID_POST_DATA.*position/.test(err), err);
+  // Nothing is drawn after an error: hovering and clicking where the graph was must not throw.
+  const gone = await page.locator("#flame").boundingBox();
+  check("after an error the graph is gone", gone.height === 0, `height ${gone.height}`);
+  await page.mouse.move(box.x + box.width * 0.2, box.y + 18 + 9);
+  await page.mouse.click(box.x + box.width * 0.2, box.y + 18 + 9);
 
   await page.fill("[name=tag_filter]", "");
   await page.fill("[name=app_service]", "Total");
@@ -95,6 +100,15 @@ try {
   check("the URL keeps the choice", /state=S/.test(page.url()), page.url());
   await page.selectOption("[name=profile_event_type]", "on-cpu");
   check("on-cpu: the blocked list is hidden", !(await page.isVisible("[name=state]")), "visible");
+  st = await statusAfter(`${base}/?app=offsvc&event=off-cpu&range=86400&state=D`);
+  check("a filter that keeps nothing says so, not that the agent lacks --off-cpu", /No off-cpu rows for offsvc in this range that the filter keeps \(tag\.ember\.offcpu\.state = 'D'\)/.test(st), st);
+  await page.goto(`${base}/?range=86400`);
+  await page.selectOption("[name=profile_event_type]", "mem-alloc");
+  await page.fill("[name=app_service]", "");
+  await page.click("#go");
+  await page.waitForFunction(() => /rows/.test(document.querySelector("#status").textContent));
+  st = await page.textContent("#status");
+  check("no service at all (DeepFlow's count 0): the plain empty message, not an error", /^No mem-alloc rows for any service in this range\.$/.test(st), st);
 
   // Compare with 1 hour earlier: hot_b grew from 30 % to 70 % (red), hot_a shrank (blue).
   st = await statusAfter(`${base}/?app=cmpsvc&range=900&compare=3600`);
