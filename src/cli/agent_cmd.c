@@ -527,9 +527,14 @@ int cli_record(int argc, char **argv)
 		record_usage(stderr);
 		return 2;
 	}
-	if (pid && kill((pid_t)pid, 0) < 0 && errno == ESRCH) {
-		fprintf(stderr, "ember record: no process %" PRId64 "\n", pid);
-		return 1;
+	if (pid) {
+		int64_t tgid = cli_profiler_tgid("ember record", pid);
+
+		if (tgid < 0) {
+			fprintf(stderr, "ember record: no process %" PRId64 "\n", pid);
+			return 1;
+		}
+		pid = tgid;
 	}
 	if (optind < argc) {
 		child = record_spawn(argv + optind, &go_fd);

@@ -18,11 +18,17 @@ struct cli_profiler {
 };
 
 /*
- * Opens the four (the aggregator at so->frequency). 0, or -1 with "CMD: ..." printed and
- * whatever was opened closed again.
+ * Opens the four (the aggregator at so->frequency). 0, or the failing call's negative errno with
+ * "CMD: ..." printed and whatever was opened closed again.
  */
 int cli_profiler_open(const char *cmd, const struct sampler_opts *so, struct cli_profiler *p);
 /* Closes what is open; p may be zeroed or half open. */
 void cli_profiler_close(struct cli_profiler *p);
+
+/*
+ * The process -p PID names: PID itself, or the process a thread id belongs to (the sampler
+ * follows processes), said on stderr as "CMD: ...". -ESRCH when there is no such task.
+ */
+int64_t cli_profiler_tgid(const char *cmd, int64_t pid);
 
 #endif

@@ -209,9 +209,11 @@ static json_t *query_parse(const struct httpc_resp *resp)
 		return NULL;
 	}
 	if (resp->status != 200) {
-		fprintf(stderr, "ember query: %s: %s\n",
-			json_string_value(json_object_get(root, "OPT_STATUS")),
-			json_string_value(json_object_get(root, "DESCRIPTION")));
+		const char *status = json_string_value(json_object_get(root, "OPT_STATUS"));
+		const char *why = json_string_value(json_object_get(root, "DESCRIPTION"));
+
+		fprintf(stderr, "ember query: HTTP %ld %s: %s\n", resp->status, status ? status : "?",
+			why ? why : "(no description)");
 		json_decref(root);
 		return NULL;
 	}
@@ -256,7 +258,7 @@ out:
 	return rc;
 }
 
-/* The format a file name asks for: .svg, .folded, .pb.gz / .pprof; others keep the tree. */
+/* The format a file name asks for: .svg, .folded, .pb.gz / .pprof, .json; others keep the tree. */
 static void query_format_from_path(const char *path, enum query_format *fmt,
 				   enum export_format *efmt)
 {
@@ -265,6 +267,7 @@ static void query_format_from_path(const char *path, enum query_format *fmt,
 		enum query_format fmt;
 		enum export_format efmt;
 	} by_suffix[] = {{".svg", QF_EXPORT, EXPORT_SVG},
+			 {".json", QF_JSON, EXPORT_FOLDED}, /* the API's answer, as --format json */
 			 {".folded", QF_FOLDED, EXPORT_FOLDED},
 			 {".pb.gz", QF_EXPORT, EXPORT_PPROF},
 			 {".pprof", QF_EXPORT, EXPORT_PPROF}};
@@ -446,7 +449,16 @@ int cli_query(int argc, char **argv)
 				return 2;
 			}
 			break;
-		case 'm': min_percent = atof(optarg); break;
+		case 'm': {
+			char *end;
+
+			min_percent = strtod(optarg, &end);
+			if (*end || !(min_percent >= 0 && min_percent <= 100)) {
+				fprintf(stderr, "ember query: --min-percent wants 0..100\n");
+				return 2;
+			}
+			break;
+		}
 		case 'g':
 			if (cli_parse_int(optarg, 1, 9999, &q.org) < 0) {
 				fprintf(stderr, "ember query: --org must be 1..9999\n");
@@ -463,7 +475,7 @@ int cli_query(int argc, char **argv)
 		query_usage(stderr);
 		return 2;
 	}
-	/* -o x.svg, x.folded, x.pb.gz: the format from the name, as ember record and diff do */
+	/* -o x.svg, x.folded, x.pb.gz, x.json (the API's answer): the format from the name */
 	if (!fmt_given && output)
 		query_format_from_path(output, &fmt, &efmt);
 	if (shift && min_percent >= 0) {

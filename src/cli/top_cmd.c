@@ -204,9 +204,13 @@ static void top_put_name(FILE *out, const char *s, size_t len, int width)
 		fputc(' ', out);
 }
 
-/* One table: the interval's folded stacks, ranked by self samples (off_cpu: µs blocked). */
+/*
+ * One table: the interval's folded stacks, ranked by self samples (off_cpu: µs blocked); lost:
+ * samples the sampler could not count in it (full maps), said so that a quiet table is not
+ * taken for an idle host.
+ */
 static int top_print(const char *folded, size_t len, double seconds, int frequency, int ncpu,
-		     int off_cpu, size_t lines, int clear, FILE *out)
+		     int off_cpu, uint64_t lost, size_t lines, int clear, FILE *out)
 {
 	struct top_table t = {.off_cpu = off_cpu};
 	int rc = folded_parse(folded, len, top_add_line, &t, NULL, 0, NULL);
@@ -228,6 +232,8 @@ static int top_print(const char *folded, size_t len, double seconds, int frequen
 			seconds, t.samples, frequency, ncpu,
 			seconds > 0 ? 100.0 * (double)t.samples / (seconds * frequency * ncpu)
 				    : 0.0);
+	if (lost)
+		fprintf(out, "(%" PRIu64 " samples lost: the sampler's maps were full)\n", lost);
 	fprintf(out, "%7s %7s  %-16s %s\n", "self%", "total%", "process", "function");
 	for (size_t i = 0; i < t.n && i < lines && t.v[i].self; i++) {
 		const struct top_entry *e = &t.v[i];
@@ -275,6 +281,8 @@ int cli_top(int argc, char **argv)
 	struct sampler_opts so = {
 	    .frequency = 99, .unwind = SAMPLER_UNWIND_DWARF, .flush_seconds = 0.2};
 	struct cli_profiler pr = {0};
+	struct sampler_stats ss;
+	uint64_t lost_before = 0;
 	struct timespec tick = {0, 200 * 1000 * 1000};
 	int64_t pid = 0, count = 0, lines = TOP_LINES_DEFAULT, v;
 	double interval = 2, start;
@@ -337,9 +345,14 @@ int cli_top(int argc, char **argv)
 		top_usage(stderr);
 		return 2;
 	}
-	if (pid && kill((pid_t)pid, 0) < 0 && errno == ESRCH) {
-		fprintf(stderr, "ember top: no process %" PRId64 "\n", pid);
-		return 1;
+	if (pid) {
+		int64_t tgid = cli_profiler_tgid("ember top", pid);
+
+		if (tgid < 0) {
+			fprintf(stderr, "ember top: no process %" PRId64 "\n", pid);
+			return 1;
+		}
+		pid = tgid;
 	}
 	if (ncpu < 1)
 		ncpu = 1;
@@ -372,8 +385,11 @@ int cli_top(int argc, char **argv)
 			goto out;
 		}
 		fclose(mem);
+		sampler_get_stats(pr.sampler, &ss);
 		rc = top_print(buf, len, now - start, so.frequency, (int)ncpu,
-			       so.events == SAMPLER_EVENT_OFF_CPU, (size_t)lines, !batch, stdout);
+			       so.events == SAMPLER_EVENT_OFF_CPU, ss.lost - lost_before,
+			       (size_t)lines, !batch, stdout);
+		lost_before = ss.lost;
 		free(buf);
 		if (rc < 0) {
 			/* a closed pipe (ember top | head) or a full disk: nobody reads any more */

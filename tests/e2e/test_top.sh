@@ -76,6 +76,17 @@ kill $P
 check "a name with escapes reaches the terminal as '?'" grep -q '?]0:pwn?' "$E2E_TMP/esc.txt"
 check "... and no escape byte at all" bash -c "! grep -q $'\\e' '$E2E_TMP/esc.txt'"
 
+# A thread id names its process: top says so and profiles the process.
+"$W/threads" 60 >/dev/null &
+P=$!
+E2E_PIDS+=("$P")
+for _ in $(seq 100); do [ "$(ls "/proc/$P/task" 2>/dev/null | wc -l)" -gt 1 ] && break; sleep 0.05; done
+TID=$(ls "/proc/$P/task" | grep -vx "$P" | head -n 1)
+timeout $TO "$EMBER_BIN" top -p "$TID" --interval 1 -n 1 --batch >"$E2E_TMP/tid.txt" 2>"$E2E_TMP/tid.err"
+kill $P
+check "-p THREAD: said to be a thread of its process" grep -q "$TID is a thread of process $P: profiling the process" "$E2E_TMP/tid.err"
+check "-p THREAD: the process's functions in the table" grep -qE ' threads +burn_' "$E2E_TMP/tid.txt"
+
 timeout $TO "$EMBER_BIN" top -p 999999999 >/dev/null 2>"$E2E_TMP/e1"
 check "a pid that does not exist: exit 1 saying so" bash -c "[ $? -eq 1 ] && grep -q 'no process 999999999' '$E2E_TMP/e1'"
 timeout $TO "$EMBER_BIN" top --interval 0.05 >/dev/null 2>"$E2E_TMP/e2"
