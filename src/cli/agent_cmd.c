@@ -527,15 +527,8 @@ int cli_record(int argc, char **argv)
 		record_usage(stderr);
 		return 2;
 	}
-	if (pid) {
-		int64_t tgid = cli_profiler_tgid("ember record", pid);
-
-		if (tgid < 0) {
-			fprintf(stderr, "ember record: no process %" PRId64 "\n", pid);
-			return 1;
-		}
-		pid = tgid;
-	}
+	if (pid && (pid = cli_profiler_tgid("ember record", pid)) < 0)
+		return 1;
 	if (optind < argc) {
 		child = record_spawn(argv + optind, &go_fd);
 		if (child < 0) {

@@ -51,14 +51,16 @@ int64_t cli_profiler_tgid(const char *cmd, int64_t pid)
 
 	snprintf(path, sizeof(path), "/proc/%lld/status", (long long)pid);
 	f = fopen(path, "r");
-	if (!f)
+	if (f) {
+		while (fgets(line, sizeof(line), f))
+			if (sscanf(line, "Tgid: %lld", &tgid) == 1)
+				break;
+		fclose(f);
+	}
+	if (tgid <= 0) {
+		fprintf(stderr, "%s: no process %lld\n", cmd, (long long)pid);
 		return -ESRCH;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "Tgid: %lld", &tgid) == 1)
-			break;
-	fclose(f);
-	if (tgid <= 0)
-		return -ESRCH;
+	}
 	if (tgid != pid)
 		fprintf(stderr, "%s: %lld is a thread of process %lld: profiling the process\n", cmd,
 			(long long)pid, tgid);

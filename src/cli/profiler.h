@@ -27,7 +27,7 @@ void cli_profiler_close(struct cli_profiler *p);
 
 /*
  * The process -p PID names: PID itself, or the process a thread id belongs to (the sampler
- * follows processes), said on stderr as "CMD: ...". -ESRCH when there is no such task.
+ * follows processes), said on stderr as "CMD: ...". -ESRCH, said, when there is no such task.
  */
 int64_t cli_profiler_tgid(const char *cmd, int64_t pid);
 

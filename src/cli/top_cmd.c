@@ -345,15 +345,8 @@ int cli_top(int argc, char **argv)
 		top_usage(stderr);
 		return 2;
 	}
-	if (pid) {
-		int64_t tgid = cli_profiler_tgid("ember top", pid);
-
-		if (tgid < 0) {
-			fprintf(stderr, "ember top: no process %" PRId64 "\n", pid);
-			return 1;
-		}
-		pid = tgid;
-	}
+	if (pid && (pid = cli_profiler_tgid("ember top", pid)) < 0)
+		return 1;
 	if (ncpu < 1)
 		ncpu = 1;
 	so.only_tgid = (uint32_t)pid;
