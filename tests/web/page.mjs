@@ -133,6 +133,25 @@ try {
   const ctip = await page.textContent("#tip");
   check("compare: the tooltip gives the share then and now", /1 hour earlier: 30\.00% → now 70\.00% \(\+40\.00 points\)/.test(ctip), ctip);
   await page.screenshot({ path: `${shots}/page-compare.png` });
+
+  // The graph does not wait for the baseline: held back, the graph is drawn in its usual colours
+  // and the status says the comparison is coming; released, the colours change.
+  let release;
+  const held = new Promise((r) => { release = r; });
+  await page.route("**/v1/profile/ProfileTracing", async (route) => {
+    const b = JSON.parse(route.request().postData() || "{}");
+    if (b.time_end < Date.now() / 1000 - 1800) await held; /* the baseline, an hour back */
+    await route.continue();
+  });
+  await page.goto(`${base}/?app=cmpsvc&range=900&compare=3600`);
+  await page.waitForFunction(() => /Loading 1 hour earlier to compare/.test(document.querySelector("#status").textContent));
+  const early = await rgb(await at("hot_b"));
+  check("baseline held: the graph is drawn already, in its usual colours", !(early[0] === 255 && early[1] === early[2]), early.join(","));
+  release();
+  await page.waitForFunction(() => /Compared with 1 hour earlier/.test(document.querySelector("#status").textContent));
+  const late = await rgb(await at("hot_b"));
+  check("baseline arrived: hot_b turns red", late[0] === 255 && late[1] === late[2] && late[1] < 200, late.join(","));
+  await page.unroute("**/v1/profile/ProfileTracing");
   st = await statusAfter(`${base}/?app=cmpsvc&range=900&compare=period`);
   check("compare with an empty period: says there is nothing to compare", /Nothing to compare: the period before has no rows/.test(st), st);
   const plain = await rgb(await at("hot_b"));
