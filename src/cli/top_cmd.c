@@ -43,12 +43,13 @@ static void top_usage(FILE *f)
 {
 	fprintf(f,
 		"usage: ember top [-F HZ] [-p PID] [--interval SECONDS] [-n COUNT] [--lines N]\n"
-		"                 [--unwind dwarf|fp] [--off-cpu] [--batch]\n"
+		"                 [--unwind dwarf|fp] [--off-cpu] [--sort self|total] [--batch]\n"
 		"Samples this host (or process PID) and every --interval seconds (default 2) shows\n"
 		"the functions with the most samples of that interval: self %% (running), total %%\n"
 		"(on the stack), and the process. --off-cpu: blocked time instead, self being the\n"
 		"program's innermost frame (where it waited); a block counts, whole, in the table\n"
-		"of the interval it ends in. -n stops after COUNT tables; Ctrl-C stops.\n");
+		"of the interval it ends in. --sort total ranks by total %% (callers too). -n stops\n"
+		"after COUNT tables; Ctrl-C stops.\n");
 }
 
 /* One (process, function) of the interval: samples where it ran, and where it was on the stack. */
@@ -173,21 +174,30 @@ static int top_add_line(void *arg, const char *stack, size_t len, int64_t value,
 	return 0;
 }
 
-/* By self, then total, then process and function: rows keep their order between tables. */
-static int top_cmp(const void *a, const void *b)
+/* Process and function, so that rows of equal values keep their order between tables. */
+static int top_cmp_names(const struct top_entry *x, const struct top_entry *y)
 {
-	const struct top_entry *x = a, *y = b;
 	int c;
 
-	if (x->self != y->self)
-		return x->self > y->self ? -1 : 1;
-	if (x->total != y->total)
-		return x->total > y->total ? -1 : 1;
 	c = memcmp(x->app, y->app, x->app_len < y->app_len ? x->app_len : y->app_len);
 	if (c || x->app_len != y->app_len)
 		return c ? c : x->app_len < y->app_len ? -1 : 1;
 	c = memcmp(x->fn, y->fn, x->fn_len < y->fn_len ? x->fn_len : y->fn_len);
 	return c ? c : x->fn_len < y->fn_len ? -1 : x->fn_len > y->fn_len;
+}
+
+/* By self, then total (--sort total: the other way round), then by name. */
+static int top_cmp(const void *a, const void *b, void *by_total)
+{
+	const struct top_entry *x = a, *y = b;
+	uint64_t x1 = by_total ? x->total : x->self, y1 = by_total ? y->total : y->self;
+	uint64_t x2 = by_total ? x->self : x->total, y2 = by_total ? y->self : y->total;
+
+	if (x1 != y1)
+		return x1 > y1 ? -1 : 1;
+	if (x2 != y2)
+		return x2 > y2 ? -1 : 1;
+	return top_cmp_names(x, y);
 }
 
 /*
@@ -210,7 +220,7 @@ static void top_put_name(FILE *out, const char *s, size_t len, int width)
  * taken for an idle host.
  */
 static int top_print(const char *folded, size_t len, double seconds, int frequency, int ncpu,
-		     int off_cpu, uint64_t lost, size_t lines, int clear, FILE *out)
+		     int off_cpu, int by_total, uint64_t lost, size_t lines, int clear, FILE *out)
 {
 	struct top_table t = {.off_cpu = off_cpu};
 	int rc = folded_parse(folded, len, top_add_line, &t, NULL, 0, NULL);
@@ -218,7 +228,7 @@ static int top_print(const char *folded, size_t len, double seconds, int frequen
 	if (rc < 0)
 		goto out;
 	if (t.n)
-		qsort(t.v, t.n, sizeof(*t.v), top_cmp);
+		qsort_r(t.v, t.n, sizeof(*t.v), top_cmp, by_total ? &t : NULL);
 	if (clear)
 		fputs("\033[H\033[2J", out);
 	if (off_cpu)
@@ -235,7 +245,7 @@ static int top_print(const char *folded, size_t len, double seconds, int frequen
 	if (lost)
 		fprintf(out, "(%" PRIu64 " samples lost: the sampler's maps were full)\n", lost);
 	fprintf(out, "%7s %7s  %-16s %s\n", "self%", "total%", "process", "function");
-	for (size_t i = 0; i < t.n && i < lines && t.v[i].self; i++) {
+	for (size_t i = 0; i < t.n && i < lines && (by_total || t.v[i].self); i++) {
 		const struct top_entry *e = &t.v[i];
 
 		fprintf(out, "%6.2f%% %6.2f%%  ", 100.0 * (double)e->self / (double)t.samples,
@@ -275,6 +285,7 @@ int cli_top(int argc, char **argv)
 	    {"interval", required_argument, NULL, 'i'},	 {"count", required_argument, NULL, 'n'},
 	    {"lines", required_argument, NULL, 'l'},	 {"unwind", required_argument, NULL, 'u'},
 	    {"batch", no_argument, NULL, 'b'},		 {"help", no_argument, NULL, 'h'},
+	    {"sort", required_argument, NULL, 's'},
 	    {"off-cpu", no_argument, NULL, 'O'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -286,7 +297,7 @@ int cli_top(int argc, char **argv)
 	struct timespec tick = {0, 200 * 1000 * 1000};
 	int64_t pid = 0, count = 0, lines = TOP_LINES_DEFAULT, v;
 	double interval = 2, start;
-	int opt, batch = !isatty(STDOUT_FILENO), ret = 1, shown = 0, rc;
+	int opt, batch = !isatty(STDOUT_FILENO), by_total = 0, ret = 1, shown = 0, rc;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 
 	while ((opt = getopt_long(argc, argv, "F:p:n:h", longopts, NULL)) != -1) {
@@ -335,6 +346,14 @@ int cli_top(int argc, char **argv)
 			}
 			break;
 		case 'b': batch = 1; break;
+		case 's':
+			if (strcmp(optarg, "total") == 0)
+				by_total = 1;
+			else if (strcmp(optarg, "self") != 0) {
+				fprintf(stderr, "ember top: --sort is self or total\n");
+				return 2;
+			}
+			break;
 		case 'O': so.events = SAMPLER_EVENT_OFF_CPU; break;
 		case 'h': top_usage(stdout); return 0;
 		default: top_usage(stderr); return 2;
@@ -380,7 +399,7 @@ int cli_top(int argc, char **argv)
 		fclose(mem);
 		sampler_get_stats(pr.sampler, &ss);
 		rc = top_print(buf, len, now - start, so.frequency, (int)ncpu,
-			       so.events == SAMPLER_EVENT_OFF_CPU, ss.lost - lost_before,
+			       so.events == SAMPLER_EVENT_OFF_CPU, by_total, ss.lost - lost_before,
 			       (size_t)lines, !batch, stdout);
 		lost_before = ss.lost;
 		free(buf);

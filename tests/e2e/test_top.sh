@@ -27,6 +27,10 @@ check "hot_b burns ~30 % (20-40): ${b:-none}" within "${b:-0}" 20 40
 check "hot_a first: the table is ranked by self" bash -c "awk '/^ember top: /{t++; n=0; next} t == 2 && /^ *[0-9.]+%/ {n++; if (n == 1) print \$NF}' '$E2E_TMP/top.txt' | grep -qx hot_a"
 check "the header counts samples and how busy the CPUs were" grep -qE '^ember top: [0-9.]+ s, [1-9][0-9]* samples at 999 Hz on [0-9]+ CPUs \([0-9.]+ % busy\)$' "$E2E_TMP/top.txt"
 check "batch output has no escape byte (no screen clearing)" bash -c "! grep -q $'\\e' '$E2E_TMP/top.txt'"
+# --sort total: the callers come first, main and work on (nearly) every sample, then hot_a.
+timeout $TO "$EMBER_BIN" top -F 999 -p $P --interval 1 -n 1 --sort total --lines 6 --batch >"$E2E_TMP/tot.txt" 2>/dev/null
+cat "$E2E_TMP/tot.txt"
+check "--sort total: work on ~100 %, listed before hot_a" bash -c "awk '/^ *[0-9.]+%/ {print \$NF}' '$E2E_TMP/tot.txt' | grep -nx -e work -e hot_a | head -n 1 | grep -q ':work$' && awk '\$NF == \"work\" {sub(\"%\", \"\", \$2); exit !(\$2 + 0 >= 95)}' '$E2E_TMP/tot.txt'"
 
 # A reader that goes away stops it (SIGPIPE is ignored: the write fails and top exits).
 timeout $TO "$EMBER_BIN" top -p $P --interval 0.5 2>/dev/null | head -n 1 >/dev/null
