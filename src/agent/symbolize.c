@@ -342,13 +342,19 @@ static const char *sym_kernel_lookup(struct symbolizer *sym, uint64_t addr)
 	return name;
 }
 
-/* Appends ips[first..n) outermost first; ips[first] is exact unless all are return addresses. */
-static int sym_append_kernel_from(struct symbolizer *sym, const uint64_t *ips, size_t first,
-				  size_t n, int all_return, struct strbuf *out)
+/*
+ * Appends kernel frames ips[first..end) labelled prefix ("[k] ", a waker's "[wk] "): outermost
+ * first, as a stack is read, or innermost first (a waker drawn upside down). ips[first] is exact
+ * unless all are return addresses.
+ */
+static int sym_append_kernel_range(struct symbolizer *sym, const uint64_t *ips, size_t first,
+				   size_t end, int inner_first, int all_return, const char *prefix,
+				   struct strbuf *out)
 {
 	int count = 0;
 
-	for (size_t i = n; i-- > first;) {
+	for (size_t k = first; k < end; k++) {
+		size_t i = inner_first ? k : end - 1 - (k - first);
 		uint64_t ip = ips[i];
 		const char *name;
 
@@ -359,7 +365,7 @@ static int sym_append_kernel_from(struct symbolizer *sym, const uint64_t *ips, s
 		name = sym_kernel_lookup(sym, i > first || all_return ? ip - 1 : ip);
 		sym->stats.frames++;
 		if (name) {
-			sb_puts(out, "[k] ");
+			sb_puts(out, prefix);
 			sb_puts(out, name);
 		} else {
 			sym->stats.frames_unknown++;
@@ -370,6 +376,25 @@ static int sym_append_kernel_from(struct symbolizer *sym, const uint64_t *ips, s
 	return count;
 }
 
+static int sym_append_kernel_from(struct symbolizer *sym, const uint64_t *ips, size_t first,
+				  size_t n, int all_return, struct strbuf *out)
+{
+	return sym_append_kernel_range(sym, ips, first, n, 0, all_return, "[k] ", out);
+}
+
+/* The first of ips[0..n) inside the kernel function name (return addresses), or n. */
+static size_t sym_kernel_index(struct symbolizer *sym, const uint64_t *ips, size_t n,
+			       const char *name)
+{
+	for (size_t i = 0; i < n; i++) {
+		const char *s = ips[i] ? sym_kernel_lookup(sym, ips[i] - 1) : NULL;
+
+		if (s && strcmp(s, name) == 0)
+			return i;
+	}
+	return n;
+}
+
 int sym_append_kernel(struct symbolizer *sym, const uint64_t *ips, size_t n, struct strbuf *out)
 {
 	return sym_append_kernel_from(sym, ips, 0, n, 0, out);
@@ -378,17 +403,9 @@ int sym_append_kernel(struct symbolizer *sym, const uint64_t *ips, size_t n, str
 int sym_append_kernel_blocked(struct symbolizer *sym, const uint64_t *ips, size_t n,
 			      struct strbuf *out)
 {
-	size_t first = 0;
+	size_t first = sym_kernel_index(sym, ips, n, "__schedule");
 
-	for (size_t i = 0; i < n; i++) {
-		const char *name = ips[i] ? sym_kernel_lookup(sym, ips[i] - 1) : NULL;
-
-		if (name && strcmp(name, "__schedule") == 0) {
-			first = i;
-			break;
-		}
-	}
-	return sym_append_kernel_from(sym, ips, first, n, 1, out);
+	return sym_append_kernel_from(sym, ips, first < n ? first : 0, n, 1, out);
 }
 
 /* Frames of the tracing machinery itself: the tracepoint and the BPF program that took the stack. */
@@ -402,19 +419,14 @@ int sym_append_waker(struct symbolizer *sym, const char *comm, const uint64_t *i
 		     struct strbuf *out)
 {
 	const char *entry = NULL;
-	size_t first = n, end = n;
-	int count = 0;
+	size_t first = sym_kernel_index(sym, ips, n, "try_to_wake_up"), end = n;
 
-	/* From try_to_wake_up; without it (a renamed clone), from the first frame that is not
-	 * the tracing machinery's. */
-	for (size_t i = 0; i < n; i++) {
+	/* Without try_to_wake_up (a renamed clone), from the first frame that is not the tracing
+	 * machinery's. */
+	for (size_t i = 0; first == n && i < n; i++) {
 		const char *name = ips[i] ? sym_kernel_lookup(sym, ips[i] - 1) : NULL;
 
-		if (name && strcmp(name, "try_to_wake_up") == 0) {
-			first = i;
-			break;
-		}
-		if (first == n && (!name || !sym_is_tracing_frame(name)))
+		if (!name || !sym_is_tracing_frame(name))
 			first = i;
 	}
 	/* An interrupt's or exception's entry (asm_*): the frames beyond it are whatever it found
@@ -439,23 +451,7 @@ int sym_append_waker(struct symbolizer *sym, const char *comm, const uint64_t *i
 		for (const char *c = comm; *c; c++)
 			sb_putc(out, *c == ';' ? ':' : *c);
 	}
-	for (size_t i = first; i < end; i++) {
-		const char *name;
-
-		if (ips[i] == 0 || ips[i] == SYM_BAD_IP)
-			continue;
-		name = sym_kernel_lookup(sym, ips[i] - 1);
-		sym->stats.frames++;
-		if (name) {
-			sb_puts(out, ";[wk] ");
-			sb_puts(out, name);
-		} else {
-			sym->stats.frames_unknown++;
-			sb_printf(out, ";[unknown] 0x%016llx", (unsigned long long)ips[i]);
-		}
-		count++;
-	}
-	return count;
+	return sym_append_kernel_range(sym, ips, first, end, 1, 1, "[wk] ", out);
 }
 
 /* ---- ELF files --------------------------------------------------------------------------- */
