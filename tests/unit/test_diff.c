@@ -124,6 +124,19 @@ static int write_table_3(const struct diff_set *d, FILE *f)
 	return diff_write_table(d, 3, "samples", f);
 }
 
+/* What fn writes for before a against after b, the baseline scaled. */
+static char *diff_written(const char *a, const char *b, int (*fn)(const struct diff_set *, FILE *))
+{
+	struct diff_set d;
+	char *t;
+
+	assert_int_equal(diff_merge(a, strlen(a), b, strlen(b), &d, NULL, NULL), 0);
+	assert_int_equal(diff_scale(&d, 0), 0);
+	t = written(fn, &d);
+	diff_free(&d);
+	return t;
+}
+
 /*
  * The table ranks by the change of share, whatever the totals: hot grew tenfold in value but
  * its share went 50 % → 50 %, cold kept its value and fell to 5 %; the columns line up under
@@ -131,35 +144,24 @@ static int write_table_3(const struct diff_set *d, FILE *f)
  */
 static void test_table(void **state)
 {
-	const char *a = "x;hot 100\nx;cold 100\n", *b = "x;hot 1000\nx;cold 100\nx;mid 900\n";
-	struct diff_set d;
-	char *t;
+	char *t = diff_written("x;hot 100\nx;cold 100\n", "x;hot 1000\nx;cold 100\nx;mid 900\n",
+			       write_table_3);
 
-	assert_int_equal(diff_merge(a, strlen(a), b, strlen(b), &d, NULL, NULL), 0);
-	assert_int_equal(diff_scale(&d, 0), 0);
-	t = written(write_table_3, &d);
 	assert_string_equal(t, " before%   after%   change         before          after  leaf frame\n"
 			       "  50.00%    5.00%   -45.00            100            100  cold\n"
 			       "   0.00%   45.00%   +45.00              0            900  mid\n"
 			       "(change: percentage points of the total; values in samples, as "
 			       "recorded)\n");
 	free(t);
-	diff_free(&d);
 }
 
 /* "stack BEFORE AFTER", the baseline as scaled: whole numbers bare, fractions with two decimals. */
 static void test_folded(void **state)
 {
-	const char *a = "p;a 1\np;b 2\n", *b = "p;a 2\np;c 2\n";
-	struct diff_set d;
-	char *t;
+	char *t = diff_written("p;a 1\np;b 2\n", "p;a 2\np;c 2\n", diff_write_folded);
 
-	assert_int_equal(diff_merge(a, strlen(a), b, strlen(b), &d, NULL, NULL), 0);
-	assert_int_equal(diff_scale(&d, 0), 0);
-	t = written(diff_write_folded, &d);
 	assert_string_equal(t, "p;a 1.33 2\np;b 2.67 0\np;c 0 2\n");
 	free(t);
-	diff_free(&d);
 }
 
 static void test_leaves(void **state)
